@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from django.utils import timezone
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+
+from system_app.models import APIKey
+
+
+def bearer_token(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def authenticate_api_key(raw_key: str) -> APIKey:
+    """The active key for ``raw_key``; raises AuthenticationFailed for unknown, revoked or expired keys.
+
+    The message is the same for all three so that a caller cannot probe which keys exist.
+    """
+    key = APIKey.objects.find(raw_key)
+    if key is None or not key.is_active or not key.user.is_active:
+        raise AuthenticationFailed("Invalid, revoked or expired API key.")
+    now = timezone.now()
+    # Writing last_used_at on every request would turn each read into a write; a minute's precision is plenty.
+    precision = timedelta(seconds=settings.API_KEY_LAST_USED_PRECISION_SECONDS)
+    if key.last_used_at is None or now - key.last_used_at > precision:
+        APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
+class APIKeyAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <key>``. Without the header, the next authenticator (the session) is tried."""
+
+    def authenticate(self, request):
+        token = bearer_token(request.headers.get("Authorization", ""))
+        if token is None:
+            return None
+        key = authenticate_api_key(token)
+        return key.user, key
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="beautyai"'
+
+
+class APIKeySchema(OpenApiAuthenticationExtension):
+    """Describes the bearer keys in the OpenAPI schema."""
+
+    target_class = APIKeyAuthentication
+    name = "BearerAPIKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key: bai_<prefix>_<secret>"}

@@ -1,0 +1,44 @@
+"""The response envelope every route answers with, success and error alike."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from rest_framework.response import Response
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def elapsed_ms(request) -> float | None:
+    # The DRF request wraps Django's; the start time is stamped on Django's by RequestContextMiddleware.
+    django_request = getattr(request, "_request", request)
+    started = getattr(django_request, "beautyai_started", None)
+    return None if started is None else round((time.perf_counter() - started) * 1000, 3)
+
+
+def ok_body(request, *, data=None, **fields) -> dict:
+    body = {"success": True, "data": data}
+    body.update(fields)
+    body["timestamp"] = now_iso()
+    body["execution_time_ms"] = elapsed_ms(request)
+    return body
+
+
+def ok(request, *, data=None, status: int = 200, **fields) -> Response:
+    """A success answer: typed-response fields go in ``fields`` (top level), APIResponse payloads in ``data``."""
+    return Response(ok_body(request, data=data, **fields), status=status)
+
+
+def error_body(request, *, code: str, message: str, details=None) -> dict:
+    return {
+        "success": False,
+        "data": None,
+        "error_code": code,
+        "error_message": message,
+        "error_details": details,
+        "timestamp": now_iso(),
+        "execution_time_ms": elapsed_ms(request) if request is not None else None,
+    }

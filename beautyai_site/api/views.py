@@ -1,0 +1,37 @@
+"""Envelope answers for errors raised outside DRF views (unknown URLs, Django-level failures)."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
+from beautyai_site.api import errors
+from beautyai_site.api.envelope import error_body
+
+
+def envelope_json(request, error: errors.APIError) -> JsonResponse:
+    response = JsonResponse(
+        error_body(request, code=error.error_code, message=error.message, details=error.details),
+        status=error.status_code,
+    )
+    response.error_code = error.error_code
+    return response
+
+
+def not_found(request, exception=None):
+    return envelope_json(request, errors.NotFoundError("No route matches this URL."))
+
+
+def server_error(request):
+    return envelope_json(request, errors.SystemError())
+
+
+def bad_request(request, exception=None):
+    return envelope_json(request, errors.ValidationError("Bad request."))
+
+
+def permission_denied(request, exception=None):
+    return envelope_json(request, errors.PermissionDeniedError())
+
+
+def csrf_failure(request, reason=""):
+    return envelope_json(request, errors.PermissionDeniedError("CSRF verification failed."))

@@ -1,0 +1,232 @@
+"""Settings for BeautyAI, every value read from the environment (see the README's table).
+
+A bad value stops the process at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+import psutil
+from django.core.exceptions import ImproperlyConfigured
+
+from beautyai_site.env import env_bool, env_list, env_number, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env_str("BEAUTYAI_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+try:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise ImproperlyConfigured(f"BEAUTYAI_DATA_DIR: cannot create {DATA_DIR}: {exc.strerror}") from None
+
+
+def _secret_key() -> str:
+    """The key from the environment, else one generated on first start and kept in the data dir.
+
+    O_EXCL makes two processes starting at once agree on one key: the loser reads the winner's.
+    """
+    key = env_str("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    path = DATA_DIR / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if len(key) < 50:
+            raise ImproperlyConfigured(f"DJANGO_SECRET_KEY is unset and {path} holds no usable key") from None
+        return key
+    key = secrets.token_urlsafe(64)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+if "*" in ALLOWED_HOSTS:
+    # A wildcard host makes DNS rebinding against a local model server trivial (CVE-2024-28224).
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must list host names; '*' is refused")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "guardian",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "models_app",
+    "inference_app",
+    "system_app",
+]
+
+MIDDLEWARE = [
+    "beautyai_site.api.middleware.RequestContextMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "system_app.middleware.AuditMiddleware",
+]
+
+ROOT_URLCONF = "beautyai_site.urls"
+ASGI_APPLICATION = "beautyai_site.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database() -> dict:
+    url = env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'beautyai.sqlite3'}"
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except Exception:  # dj-database-url raises several types for unknown schemes and bad ports
+        raise ImproperlyConfigured("DATABASE_URL is not a database URL this server understands") from None
+    if not config.get("ENGINE"):
+        raise ImproperlyConfigured("DATABASE_URL names no database engine")
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # Runners and request threads write at once; wait for the lock instead of failing.
+        config.setdefault("OPTIONS", {})["timeout"] = 20
+        config["CONN_MAX_AGE"] = 0
+    return config
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    if urlparse(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured("REDIS_URL must start with redis://, rediss:// or unix://")
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous callers get 401
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing folder on every start
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # serve app static files without a collectstatic step
+
+# Request bodies: the API takes JSON only; anything larger is refused with 413 before parsing.
+MAX_REQUEST_BODY_BYTES = int(env_number("BEAUTYAI_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024, integer=True))
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "beautyai_site.api.auth.APIKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["beautyai_site.api.permissions.ContractPermission"],
+    "DEFAULT_PARSER_CLASSES": ["beautyai_site.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["beautyai_site.api.renderers.EnvelopeJSONRenderer"],
+    "EXCEPTION_HANDLER": "beautyai_site.api.exceptions.envelope_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "BeautyAI API",
+    "DESCRIPTION": "Register, load and chat with LLMs; every response uses the BeautyAI envelope.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Security headers; HTTPS-only behaviour is switched on with BEAUTYAI_HTTPS for deployments behind TLS.
+HTTPS = env_bool("BEAUTYAI_HTTPS", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = HTTPS and env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = int(env_number("DJANGO_SECURE_HSTS_SECONDS", 31536000 if HTTPS else 0, minimum=0, integer=True))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS and env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
+if env_bool("BEAUTYAI_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Models and engines.
+HF_HOME = Path(env_str("HF_HOME", str(Path.home() / ".cache" / "huggingface"))).resolve()
+os.environ.setdefault("HF_HOME", str(HF_HOME))
+MODEL_ROOTS = [Path(p).resolve() for p in env_list("BEAUTYAI_MODEL_ROOTS", [])] or None  # None: the defaults
+_available_mb = psutil.virtual_memory().available / 2**20
+# Default budget: 80% of the RAM available at start (the rest stays for the OS, the web process and page cache).
+MEMORY_BUDGET_MB = env_number("BEAUTYAI_MEMORY_BUDGET_MB", round(_available_mb * 0.8), minimum=1)
+MAX_LOADED_MODELS = int(env_number("BEAUTYAI_MAX_LOADED_MODELS", 4, minimum=1, integer=True))
+KEEP_ALIVE_SECONDS = env_number("BEAUTYAI_KEEP_ALIVE_SECONDS", 1800, minimum=-1)
+LOAD_TIMEOUT_SECONDS = env_number("BEAUTYAI_LOAD_TIMEOUT_SECONDS", 600, minimum=1)
+
+API_KEY_LAST_USED_PRECISION_SECONDS = 60
+
+LOG_LEVEL = env_str("BEAUTYAI_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured("BEAUTYAI_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+from beautyai_site.api.schema import SchemaView, SwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("", include("models_app.urls")),
+]
+
+handler400 = "beautyai_site.api.views.bad_request"
+handler403 = "beautyai_site.api.views.permission_denied"
+handler404 = "beautyai_site.api.views.not_found"
+handler500 = "beautyai_site.api.views.server_error"

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from rest_framework.exceptions import ValidationError as DRFValidationError
+from guardian.admin import GuardedModelAdmin
+
+from beautyai_site.api import errors
+from beautyai_site.api.permissions import has_global
+from models_app import runtime, services
+from models_app.models import ModelConfig
+
+
+class ModelConfigForm(forms.ModelForm):
+    """The registry's rules (engine × quantisation, path confinement) apply in the admin as in the API."""
+
+    class Meta:
+        model = ModelConfig
+        fields = "__all__"
+
+    def clean(self):
+        cleaned = super().clean()
+        config = {k: v for k, v in cleaned.items() if k in services.ModelConfigSerializer().fields}
+        try:
+            services.validated_config(config)
+        except DRFValidationError as exc:
+            raise forms.ValidationError(str(exc.detail)) from None
+        except errors.APIError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return cleaned
+
+
+@admin.register(ModelConfig)
+class ModelConfigAdmin(GuardedModelAdmin):
+    form = ModelConfigForm
+    list_display = ("name", "engine", "quantization", "model_id", "is_default", "live_status", "updated_at")
+    list_filter = ("engine", "quantization", "is_default")
+    search_fields = ("name", "model_id", "description")
+    readonly_fields = ("is_default", "created_at", "updated_at")
+    actions = ["load_models", "unload_models", "validate_models", "make_default"]
+
+    # The registry uses the contract's permissions instead of Django's add/change/delete/view.
+    def has_view_permission(self, request, obj=None):
+        return has_global(request.user, "model_read")
+
+    def has_add_permission(self, request):
+        return has_global(request.user, "model_write")
+
+    def has_change_permission(self, request, obj=None):
+        return has_global(request.user, "model_write")
+
+    def has_delete_permission(self, request, obj=None):
+        return has_global(request.user, "model_delete")
+
+    def has_load_permission(self, request):
+        return has_global(request.user, "model_load")
+
+    def has_write_permission(self, request):
+        return has_global(request.user, "model_write")
+
+    @admin.display(description="status")
+    def live_status(self, obj):
+        state = runtime.status(obj.name)
+        if state["status"] == "loaded":
+            return f"loaded · {state['memory_usage_mb']:.0f} MB"
+        return state["status"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not ModelConfig.objects.filter(is_default=True).exists():
+            services.registry_set_default(model=obj)
+
+    def delete_model(self, request, obj):
+        services.registry_delete(model=obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            services.registry_delete(model=obj)
+
+    def _each(self, request, queryset, verb, call):
+        for model in queryset:
+            try:
+                result = call(model)
+            except errors.APIError as exc:
+                self.message_user(request, f"{model.name}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{model.name}: {verb} {result}", messages.INFO)
+
+    @admin.action(description="Load selected models", permissions=["load"])
+    def load_models(self, request, queryset):
+        self._each(request, queryset, "loaded,", lambda m: f"{runtime.load(m)['memory_usage_mb']:.0f} MB")
+
+    @admin.action(description="Unload selected models", permissions=["load"])
+    def unload_models(self, request, queryset):
+        self._each(request, queryset, "unloaded:", lambda m: runtime.unload(m.name))
+
+    @admin.action(description="Validate selected models", permissions=["view"])
+    def validate_models(self, request, queryset):
+        def check(model):
+            result = services.registry_validate(model=model)
+            return "valid" if result["valid"] else "; ".join(result["errors"])
+
+        self._each(request, queryset, "validation:", check)
+
+    @admin.action(description="Make the selected model the default", permissions=["write"])
+    def make_default(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one model to make default.", messages.ERROR)
+            return
+        self._each(request, queryset, "default:", lambda m: services.registry_set_default(model=m).is_default)

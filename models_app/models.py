@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+from beautyai_site.api.permissions import CONTRACT_PERMISSIONS
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+ENGINES = ("transformers", "vllm", "llama.cpp", "openai")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Quantisations each engine can run. llama.cpp takes a GGUF file type (see GGUF_TYPES) or "none".
+ENGINE_QUANTIZATIONS = {
+    "transformers": ("none", "4bit", "8bit"),
+    "vllm": ("none", "awq", "gptq", "fp8", "squeezelm"),
+    "openai": ("none",),
+}
+GGUF_TYPES = (
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+    "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+    "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0",
+)
+
+
+class ModelConfig(models.Model):
+    """A registry entry: what can be loaded. Whether it is in memory is the EngineManager's business."""
+
+    name = models.CharField(max_length=128, unique=True, validators=[RegexValidator(MODEL_NAME_PATTERN)])
+    model_id = models.CharField(max_length=500)
+    architecture = models.CharField(max_length=64, default="causal_lm")
+    engine = models.CharField(max_length=20, choices=[(e, e) for e in ENGINES])
+    quantization = models.CharField(max_length=16, default="none")
+    dtype = models.CharField(max_length=16, default="auto", choices=[(d, d) for d in DTYPES])
+    max_new_tokens = models.PositiveIntegerField(default=512)
+    description = models.TextField(blank=True)
+    # Generation defaults; null means "not set" (the engine's own default), which keeps exports lossless.
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    top_k = models.IntegerField(null=True, blank=True)
+    repetition_penalty = models.FloatField(null=True, blank=True)
+    do_sample = models.BooleanField(null=True, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+        # The contract's permissions live here, once each, so that django-guardian can grant the
+        # per-model ones on a registry entry. Django's add/change/delete/view are not used.
+        default_permissions = ()
+        permissions = list(CONTRACT_PERMISSIONS.items())
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=models.Q(is_default=True), name="one_default_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    GENERATION_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
+
+    @property
+    def generation_defaults(self) -> dict:
+        return {f: getattr(self, f) for f in self.GENERATION_FIELDS if getattr(self, f) is not None}

@@ -1,0 +1,223 @@
+"""The bridge between the registry (Django) and the EngineManager (no Django).
+
+One EngineManager per web process, created on first use from settings. Views and services call
+the functions here; they never hold runners themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from django.conf import settings
+
+from beautyai_site.api import errors
+from models_app.paths import confine, is_local_path
+
+_manager = None
+_manager_lock = threading.Lock()
+
+
+def get_manager():
+    global _manager
+    if _manager is None:
+        with _manager_lock:
+            if _manager is None:
+                from models_app.manager import EngineManager
+
+                _manager = EngineManager(
+                    memory_budget_mb=settings.MEMORY_BUDGET_MB,
+                    max_loaded_models=settings.MAX_LOADED_MODELS,
+                    default_keep_alive_s=settings.KEEP_ALIVE_SECONDS,
+                    load_timeout_s=settings.LOAD_TIMEOUT_SECONDS,
+                )
+    return _manager
+
+
+def manager_if_started():
+    """The manager if anything has used it; status reads must not start one (and its reaper) needlessly."""
+    return _manager
+
+
+def allowed_model_roots() -> list[Path]:
+    if settings.MODEL_ROOTS:
+        return list(settings.MODEL_ROOTS)
+    roots = [settings.DATA_DIR, settings.HF_HOME]
+    try:
+        from models_app.engines.bundled import bundled_gguf_path
+
+        roots.append(bundled_gguf_path().parent)
+    except FileNotFoundError:
+        pass
+    return roots
+
+
+def check_model_location(model_id: str) -> None:
+    """Local paths must lie inside the allowed roots; hub ids are resolved later, offline, in HF_HOME."""
+    if not model_id or not is_local_path(model_id):
+        return
+    try:
+        confine(model_id, allowed_model_roots())
+    except ValueError as exc:
+        raise errors.ValidationError(f"model_id: {exc}", details={"fields": {"model_id": [str(exc)]}}) from None
+
+
+def load_spec(model):
+    from models_app.engines.base import LoadSpec
+
+    return LoadSpec(
+        name=model.name,
+        engine=model.engine,
+        model_id=model.model_id,
+        quantization=model.quantization,
+        dtype=model.dtype,
+        max_new_tokens=model.max_new_tokens,
+        parameters=dict(model.parameters or {}),
+        generation_defaults=model.generation_defaults,
+    )
+
+
+def status(name: str) -> dict:
+    manager = manager_if_started()
+    if manager is None:
+        return unloaded_status(name)
+    return _info_dict(manager.status(name))
+
+
+def unloaded_status(name: str) -> dict:
+    return {
+        "model_name": name, "status": "unloaded", "pid": None, "memory_usage_mb": 0.0,
+        "load_time_seconds": None, "loaded_at": None, "last_used_at": None, "active_requests": 0,
+        "queue_depth": 0, "expires_at": None, "last_error": None,
+    }
+
+
+def _iso(value):
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _info_dict(info) -> dict:
+    return {
+        "model_name": info.name,
+        "status": info.status,
+        "pid": info.pid,
+        "memory_usage_mb": round(info.memory_usage_mb or 0.0, 2),
+        "load_time_seconds": info.load_time_seconds,
+        "loaded_at": _iso(info.loaded_at),
+        "last_used_at": _iso(info.last_used_at),
+        "active_requests": info.active_requests,
+        "queue_depth": info.queue_depth,
+        "expires_at": _iso(info.expires_at),
+        "last_error": info.last_error,
+    }
+
+
+def statuses() -> dict[str, dict]:
+    manager = manager_if_started()
+    if manager is None:
+        return {}
+    return {info.name: _info_dict(info) for info in manager.loaded()}
+
+
+def is_loaded(name: str) -> bool:
+    return status(name)["status"] == "loaded"
+
+
+def load(model, *, force_reload: bool = False) -> dict:
+    from models_app.engines.base import EngineLoadError
+    from models_app.manager import MemoryBudgetError
+
+    check_model_location(model.model_id)
+    try:
+        info = get_manager().load(load_spec(model), force_reload=force_reload)
+    except MemoryBudgetError as exc:
+        raise errors.ConflictError(
+            str(exc),
+            details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb, "loaded_models": exc.loaded_models},
+        ) from None
+    except EngineLoadError as exc:
+        raise errors.ModelLoadError(f"Model '{model.name}' could not be loaded: {exc}") from None
+    return _info_dict(info)
+
+
+def unload(name: str) -> bool:
+    manager = manager_if_started()
+    return bool(manager and manager.unload(name))
+
+
+def clear_hub_cache(model_id: str) -> int:
+    """Removes ``model_id``'s repo from the Hugging Face cache through huggingface_hub; returns bytes freed.
+
+    Only hub ids qualify: a local path is never deleted, and huggingface_hub only touches its cache folder.
+    """
+    if is_local_path(model_id):
+        return 0
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        cache = scan_cache_dir()
+    except CacheNotFound:
+        return 0
+    revisions = [rev.commit_hash for repo in cache.repos if repo.repo_id == model_id for rev in repo.revisions]
+    if not revisions:
+        return 0
+    strategy = cache.delete_revisions(*revisions)
+    freed = strategy.expected_freed_size
+    strategy.execute()
+    return freed
+
+
+def inspect(model) -> dict:
+    """Checks without loading: engine installed, files resolvable, GGUF header, template, quantisation, memory."""
+    from models_app.engines import engine_available
+    from models_app.engines.base import EngineError, estimate_memory_mb, inspect_gguf, resolve_model_path
+
+    found_errors: list[str] = []
+    warnings: list[str] = []
+    spec = load_spec(model)
+    available, reason = engine_available(model.engine)
+    if not available:
+        found_errors.append(f"engine: {reason}")
+    estimated = None
+    if model.engine != "openai":
+        try:
+            path = resolve_model_path(spec, allowed_model_roots())
+        except EngineError as exc:
+            found_errors.append(f"model_id: {exc}")
+            path = None
+        if path is not None:
+            gguf = _gguf_file(path, spec)
+            if gguf is not None:
+                try:
+                    header = inspect_gguf(gguf)
+                except EngineError as exc:
+                    found_errors.append(f"model file: {exc}")
+                else:
+                    if not header.get("chat_template"):
+                        warnings.append("the GGUF file has no chat template; a plain prompt format will be used")
+                    actual = (header.get("file_type") or "").upper()
+                    if model.engine == "llama.cpp" and model.quantization not in ("none", actual) and actual:
+                        found_errors.append(
+                            f"quantization: the entry says {model.quantization} but the file is {actual}"
+                        )
+            elif path.is_dir() and not (path / "tokenizer_config.json").exists():
+                warnings.append("no tokenizer_config.json: the chat template may be missing")
+            try:
+                estimated = round(estimate_memory_mb(spec), 1)
+            except (EngineError, OSError) as exc:
+                warnings.append(f"memory estimate unavailable: {exc}")
+            if estimated is not None and estimated > settings.MEMORY_BUDGET_MB:
+                found_errors.append(
+                    f"memory: needs about {estimated:.0f} MB, budget is {settings.MEMORY_BUDGET_MB:.0f} MB"
+                )
+    return {"errors": found_errors, "warnings": warnings, "estimated_memory_mb": estimated}
+
+
+def _gguf_file(path: Path, spec) -> Path | None:
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    name = spec.parameters.get("gguf_file") or spec.parameters.get("filename")
+    if path.is_dir() and isinstance(name, str) and name.endswith(".gguf") and "/" not in name and ".." not in name:
+        return path / name
+    return None

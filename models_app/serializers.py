@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import re
+
+from rest_framework import serializers
+
+from beautyai_site.api.fields import (
+    StrictBooleanField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictQueryBooleanField,
+    StrictSerializer,
+)
+from models_app.models import DTYPES, ENGINE_QUANTIZATIONS, ENGINES, GGUF_TYPES, MODEL_NAME_PATTERN
+
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+MAX_NEW_TOKENS_LIMIT = 32768
+
+
+class ModelNameField(serializers.RegexField):
+    def __init__(self, **kwargs):
+        super().__init__(
+            MODEL_NAME_PATTERN,
+            max_length=128,
+            error_messages={"invalid": "must start with a letter or digit and use only letters, digits, '.', '_', '-'"},
+            **kwargs,
+        )
+
+
+class ModelConfigSerializer(StrictSerializer):
+    """A registry entry's configuration, as the API takes it in ``model_config`` and ``updates``."""
+
+    model_id = serializers.CharField(max_length=500, trim_whitespace=False)
+    architecture = serializers.RegexField(r"^[a-z0-9_]{1,64}$", required=False, default="causal_lm")
+    engine = serializers.ChoiceField(choices=ENGINES)
+    quantization = serializers.CharField(max_length=16, required=False, default="none")
+    dtype = serializers.ChoiceField(choices=DTYPES, required=False, default="auto")
+    max_new_tokens = StrictIntegerField(min_value=1, max_value=MAX_NEW_TOKENS_LIMIT, required=False, default=512)
+    description = serializers.CharField(max_length=2000, allow_blank=True, required=False, default="")
+    temperature = StrictFloatField(min_value=0.0, max_value=2.0, required=False, allow_null=True)
+    top_p = StrictFloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
+    top_k = StrictIntegerField(min_value=0, max_value=1000, required=False, allow_null=True)
+    repetition_penalty = StrictFloatField(min_value=0.01, max_value=10.0, required=False, allow_null=True)
+    do_sample = StrictBooleanField(required=False, allow_null=True)
+    parameters = serializers.DictField(required=False, default=dict)
+
+    def validate_model_id(self, value: str) -> str:
+        if not value.strip() or "\x00" in value:
+            raise serializers.ValidationError("must be a hub id or an absolute path")
+        return value
+
+    def validate_top_p(self, value):
+        if value is not None and value <= 0:
+            raise serializers.ValidationError("must be greater than 0")
+        return value
+
+    def validate(self, attrs):
+        engine = attrs.get("engine") or getattr(self.instance, "engine", None)
+        quantization = attrs.get("quantization", getattr(self.instance, "quantization", "none"))
+        if engine == "llama.cpp":
+            if quantization.upper() not in GGUF_TYPES and quantization != "none":
+                raise serializers.ValidationError(
+                    {"quantization": [f"llama.cpp takes a GGUF type such as Q4_K_M, or none; not {quantization!r}"]}
+                )
+            if quantization != "none":
+                attrs["quantization"] = quantization.upper()
+        elif quantization not in ENGINE_QUANTIZATIONS[engine]:
+            allowed = ", ".join(ENGINE_QUANTIZATIONS[engine])
+            raise serializers.ValidationError(
+                {"quantization": [f"engine {engine} takes one of {allowed}; not {quantization!r}"]}
+            )
+        parameters = attrs.get("parameters", getattr(self.instance, "parameters", {}) or {})
+        _validate_parameters(engine, parameters)
+        return attrs
+
+
+def _validate_parameters(engine: str, parameters: dict) -> None:
+    def bad(message: str):
+        raise serializers.ValidationError({"parameters": [message]})
+
+    keep_alive = parameters.get("keep_alive_seconds")
+    if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))
+                                   or (keep_alive < 0 and keep_alive != -1) or keep_alive != keep_alive):
+        bad("keep_alive_seconds must be -1 (never) or a number of seconds ≥ 0")
+    for name in ("n_ctx", "n_gpu_layers", "n_threads", "max_batch_size", "max_model_len",
+                 "tensor_parallel_size", "pipeline_parallel_size"):
+        value = parameters.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+            bad(f"{name} must be an integer")
+    if "trust_remote_code" in parameters and not isinstance(parameters["trust_remote_code"], bool):
+        bad("trust_remote_code must be true or false")
+    if engine == "openai":
+        base_url = parameters.get("base_url")
+        if not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url):
+            bad("base_url (http:// or https://) is required for the openai engine")
+        env_name = parameters.get("api_key_env")
+        if env_name is not None and (not isinstance(env_name, str) or not _ENV_NAME.match(env_name)):
+            bad("api_key_env must be the NAME of an environment variable, not a key")
+    elif "base_url" in parameters:
+        bad(f"base_url is only for the openai engine, not {engine}")
+
+
+class ModelAddRequestSerializer(StrictSerializer):
+    model_name = ModelNameField()
+    model_config = ModelConfigSerializer()
+    set_as_default = StrictBooleanField(required=False, default=False)
+
+
+class ModelUpdateRequestSerializer(StrictSerializer):
+    updates = serializers.DictField(required=False, default=dict)
+    set_as_default = StrictBooleanField(required=False, default=False)
+
+
+class ModelListQuerySerializer(StrictSerializer):
+    limit = serializers.IntegerField(min_value=1, max_value=100, required=False, default=100)
+    offset = serializers.IntegerField(min_value=0, max_value=10**9, required=False, default=0)
+
+
+class ModelLoadRequestSerializer(StrictSerializer):
+    force_reload = StrictBooleanField(required=False, default=False)
+
+
+class ModelDeleteQuerySerializer(StrictSerializer):
+    clear_cache = StrictQueryBooleanField(required=False, default=False)
+
+
+# Response shapes, for the OpenAPI schema.
+class ModelSummarySerializer(serializers.Serializer):
+    model_name = serializers.CharField()
+    model_id = serializers.CharField()
+    architecture = serializers.CharField()
+    engine = serializers.CharField()
+    status = serializers.ChoiceField(choices=["loaded", "loading", "unloaded", "error"])
+    memory_usage_mb = serializers.FloatField()
+    is_default = serializers.BooleanField()
+
+
+class EnvelopeSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    data = serializers.JSONField(allow_null=True)
+    timestamp = serializers.DateTimeField()
+    execution_time_ms = serializers.FloatField(allow_null=True)
+
+
+class ModelListResponseSerializer(EnvelopeSerializer):
+    models = ModelSummarySerializer(many=True)
+    total_count = serializers.IntegerField()
+
+
+class ModelAddResponseSerializer(EnvelopeSerializer):
+    model_name = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ModelLoadResponseSerializer(EnvelopeSerializer):
+    model_name = serializers.CharField()
+    model_id = serializers.CharField()
+    memory_usage_mb = serializers.FloatField()
+    load_time_seconds = serializers.FloatField()
+
+
+class ErrorResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    data = serializers.JSONField(allow_null=True)
+    error_code = serializers.CharField()
+    error_message = serializers.CharField()
+    error_details = serializers.JSONField(allow_null=True)
+    timestamp = serializers.DateTimeField()
+    execution_time_ms = serializers.FloatField(allow_null=True)

@@ -1,0 +1,154 @@
+"""Registry services: business rules and transactions. Views and commands call these; they raise typed errors."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import IntegrityError, transaction
+from guardian.shortcuts import get_objects_for_user
+from rest_framework.exceptions import ValidationError as DRFValidationError
+
+from beautyai_site.api import errors
+from beautyai_site.api.permissions import full_name, has_global, has_on
+from models_app import runtime
+from models_app.models import ModelConfig
+from models_app.serializers import ModelConfigSerializer
+
+logger = logging.getLogger(__name__)
+
+# Changing any of these means a loaded model no longer matches its entry until it is reloaded.
+RELOAD_FIELDS = ("model_id", "architecture", "engine", "quantization", "dtype", "parameters")
+
+
+# Selectors -------------------------------------------------------------------------------------
+
+def models_readable_by(user):
+    return get_objects_for_user(user, full_name("model_read"), klass=ModelConfig, accept_global_perms=True)
+
+
+def model_get_for_user(*, user, name: str, permission: str = "model_read") -> ModelConfig:
+    """The entry ``name`` if ``user`` holds ``permission`` on it.
+
+    A model the user may not read answers 404 exactly like a missing one, so names do not leak;
+    one they may read but not act on answers 403.
+    """
+    model = ModelConfig.objects.filter(name=name).first()
+    if model is None or not has_on(user, "model_read", model) and not has_on(user, permission, model):
+        raise errors.ModelNotFoundError(f"Model '{name}' not found in the registry.")
+    if not has_on(user, permission, model):
+        raise errors.PermissionDeniedError(f"You do not have the '{permission}' permission on this model.")
+    return model
+
+
+def default_model() -> ModelConfig | None:
+    return ModelConfig.objects.filter(is_default=True).first()
+
+
+# Configuration validation ------------------------------------------------------------------------
+
+def validated_config(data: dict, *, instance: ModelConfig | None = None, partial: bool = False) -> dict:
+    serializer = ModelConfigSerializer(instance=instance, data=data, partial=partial)
+    if not serializer.is_valid():
+        raise DRFValidationError(serializer.errors)
+    config = dict(serializer.validated_data)
+    runtime.check_model_location(config.get("model_id", instance.model_id if instance else ""))
+    return config
+
+
+def _require_admin_for_remote(user, config: dict) -> None:
+    # A base URL makes this server send requests wherever it points (SSRF); only admins may set one.
+    if user is not None and "base_url" in (config.get("parameters") or {}) and not has_global(user, "admin"):
+        raise errors.PermissionDeniedError("Only administrators may set a remote base_url.")
+
+
+# Services --------------------------------------------------------------------------------------
+
+@transaction.atomic
+def registry_set_default(*, model: ModelConfig) -> ModelConfig:
+    # Clear the old default first: the partial unique constraint allows one row with is_default=True.
+    ModelConfig.objects.select_for_update().filter(is_default=True).exclude(pk=model.pk).update(is_default=False)
+    if not model.is_default:
+        model.is_default = True
+        model.save(update_fields=["is_default", "updated_at"])
+    return model
+
+
+def registry_add(*, name: str, config: dict, set_as_default: bool = False, user=None) -> ModelConfig:
+    config = validated_config(config)
+    _require_admin_for_remote(user, config)
+    try:
+        with transaction.atomic():
+            model = ModelConfig.objects.create(name=name, **config)
+            if set_as_default or not ModelConfig.objects.filter(is_default=True).exists():
+                registry_set_default(model=model)
+    except IntegrityError:
+        raise errors.ConflictError(f"A model named '{name}' already exists.") from None
+    return model
+
+
+def registry_update(*, model: ModelConfig, updates: dict, set_as_default: bool = False, user=None) -> tuple[ModelConfig, bool, list[str]]:
+    """Applies a partial update; returns the entry, whether a loaded copy needs a reload, and the changed fields."""
+    if "model_name" in updates or "name" in updates:
+        raise errors.ValidationError("updates: a model cannot be renamed; add a new entry instead")
+    config = validated_config(updates, instance=model, partial=True) if updates else {}
+    _require_admin_for_remote(user, config)
+    changed = [field for field, value in config.items() if getattr(model, field) != value]
+    with transaction.atomic():
+        for field in changed:
+            setattr(model, field, config[field])
+        if changed:
+            model.save()
+        if set_as_default:
+            registry_set_default(model=model)
+    reload_needed = runtime.is_loaded(model.name) and any(field in RELOAD_FIELDS for field in changed)
+    return model, reload_needed, changed
+
+
+def registry_delete(*, model: ModelConfig, clear_cache: bool = False) -> dict:
+    """Unloads the model, removes the entry, and keeps exactly one default among what remains."""
+    was_loaded = runtime.unload(model.name)
+    freed_bytes = runtime.clear_hub_cache(model.model_id) if clear_cache else 0
+    with transaction.atomic():
+        was_default = model.is_default
+        name = model.name
+        model.delete()
+        new_default = None
+        if was_default:
+            successor = ModelConfig.objects.order_by("created_at", "name").first()
+            if successor is not None:
+                registry_set_default(model=successor)
+                new_default = successor.name
+    return {"model_name": name, "unloaded": was_loaded, "cache_cleared_bytes": freed_bytes, "new_default": new_default}
+
+
+def registry_validate(*, model: ModelConfig) -> dict:
+    """Checks the entry without loading it: configuration here, files and engine through the runtime."""
+    errors_found: list[str] = []
+    serializer = ModelConfigSerializer(data=model_config_dict(model))
+    if not serializer.is_valid():
+        for field, messages in serializer.errors.items():
+            errors_found.extend(f"{field}: {message}" for message in messages)
+    result = runtime.inspect(model) if not errors_found else {"errors": [], "warnings": [], "estimated_memory_mb": None}
+    errors_found.extend(result["errors"])
+    return {
+        "model_name": model.name,
+        "valid": not errors_found,
+        "errors": errors_found,
+        "warnings": result["warnings"],
+        "estimated_memory_mb": result["estimated_memory_mb"],
+    }
+
+
+def model_config_dict(model: ModelConfig) -> dict:
+    data = {
+        "model_id": model.model_id,
+        "architecture": model.architecture,
+        "engine": model.engine,
+        "quantization": model.quantization,
+        "dtype": model.dtype,
+        "max_new_tokens": model.max_new_tokens,
+        "description": model.description,
+        "parameters": model.parameters,
+    }
+    data.update(model.generation_defaults)
+    return data

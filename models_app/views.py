@@ -1,0 +1,168 @@
+"""Model registry routes (contract routes 1–10): parse, check access, call one service, answer the envelope."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import viewsets
+from rest_framework.exceptions import ValidationError as DRFValidationError
+
+from beautyai_site.api.envelope import ok
+from models_app import runtime, services
+from models_app.serializers import (
+    EnvelopeSerializer,
+    ErrorResponseSerializer,
+    ModelAddRequestSerializer,
+    ModelAddResponseSerializer,
+    ModelDeleteQuerySerializer,
+    ModelListQuerySerializer,
+    ModelListResponseSerializer,
+    ModelLoadRequestSerializer,
+    ModelLoadResponseSerializer,
+    ModelUpdateRequestSerializer,
+)
+
+ERRORS = {status: ErrorResponseSerializer for status in (400, 401, 403, 404, 409, 500)}
+NAME = OpenApiParameter("model_name", str, OpenApiParameter.PATH)
+
+
+def parse(serializer_class, data):
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        raise DRFValidationError(serializer.errors)
+    return serializer.validated_data
+
+
+def model_summary(model, live: dict) -> dict:
+    state = live.get(model.name) or runtime.unloaded_status(model.name)
+    return {
+        "model_name": model.name,
+        "model_id": model.model_id,
+        "architecture": model.architecture,
+        "engine": model.engine,
+        "quantization": model.quantization,
+        "status": state["status"],
+        "memory_usage_mb": state["memory_usage_mb"],
+        "is_default": model.is_default,
+    }
+
+
+def model_detail(model) -> dict:
+    state = runtime.status(model.name)
+    return {
+        "model_name": model.name,
+        "model_config": services.model_config_dict(model),
+        "is_default": model.is_default,
+        "status": state["status"],
+        "memory_usage_mb": state["memory_usage_mb"],
+        "load_time_seconds": state["load_time_seconds"],
+        "runtime": state,
+        "created_at": model.created_at,
+        "updated_at": model.updated_at,
+    }
+
+
+class ModelViewSet(viewsets.ViewSet):
+    lookup_field = "model_name"
+    required_permissions = {
+        "list": "model_read",
+        "create": "model_write",
+        "retrieve": "model_read",
+        "update": "model_write",
+        "destroy": "model_delete",
+        "load": "model_load",
+        "unload": "model_load",
+        "status": "model_read",
+        "validate": "model_read",
+        "set_default": "model_write",
+    }
+
+    def _model(self, name: str, permission: str):
+        return services.model_get_for_user(user=self.request.user, name=name, permission=permission)
+
+    @extend_schema(parameters=[ModelListQuerySerializer], responses={200: ModelListResponseSerializer, **ERRORS})
+    def list(self, request):
+        query = parse(ModelListQuerySerializer, request.query_params)
+        visible = services.models_readable_by(request.user).order_by("name")
+        page = visible[query["offset"]: query["offset"] + query["limit"]]
+        live = runtime.statuses()
+        return ok(request, models=[model_summary(m, live) for m in page], total_count=visible.count())
+
+    @extend_schema(request=ModelAddRequestSerializer, responses={201: ModelAddResponseSerializer, **ERRORS})
+    def create(self, request):
+        # Parse only the envelope here; the configuration is validated by the service, which owns the rules.
+        body = dict(request.data)
+        config = body.get("model_config")
+        body["model_config"] = {"model_id": "placeholder", "engine": "transformers"}
+        parsed = parse(ModelAddRequestSerializer, body)
+        if not isinstance(config, dict):
+            raise DRFValidationError({"model_config": ["must be a JSON object"]})
+        model = services.registry_add(
+            name=parsed["model_name"], config=config, set_as_default=parsed["set_as_default"], user=request.user
+        )
+        return ok(request, status=201, model_name=model.name, message=f"Model '{model.name}' added to the registry.")
+
+    @extend_schema(parameters=[NAME], responses={200: EnvelopeSerializer, **ERRORS})
+    def retrieve(self, request, model_name: str):
+        return ok(request, data=model_detail(self._model(model_name, "model_read")))
+
+    @extend_schema(parameters=[NAME], request=ModelUpdateRequestSerializer, responses={200: EnvelopeSerializer, **ERRORS})
+    def update(self, request, model_name: str):
+        model = self._model(model_name, "model_write")
+        parsed = parse(ModelUpdateRequestSerializer, request.data)
+        model, reload_needed, changed = services.registry_update(
+            model=model, updates=parsed["updates"], set_as_default=parsed["set_as_default"], user=request.user
+        )
+        return ok(request, data={
+            "model_name": model.name,
+            "updated_fields": changed,
+            "reload_required": reload_needed,
+            "is_default": model.is_default,
+            "model_config": services.model_config_dict(model),
+        })
+
+    @extend_schema(parameters=[NAME, ModelDeleteQuerySerializer], responses={200: EnvelopeSerializer, **ERRORS})
+    def destroy(self, request, model_name: str):
+        model = self._model(model_name, "model_delete")
+        query = parse(ModelDeleteQuerySerializer, request.query_params)
+        return ok(request, data=services.registry_delete(model=model, clear_cache=query["clear_cache"]))
+
+    @extend_schema(parameters=[NAME], request=ModelLoadRequestSerializer, responses={200: ModelLoadResponseSerializer, **ERRORS})
+    def load(self, request, model_name: str):
+        model = self._model(model_name, "model_load")
+        parsed = parse(ModelLoadRequestSerializer, request.data)
+        state = runtime.load(model, force_reload=parsed["force_reload"])
+        return ok(
+            request,
+            model_name=model.name,
+            model_id=model.model_id,
+            memory_usage_mb=state["memory_usage_mb"],
+            load_time_seconds=state["load_time_seconds"],
+        )
+
+    @extend_schema(parameters=[NAME], request=None, responses={200: EnvelopeSerializer, **ERRORS})
+    def unload(self, request, model_name: str):
+        model = self._model(model_name, "model_load")
+        was_loaded = runtime.unload(model.name)
+        message = f"Model '{model.name}' unloaded." if was_loaded else f"Model '{model.name}' was not loaded."
+        return ok(request, data={"model_name": model.name, "was_loaded": was_loaded, "message": message})
+
+    @extend_schema(parameters=[NAME], responses={200: EnvelopeSerializer, **ERRORS})
+    def status(self, request, model_name: str):
+        model = self._model(model_name, "model_read")
+        return ok(request, data=runtime.status(model.name))
+
+    @extend_schema(parameters=[NAME], request=None, responses={200: EnvelopeSerializer, **ERRORS})
+    def validate(self, request, model_name: str):
+        model = self._model(model_name, "model_read")
+        return ok(request, data=services.registry_validate(model=model))
+
+    @extend_schema(parameters=[NAME], request=None, responses={200: EnvelopeSerializer, **ERRORS})
+    def set_default(self, request, model_name: str):
+        model = self._model(model_name, "model_write")
+        previous = services.default_model()
+        services.registry_set_default(model=model)
+        return ok(request, data={
+            "model_name": model.name,
+            "is_default": True,
+            "previous_default": previous.name if previous else None,
+        })

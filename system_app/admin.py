@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from system_app.models import APIKey, AuditEvent
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "user", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "prefix")
+    fields = ("user", "name", "expires_at", "prefix", "created_at", "revoked_at", "last_used_at")
+    readonly_fields = ("prefix", "created_at", "revoked_at", "last_used_at")
+    actions = ["revoke_keys"]
+
+    def has_change_permission(self, request, obj=None):
+        # A key is issued and revoked, never edited: editing could not change its secret anyway.
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        key, raw = APIKey.issue(user=obj.user, name=obj.name, expires_at=obj.expires_at)
+        obj.pk = key.pk
+        obj.prefix = key.prefix
+        self.message_user(
+            request, f"New API key (shown once, copy it now): {raw}", messages.WARNING
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} key(s).")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "username", "method", "route", "target", "status_code", "error_code", "client_ip")
+    list_filter = ("method", "status_code", "error_code", "action")
+    search_fields = ("username", "route", "target", "request_id")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX_LENGTH = 8
+
+
+def hash_key(raw_key: str) -> str:
+    # Keys carry 256 random bits, so a plain SHA-256 is enough: there is nothing to brute-force.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class APIKeyQuerySet(models.QuerySet):
+    def find(self, raw_key: str) -> APIKey | None:
+        """The key matching ``raw_key`` (active or not), compared in constant time."""
+        parts = raw_key.split("_", 2)
+        if len(parts) != 3 or parts[0] != "bai" or len(parts[1]) != KEY_PREFIX_LENGTH:
+            return None
+        candidate = self.select_related("user").filter(prefix=parts[1]).first()
+        if candidate is None or not hmac.compare_digest(candidate.key_hash, hash_key(raw_key)):
+            return None
+        return candidate
+
+
+class APIKey(models.Model):
+    """An API key: only a hash and a short lookup prefix are stored; the key is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, default="default")
+    prefix = models.CharField(max_length=KEY_PREFIX_LENGTH, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = APIKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (bai_{self.prefix}_…)"
+
+    @classmethod
+    def issue(cls, *, user, name: str = "default", expires_at=None) -> tuple[APIKey, str]:
+        """Create a key and return it with its clear text, which is not kept anywhere."""
+        while True:
+            prefix = secrets.token_hex(KEY_PREFIX_LENGTH // 2)
+            if not cls.objects.filter(prefix=prefix).exists():
+                break
+        raw = f"bai_{prefix}_{secrets.token_urlsafe(32)}"
+        key = cls.objects.create(user=user, name=name, prefix=prefix, key_hash=hash_key(raw), expires_at=expires_at)
+        return key, raw
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])
+
+
+class AuditEvent(models.Model):
+    """One row per mutating request, per 401/403 and per admin change. Never request bodies."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    username = models.CharField(max_length=150, blank=True)
+    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    method = models.CharField(max_length=10)
+    route = models.CharField(max_length=255)
+    action = models.CharField(max_length=100, blank=True)
+    target = models.CharField(max_length=255, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status_code"]), models.Index(fields=["action"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.method} {self.route} {self.status_code}"

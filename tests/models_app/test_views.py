@@ -1,0 +1,229 @@
+"""Registry routes 1–5, 9, 10: permissions, validation, defaults and the envelope around them."""
+
+from __future__ import annotations
+
+import pytest
+
+from models_app.models import ModelConfig
+from tests.envelope import assert_error, assert_ok
+
+pytestmark = pytest.mark.django_db
+
+NEW_MODEL = {
+    "model_name": "gamma",
+    "model_config": {"model_id": "org/gamma", "engine": "transformers", "quantization": "8bit", "parameters": {}},
+    "set_as_default": False,
+}
+
+# (method, path, body, permission) for every route of this issue.
+ROUTES = [
+    ("get", "/models/", None, "model_read"),
+    ("post", "/models/", NEW_MODEL, "model_write"),
+    ("get", "/models/alpha", None, "model_read"),
+    ("put", "/models/alpha", {"updates": {"description": "x"}}, "model_write"),
+    ("delete", "/models/beta", None, "model_delete"),
+    ("post", "/models/alpha/validate", None, "model_read"),
+    ("post", "/models/default/beta", None, "model_write"),
+    ("get", "/models/alpha/status", None, "model_read"),
+    ("post", "/models/alpha/unload", None, "model_load"),
+]
+
+
+def call(client, method, path, body=None):
+    return getattr(client, method)(path, body, format="json") if body is not None else getattr(client, method)(path)
+
+
+@pytest.mark.parametrize("method,path,body,permission", ROUTES)
+def test_every_route_answers_401_without_credentials(anon, registry, method, path, body, permission):
+    assert_error(call(anon, method, path, body), 401, "AuthenticationError")
+
+
+@pytest.mark.parametrize("method,path,body,permission", ROUTES)
+def test_every_route_answers_401_with_a_revoked_key(make_user, client_for, registry, method, path, body, permission):
+    client = client_for(make_user(permission))
+    from system_app.models import APIKey
+
+    APIKey.objects.get(prefix=client.raw_key.split("_")[1]).revoke()
+    assert_error(call(client, method, path, body), 401, "AuthenticationError")
+
+
+@pytest.mark.parametrize("method,path,body,permission", ROUTES)
+def test_every_route_answers_401_with_an_expired_key(make_user, registry, method, path, body, permission):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rest_framework.test import APIClient
+
+    from system_app.models import APIKey
+
+    _, raw = APIKey.issue(user=make_user(permission), expires_at=timezone.now() - timedelta(seconds=1))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert_error(call(client, method, path, body), 401, "AuthenticationError")
+
+
+@pytest.mark.parametrize("method,path,body,permission", ROUTES)
+def test_every_route_answers_403_without_its_permission(api_as, registry, method, path, body, permission):
+    others = [p for p in ("model_read", "model_write", "model_delete", "model_load") if p != permission]
+    assert_error(call(api_as(*others if permission != "model_read" else ()), method, path, body), 403, "PermissionDeniedError")
+
+
+@pytest.mark.parametrize("method,path,body,permission", ROUTES)
+def test_every_route_succeeds_with_its_permission(api_as, registry, method, path, body, permission):
+    response = call(api_as(permission, "model_read"), method, path, body)
+    assert_ok(response, 201 if (method, path) == ("post", "/models/") else 200)
+
+
+def test_it_lists_models_with_live_status_and_total(api_as, registry):
+    body = assert_ok(api_as("model_read").get("/models/"))
+    assert body["data"] is None
+    assert body["total_count"] == 2
+    assert [m["model_name"] for m in body["models"]] == ["alpha", "beta"]
+    assert body["models"][0] == {
+        "model_name": "alpha", "model_id": "org/alpha", "architecture": "causal_lm", "engine": "transformers",
+        "quantization": "4bit", "status": "unloaded", "memory_usage_mb": 0.0, "is_default": True,
+    }
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "offset=-1", "offset=1.5", "color=red"])
+def test_it_refuses_bad_pagination(api_as, registry, query):
+    assert_error(api_as("model_read").get(f"/models/?{query}"), 400, "ValidationError")
+
+
+def test_it_paginates(api_as, registry):
+    body = assert_ok(api_as("model_read").get("/models/?limit=1&offset=1"))
+    assert [m["model_name"] for m in body["models"]] == ["beta"]
+    assert body["total_count"] == 2
+
+
+def test_object_permission_shows_only_granted_models(make_user, client_for, grant, registry):
+    user = make_user()
+    grant(user, "model_read", registry["beta"])
+    client = client_for(user)
+    body = assert_ok(client.get("/models/"))
+    assert [m["model_name"] for m in body["models"]] == ["beta"]
+    assert body["total_count"] == 1
+    assert_ok(client.get("/models/beta"))
+    assert_error(client.get("/models/alpha"), 404, "ModelNotFoundError")
+
+
+def test_object_load_permission_covers_one_model_only(make_user, client_for, grant, registry):
+    user = make_user()
+    grant(user, "model_read", registry["alpha"])
+    grant(user, "model_read", registry["beta"])
+    grant(user, "model_load", registry["alpha"])
+    client = client_for(user)
+    assert_ok(client.post("/models/alpha/unload"))
+    assert_error(client.post("/models/beta/unload"), 403, "PermissionDeniedError")
+
+
+def test_a_model_the_user_cannot_read_answers_404_like_a_missing_one(make_user, client_for, grant, registry):
+    user = make_user()
+    grant(user, "model_load", registry["alpha"])
+    client = client_for(user)
+    hidden = assert_error(client.post("/models/beta/unload"), 404, "ModelNotFoundError")
+    missing = assert_error(client.post("/models/nope/unload"), 404, "ModelNotFoundError")
+    assert hidden["error_message"].replace("beta", "X") == missing["error_message"].replace("nope", "X")
+
+
+def test_it_adds_a_model_and_can_make_it_default(api_as, registry):
+    client = api_as("model_write", "model_read")
+    body = assert_ok(client.post("/models/", {**NEW_MODEL, "set_as_default": True}, format="json"), 201)
+    assert body["model_name"] == "gamma" and body["data"] is None and "gamma" in body["message"]
+    assert list(ModelConfig.objects.filter(is_default=True).values_list("name", flat=True)) == ["gamma"]
+    detail = assert_ok(client.get("/models/gamma"))["data"]
+    assert detail["model_config"]["quantization"] == "8bit"
+    assert detail["status"] == "unloaded" and detail["is_default"] is True
+
+
+def test_a_duplicate_name_is_a_conflict_and_changes_nothing(api_as, registry):
+    before = list(ModelConfig.objects.values())
+    assert_error(api_as("model_write").post("/models/", {**NEW_MODEL, "model_name": "alpha"}, format="json"), 409, "ConflictError")
+    assert list(ModelConfig.objects.values()) == before
+
+
+@pytest.mark.parametrize(
+    "config_change,field",
+    [
+        ({"engine": "llama.cpp", "quantization": "awq"}, "quantization"),
+        ({"engine": "transformers", "quantization": "Q4_K_M"}, "quantization"),
+        ({"engine": "tensorflow"}, "engine"),
+        ({"max_new_tokens": -5}, "max_new_tokens"),
+        ({"max_new_tokens": "10"}, "max_new_tokens"),
+        ({"temperature": 3.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"do_sample": "yes"}, "do_sample"),
+        ({"dtype": "float8"}, "dtype"),
+        ({"model_id": ""}, "model_id"),
+        ({"model_id": "/etc/passwd"}, "model_id"),
+        ({"model_id": "../../etc/passwd"}, "model_id"),
+        ({"colour": "blue"}, "colour"),
+        ({"engine": "openai", "quantization": "none", "parameters": {}}, "parameters"),
+        ({"parameters": {"keep_alive_seconds": -7}}, "parameters"),
+    ],
+)
+def test_it_refuses_an_invalid_configuration_naming_the_field(api_as, registry, config_change, field):
+    body = {**NEW_MODEL, "model_config": {**NEW_MODEL["model_config"], **config_change}}
+    error = assert_error(api_as("model_write").post("/models/", body, format="json"), 400, "ValidationError")
+    assert field in error["error_message"]
+    assert not ModelConfig.objects.filter(name="gamma").exists()
+
+
+@pytest.mark.parametrize("name", ["", "-lead", "has space", "a/b", "x" * 129, "..", "ümlaut"])
+def test_it_refuses_a_bad_model_name(api_as, registry, name):
+    body = {**NEW_MODEL, "model_name": name}
+    error = assert_error(api_as("model_write").post("/models/", body, format="json"), 400, "ValidationError")
+    assert "model_name" in error["error_message"]
+
+
+def test_only_admins_may_point_a_model_at_a_remote_url(api_as, registry):
+    body = {**NEW_MODEL, "model_config": {"model_id": "m", "engine": "openai", "parameters": {"base_url": "http://127.0.0.1:9/v1"}}}
+    assert_error(api_as("model_write").post("/models/", body, format="json"), 403, "PermissionDeniedError")
+    assert_ok(api_as("model_write", "admin").post("/models/", body, format="json"), 201)
+
+
+def test_update_applies_partial_changes_and_reports_them(api_as, registry):
+    client = api_as("model_write")
+    data = assert_ok(client.put("/models/alpha", {"updates": {"temperature": 0.3, "max_new_tokens": 64}}, format="json"))["data"]
+    assert sorted(data["updated_fields"]) == ["max_new_tokens", "temperature"]
+    assert data["reload_required"] is False  # not loaded
+    registry["alpha"].refresh_from_db()
+    assert (registry["alpha"].temperature, registry["alpha"].max_new_tokens, registry["alpha"].quantization) == (0.3, 64, "4bit")
+
+
+def test_update_refuses_a_combination_that_becomes_invalid(api_as, registry):
+    error = assert_error(api_as("model_write").put("/models/beta", {"updates": {"quantization": "awq"}}, format="json"), 400, "ValidationError")
+    assert "quantization" in error["error_message"]
+    registry["beta"].refresh_from_db()
+    assert registry["beta"].quantization == "Q4_K_M"
+
+
+def test_update_of_a_missing_model_is_404(api_as, registry):
+    assert_error(api_as("model_write").put("/models/nope", {"updates": {}}, format="json"), 404, "ModelNotFoundError")
+
+
+def test_set_default_keeps_exactly_one_default(api_as, registry):
+    client = api_as("model_write")
+    data = assert_ok(client.post("/models/default/beta"))["data"]
+    assert data == {"model_name": "beta", "is_default": True, "previous_default": "alpha"}
+    assert list(ModelConfig.objects.filter(is_default=True).values_list("name", flat=True)) == ["beta"]
+    assert_ok(client.put("/models/alpha", {"updates": {}, "set_as_default": True}, format="json"))
+    assert list(ModelConfig.objects.filter(is_default=True).values_list("name", flat=True)) == ["alpha"]
+
+
+def test_deleting_the_default_hands_the_flag_to_another_model(api_as, registry):
+    data = assert_ok(api_as("model_delete").delete("/models/alpha"))["data"]
+    assert data["new_default"] == "beta"
+    assert list(ModelConfig.objects.filter(is_default=True).values_list("name", flat=True)) == ["beta"]
+
+
+def test_delete_refuses_a_bad_clear_cache_flag(api_as, registry):
+    assert_error(api_as("model_delete").delete("/models/beta?clear_cache=maybe"), 400, "ValidationError")
+    assert ModelConfig.objects.filter(name="beta").exists()
+
+
+def test_validate_reports_configuration_problems(api_as, registry):
+    ModelConfig.objects.filter(name="beta").update(quantization="awq")  # bypasses the API's checks
+    data = assert_ok(api_as("model_read").post("/models/beta/validate"))["data"]
+    assert data["valid"] is False
+    assert any("quantization" in e for e in data["errors"])
