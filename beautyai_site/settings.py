@@ -120,6 +120,8 @@ def _database() -> dict:
         # Runners and request threads write at once; wait for the lock instead of failing.
         config.setdefault("OPTIONS", {})["timeout"] = 20
         config["CONN_MAX_AGE"] = 0
+        # A file, not memory, so that a server started by the tests can share the test database.
+        config["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     return config
 
 
@@ -161,7 +163,11 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True  # serve app static files without a collectstatic step
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/chat/"
+LOGOUT_REDIRECT_URL = "/login/"
 
 # Request bodies: the API takes JSON only; anything larger is refused with 413 before parsing.
 MAX_REQUEST_BODY_BYTES = int(env_number("BEAUTYAI_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024, integer=True))
@@ -230,3 +236,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# Chat transports.
+WEBSOCKET_MAX_MESSAGE_BYTES = int(env_number("BEAUTYAI_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024, integer=True))
+WEBSOCKET_MESSAGES_PER_SECOND = int(env_number("BEAUTYAI_WS_MESSAGES_PER_SECOND", 20, minimum=1, integer=True))
+WEBSOCKET_AUTH_GRACE_SECONDS = env_number("BEAUTYAI_WS_AUTH_GRACE_SECONDS", 5, minimum=0.1)
+MAX_QUEUE = int(env_number("BEAUTYAI_MAX_QUEUE", 16, minimum=0, integer=True))

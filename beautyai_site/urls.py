@@ -7,6 +7,10 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("models_app.urls")),
+    path("", include("system_app.urls")),
+    path("", include("inference_app.urls")),
+    path("v1/", include("inference_app.openai_urls")),
+    path("", include("beautyai_site.pages_urls")),
 ]
 
 handler400 = "beautyai_site.api.views.bad_request"

@@ -12,7 +12,6 @@ from pathlib import Path
 from django.conf import settings
 
 from beautyai_site.api import errors
-from models_app.paths import confine, is_local_path
 
 _manager = None
 _manager_lock = threading.Lock()
@@ -54,11 +53,16 @@ def allowed_model_roots() -> list[Path]:
 
 def check_model_location(model_id: str) -> None:
     """Local paths must lie inside the allowed roots; hub ids are resolved later, offline, in HF_HOME."""
-    if not model_id or not is_local_path(model_id):
+    from models_app.engines.base import EngineError, confine, is_hub_id, is_local_model_id
+
+    if not model_id:
         return
     try:
-        confine(model_id, allowed_model_roots())
-    except ValueError as exc:
+        if is_local_model_id(model_id):
+            confine(model_id, allowed_model_roots())
+        elif not is_hub_id(model_id):
+            raise EngineError("model_id must be a hub id such as org/name or an absolute path")
+    except EngineError as exc:
         raise errors.ValidationError(f"model_id: {exc}", details={"fields": {"model_id": [str(exc)]}}) from None
 
 
@@ -136,6 +140,9 @@ def load(model, *, force_reload: bool = False) -> dict:
             details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb, "loaded_models": exc.loaded_models},
         ) from None
     except EngineLoadError as exc:
+        if str(exc).startswith("load cancelled"):
+            # Another request unloaded the model while this one waited for it to load.
+            raise errors.ConflictError(f"Model '{model.name}' was unloaded while it was loading.") from None
         raise errors.ModelLoadError(f"Model '{model.name}' could not be loaded: {exc}") from None
     return _info_dict(info)
 
@@ -150,7 +157,9 @@ def clear_hub_cache(model_id: str) -> int:
 
     Only hub ids qualify: a local path is never deleted, and huggingface_hub only touches its cache folder.
     """
-    if is_local_path(model_id):
+    from models_app.engines.base import is_hub_id
+
+    if not is_hub_id(model_id):
         return 0
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
@@ -221,3 +230,68 @@ def _gguf_file(path: Path, spec) -> Path | None:
     if path.is_dir() and isinstance(name, str) and name.endswith(".gguf") and "/" not in name and ".." not in name:
         return path / name
     return None
+
+
+# Generation ------------------------------------------------------------------------------------
+
+_accepting = threading.Event()
+_accepting.set()
+
+
+def accepting_generations() -> bool:
+    """False while a restart drains the runners; new chats then answer 503."""
+    return _accepting.is_set()
+
+
+def set_accepting_generations(value: bool) -> None:
+    (_accepting.set if value else _accepting.clear)()
+
+
+def context_length(name: str) -> int | None:
+    return get_manager().context_length(name)
+
+
+def count_tokens(name: str, messages: list[dict]) -> int:
+    from models_app.engines.base import EngineError
+
+    try:
+        return get_manager().count_tokens(name, messages)
+    except EngineError as exc:
+        raise errors.ConflictError(f"Model '{name}' is not available: {exc}") from None
+
+
+def uses_think_tags(model) -> bool:
+    """Per-model ``reasoning_parser`` (think_tags | none); when unset, what the chat template shows."""
+    parser = (model.parameters or {}).get("reasoning_parser")
+    if parser in ("think_tags", "none"):
+        return parser == "think_tags"
+    return get_manager().think_tags(model.name)
+
+
+def max_queue(model) -> int:
+    value = (model.parameters or {}).get("max_queue")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else settings.MAX_QUEUE
+
+
+def generate(model, messages: list[dict], params, *, request_id: str):
+    """Submits a generation; answers 429 at once when the model's queue is full."""
+    from models_app.engines.base import EngineError
+    from models_app.manager import QueueFullError
+
+    try:
+        return get_manager().generate(model.name, messages, params, request_id=request_id,
+                                      max_queue=max_queue(model))
+    except QueueFullError as exc:
+        raise errors.RateLimitError(
+            f"Model '{model.name}' is busy: its queue is full.",
+            details={"model_name": model.name, "queue_depth": exc.queue_depth, "max_queue": exc.max_queue},
+        ) from None
+    except EngineError as exc:
+        raise errors.ConflictError(f"Model '{model.name}' is not available: {exc}") from None
+
+
+def record_generation(plan, stats: dict) -> None:
+    """Hook for usage accounting and metrics, called once per stored reply."""
+    from inference_app.usage import usage_record_reply
+
+    usage_record_reply(plan, stats)

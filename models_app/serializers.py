@@ -5,6 +5,7 @@ import re
 from rest_framework import serializers
 
 from beautyai_site.api.fields import (
+    StrictCharField,
     StrictBooleanField,
     StrictFloatField,
     StrictIntegerField,
@@ -30,13 +31,13 @@ class ModelNameField(serializers.RegexField):
 class ModelConfigSerializer(StrictSerializer):
     """A registry entry's configuration, as the API takes it in ``model_config`` and ``updates``."""
 
-    model_id = serializers.CharField(max_length=500, trim_whitespace=False)
+    model_id = StrictCharField(max_length=500, trim_whitespace=False)
     architecture = serializers.RegexField(r"^[a-z0-9_]{1,64}$", required=False, default="causal_lm")
     engine = serializers.ChoiceField(choices=ENGINES)
-    quantization = serializers.CharField(max_length=16, required=False, default="none")
+    quantization = StrictCharField(max_length=16, required=False, default="none")
     dtype = serializers.ChoiceField(choices=DTYPES, required=False, default="auto")
     max_new_tokens = StrictIntegerField(min_value=1, max_value=MAX_NEW_TOKENS_LIMIT, required=False, default=512)
-    description = serializers.CharField(max_length=2000, allow_blank=True, required=False, default="")
+    description = StrictCharField(max_length=2000, allow_blank=True, required=False, default="")
     temperature = StrictFloatField(min_value=0.0, max_value=2.0, required=False, allow_null=True)
     top_p = StrictFloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
     top_k = StrictIntegerField(min_value=0, max_value=1000, required=False, allow_null=True)
@@ -126,10 +127,10 @@ class ModelDeleteQuerySerializer(StrictSerializer):
 
 # Response shapes, for the OpenAPI schema.
 class ModelSummarySerializer(serializers.Serializer):
-    model_name = serializers.CharField()
-    model_id = serializers.CharField()
-    architecture = serializers.CharField()
-    engine = serializers.CharField()
+    model_name = StrictCharField()
+    model_id = StrictCharField()
+    architecture = StrictCharField()
+    engine = StrictCharField()
     status = serializers.ChoiceField(choices=["loaded", "loading", "unloaded", "error"])
     memory_usage_mb = serializers.FloatField()
     is_default = serializers.BooleanField()
@@ -148,13 +149,13 @@ class ModelListResponseSerializer(EnvelopeSerializer):
 
 
 class ModelAddResponseSerializer(EnvelopeSerializer):
-    model_name = serializers.CharField()
-    message = serializers.CharField()
+    model_name = StrictCharField()
+    message = StrictCharField()
 
 
 class ModelLoadResponseSerializer(EnvelopeSerializer):
-    model_name = serializers.CharField()
-    model_id = serializers.CharField()
+    model_name = StrictCharField()
+    model_id = StrictCharField()
     memory_usage_mb = serializers.FloatField()
     load_time_seconds = serializers.FloatField()
 
@@ -162,8 +163,8 @@ class ModelLoadResponseSerializer(EnvelopeSerializer):
 class ErrorResponseSerializer(serializers.Serializer):
     success = serializers.BooleanField()
     data = serializers.JSONField(allow_null=True)
-    error_code = serializers.CharField()
-    error_message = serializers.CharField()
+    error_code = StrictCharField()
+    error_message = StrictCharField()
     error_details = serializers.JSONField(allow_null=True)
     timestamp = serializers.DateTimeField()
     execution_time_ms = serializers.FloatField(allow_null=True)

@@ -80,3 +80,95 @@ def registry(db):
     )
     second = ModelConfig.objects.create(name="beta", model_id="org/beta", engine="llama.cpp", quantization="Q4_K_M")
     return {"alpha": first, "beta": second}
+
+
+# Real models and a real server ---------------------------------------------------------------------
+
+BUNDLED = "smollm2-135m-instruct"
+BUNDLED_HF = "smollm2-135m-instruct-hf"
+
+
+@pytest.fixture
+def bundled_model(db):
+    """The bundled SmolLM2 GGUF registered for llama.cpp (loading is left to the test or on demand)."""
+    from models_app import services
+    from models_app.bootstrap import bundled_entries
+
+    config = dict(bundled_entries()[BUNDLED])
+    config["parameters"] = {**config["parameters"], "n_ctx": 1024}
+    return services.registry_add(name=BUNDLED, config=config, set_as_default=True)
+
+
+@pytest.fixture
+def loaded_model(bundled_model):
+    from models_app import runtime
+
+    runtime.load(bundled_model)
+    return bundled_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_runners_at_the_end():
+    yield
+    from models_app import runtime
+
+    manager = runtime.manager_if_started()
+    if manager is not None:
+        manager.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker):
+    """A real daphne serving this checkout against the test database, for streams and disconnects.
+
+    Tests that use it need ``transactional_db`` so that what they create is committed and visible.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+    from django.db import connection
+
+    settings_dict = connection.settings_dict
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        database_url = f"sqlite:///{settings_dict['NAME']}"
+    else:
+        auth = settings_dict["USER"] + (f":{settings_dict['PASSWORD']}" if settings_dict["PASSWORD"] else "")
+        database_url = (f"postgres://{auth}@{settings_dict['HOST'] or '127.0.0.1'}:"
+                        f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}")
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "beautyai_site.settings",
+           "PYTHONUNBUFFERED": "1"}
+    root = Path(__file__).resolve().parents[1]
+    log = open(root / "var" / "live-server.log", "wb") if (root / "var").is_dir() else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beautyai_site.asgi:application"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/no-such-page", timeout=1)
+            break
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the live server did not start; see var/live-server.log")
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -1,0 +1,197 @@
+"""WebSocket chat at /ws/chat/: several chats per socket, same events as SSE, each with request_id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from rest_framework.exceptions import APIException, AuthenticationFailed
+from rest_framework.exceptions import ValidationError as DRFValidationError
+
+from beautyai_site.api import errors
+from beautyai_site.api.auth import authenticate_api_key, bearer_token
+from beautyai_site.api.envelope import error_body
+from beautyai_site.api.exceptions import _as_api_error
+from beautyai_site.api.permissions import has_somewhere
+from inference_app import active, services, streaming
+from inference_app.serializers import ChatRequestSerializer
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_LARGE = 4413
+
+
+def _header(scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        self.user = None
+        self.api_key_id = None
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.handles: dict[str, object] = {}
+        self.window_start = time.monotonic()
+        self.window_count = 0
+        await self.accept()
+        session_user = self.scope.get("user")
+        token = bearer_token(_header(self.scope, b"authorization"))
+        if token:
+            await self._authenticate_key(token)
+        elif session_user is not None and session_user.is_authenticated:
+            self.user = session_user
+        if self.user is None:
+            self.grace = asyncio.get_running_loop().call_later(
+                settings.WEBSOCKET_AUTH_GRACE_SECONDS, self._close_unauthenticated
+            )
+        else:
+            await self._joined()
+
+    def _close_unauthenticated(self):
+        if self.user is None:
+            asyncio.ensure_future(self.close(code=CLOSE_UNAUTHENTICATED))
+
+    async def _joined(self):
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(self.user_group, self.channel_name)
+        await self.send_json({"type": "ready", "user": self.user.get_username()})
+
+    @property
+    def user_group(self) -> str:
+        return f"chat-user-{self.user.pk}"
+
+    async def _authenticate_key(self, raw: str) -> bool:
+        try:
+            key = await database_sync_to_async(authenticate_api_key)(raw)
+        except AuthenticationFailed:
+            return False
+        self.user, self.api_key_id = key.user, key.pk
+        return True
+
+    async def disconnect(self, code):
+        # Closing the socket cancels every generation it started.
+        for handle in list(self.handles.values()):
+            handle.cancel()
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.user is not None and self.channel_layer is not None:
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > settings.WEBSOCKET_MAX_MESSAGE_BYTES:
+            await self.close(code=CLOSE_TOO_LARGE)
+            return
+        try:
+            content = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            content = None
+        if not isinstance(content, dict):
+            await self._error(None, errors.ValidationError("Messages must be JSON objects with a type."))
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content, **kwargs):
+        kind = content.get("type")
+        request_id = content.get("request_id") if isinstance(content.get("request_id"), str) else None
+        if kind == "auth":
+            await self._on_auth(content)
+            return
+        if self.user is None:
+            await self._error(request_id, errors.AuthenticationError("Authenticate first: {\"type\": \"auth\", \"api_key\": ...}"))
+            return
+        if not self._within_rate():
+            await self._error(request_id, errors.RateLimitError("Too many messages on this socket."))
+            return
+        if kind == "chat":
+            await self._on_chat(content, request_id)
+        elif kind == "cancel":
+            handle = self.handles.get(request_id or "")
+            if handle is None:
+                await self._error(request_id, errors.NotFoundError("No generation with this request_id on this socket."))
+            else:
+                handle.cancel()
+        else:
+            await self._error(request_id, errors.ValidationError("type: must be auth, chat or cancel"))
+
+    def _within_rate(self) -> bool:
+        now = time.monotonic()
+        if now - self.window_start >= 1.0:
+            self.window_start, self.window_count = now, 0
+        self.window_count += 1
+        return self.window_count <= settings.WEBSOCKET_MESSAGES_PER_SECOND
+
+    async def _on_auth(self, content):
+        if self.user is not None:
+            await self._error(None, errors.ValidationError("Already authenticated."))
+            return
+        raw = content.get("api_key")
+        if not isinstance(raw, str) or not await self._authenticate_key(raw):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.grace.cancel()
+        await self._joined()
+
+    async def _on_chat(self, content, request_id):
+        if request_id is None or not (1 <= len(request_id) <= 64) or request_id in self.tasks:
+            await self._error(request_id, errors.ValidationError("request_id: a new, unique string of 1–64 characters"))
+            return
+        body = {k: v for k, v in content.items() if k not in ("type", "request_id")}
+        body.pop("stream", None)
+        self.tasks[request_id] = asyncio.ensure_future(self._run_chat(request_id, body))
+
+    async def _run_chat(self, request_id: str, body: dict):
+        # The socket's request_id names the stream to the client; the server's own id keeps requests
+        # of different sockets apart in the runner and in the cancel registry.
+        server_id = uuid.uuid4().hex
+        try:
+            plan, handle = await sync_to_async(self._prepare, thread_sensitive=False)(body, server_id)
+        except Exception as exc:  # every failure becomes an error event; the socket stays usable
+            self.tasks.pop(request_id, None)
+            await self._error(request_id, _as_api_error(exc) or errors.SystemError())
+            return
+        self.handles[request_id] = handle
+        active.register(server_id, self.user.pk, handle)
+        builder = services.ReplyBuilder(plan)
+        try:
+            async for event_type, payload in streaming.events_for(builder, handle):
+                if event_type == "start":
+                    payload = {**payload, "server_request_id": server_id}
+                await self.send_json({"type": event_type, **payload, "request_id": request_id})
+        finally:
+            self.handles.pop(request_id, None)
+            self.tasks.pop(request_id, None)
+
+    def _prepare(self, body: dict, server_id: str):
+        from django.db import close_old_connections
+
+        close_old_connections()
+        try:
+            serializer = ChatRequestSerializer(data=body)
+            if not serializer.is_valid():
+                raise DRFValidationError(serializer.errors)
+            if not has_somewhere(self.user, "chat"):
+                raise errors.PermissionDeniedError("You do not have the 'chat' permission.")
+            plan = services.chat_prepare(user=self.user, data=serializer.validated_data, request_id=server_id,
+                                         transport="websocket", api_key_id=self.api_key_id)
+            return plan, services.chat_start(plan)
+        finally:
+            close_old_connections()
+
+    async def _error(self, request_id, error: errors.APIError | APIException):
+        body = error_body(None, code=error.error_code, message=error.message, details=error.details)
+        await self.send_json({"type": "error", "request_id": request_id, **body})
+
+    async def chat_cancel(self, message):
+        """A cancel from another process (POST /inference/requests/{id}/cancel) via the channel layer."""
+        handle = self.handles.get(message.get("request_id", ""))
+        if handle is not None:
+            handle.cancel()

@@ -1,0 +1,271 @@
+"""Chat: from a validated request to a stored reply, whatever the transport.
+
+Every transport (REST, SSE, WebSocket, /v1) runs the same three steps:
+``chat_prepare`` (access, session, context, on-demand load; stores the user message),
+``chat_start`` (submits to the model's runner) and a ``ReplyBuilder`` fed with the runner's
+events, whose result ``chat_record`` stores once per reply.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from django.db import transaction
+
+from beautyai_site.api import errors
+from beautyai_site.api.permissions import has_on
+from inference_app import reasoning
+from inference_app.models import ChatMessage, ChatSession
+from models_app import runtime, services as registry
+from models_app.models import ModelConfig
+
+TITLE_CHARS = 60
+
+
+@dataclass
+class ChatPlan:
+    request_id: str
+    user: object
+    model: ModelConfig
+    session: ChatSession
+    messages: list[dict]
+    params: object  # GenerationParams
+    dropped_turns: int
+    think_tags: bool
+    transport: str
+    api_key_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _pick_model(*, user, model_name: str | None, session: ChatSession | None) -> ModelConfig:
+    if model_name:
+        return registry.model_get_for_user(user=user, name=model_name, permission="chat")
+    if session is not None and session.model is not None:
+        return registry.model_get_for_user(user=user, name=session.model.name, permission="chat")
+    default = registry.default_model()
+    if default is None:
+        raise errors.ModelNotFoundError("No model_name given and no default model is set.")
+    return registry.model_get_for_user(user=user, name=default.name, permission="chat")
+
+
+def session_get_for_user(*, user, session_id) -> ChatSession:
+    """Another user's session answers 404, exactly like a missing one."""
+    session = ChatSession.objects.filter(id=session_id, owner=user).select_related("model").first()
+    if session is None:
+        raise errors.NotFoundError("Chat session not found.")
+    return session
+
+
+def ensure_loaded(*, user, model: ModelConfig) -> None:
+    """Loads on demand when the caller may load this model (as Ollama does); otherwise 409."""
+    if runtime.status(model.name)["status"] == "loaded":
+        return
+    if not has_on(user, "model_load", model):
+        raise errors.ConflictError(f"Model '{model.name}' is not loaded.", details={"model_name": model.name})
+    runtime.load(model)
+
+
+def generation_params(model: ModelConfig, config: dict):
+    """The request's generation_config over the registry entry's defaults; max_tokens capped by the entry."""
+    from models_app.engines.base import GenerationParams
+
+    merged = {**model.generation_defaults, **config}
+    merged["max_tokens"] = min(config.get("max_tokens", model.max_new_tokens), model.max_new_tokens)
+    return GenerationParams(**{k: v for k, v in merged.items() if k in GenerationParams.__dataclass_fields__})
+
+
+def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[dict], int]:
+    """Drops the oldest turns (system messages kept) until the prompt and max_tokens fit the window.
+
+    A prompt that cannot fit even with every earlier turn dropped is refused; when the prompt fits
+    but leaves less room than max_tokens, max_tokens shrinks (the reply then ends with "length").
+    """
+    window = runtime.context_length(model_name)
+    if not window:
+        return messages, 0
+    count = lambda msgs: runtime.count_tokens(model_name, msgs)  # noqa: E731 - local shorthand
+    systems = [m for m in messages if m["role"] == "system"]
+    history = [m for m in messages[:-1] if m["role"] != "system"]
+    last = messages[-1]
+    if count(systems + [last]) >= window:
+        raise errors.ValidationError(
+            "message: longer than the model's context window on its own",
+            details={"context_window_tokens": window},
+        )
+    dropped = 0
+    while history and count(systems + history + [last]) + params.max_tokens > window:
+        history.pop(0)
+        dropped += 1
+    kept = systems + history + [last]
+    room = window - count(kept)
+    params.max_tokens = max(1, min(params.max_tokens, room))
+    return kept, dropped
+
+
+def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: str = "rest",
+                 api_key_id: int | None = None) -> ChatPlan:
+    """Checks access, resolves the session and model, loads on demand, builds the context, stores the user message."""
+    if not runtime.accepting_generations():
+        raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
+    session = session_get_for_user(user=user, session_id=data["session_id"]) if data.get("session_id") else None
+    if session is not None and data.get("chat_history"):
+        raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
+    model = _pick_model(user=user, model_name=data.get("model_name"), session=session)
+    params = generation_params(model, dict(data.get("generation_config") or {}))
+    ensure_loaded(user=user, model=model)
+
+    seeded = [dict(turn) for turn in data.get("chat_history") or []]
+    history = seeded if session is None else [
+        {"role": m.role, "content": m.content} for m in session.messages.all() if m.role in ("system", "user", "assistant")
+    ]
+    messages = history + [{"role": "user", "content": data["message"]}]
+    messages, dropped = fit_context(model_name=model.name, messages=messages, params=params)
+
+    # The user's message is committed before generation starts, so a failed reply never loses it.
+    with transaction.atomic():
+        if session is None:
+            session = ChatSession.objects.create(
+                owner=user, model=model, model_name=model.name, title=data["message"].strip()[:TITLE_CHARS]
+            )
+            ChatMessage.objects.bulk_create(ChatMessage(session=session, **turn) for turn in seeded)
+        elif session.model_id != model.pk:
+            session.model, session.model_name = model, model.name
+            session.save(update_fields=["model", "model_name", "updated_at"])
+        ChatMessage.objects.create(session=session, role="user", content=data["message"])
+    return ChatPlan(
+        request_id=request_id or uuid.uuid4().hex,
+        user=user,
+        model=model,
+        session=session,
+        messages=messages,
+        params=params,
+        dropped_turns=dropped,
+        think_tags=runtime.uses_think_tags(model),
+        transport=transport,
+        api_key_id=api_key_id,
+    )
+
+
+def chat_start(plan: ChatPlan):
+    """Submits the generation; a full queue answers 429 at once instead of waiting."""
+    return runtime.generate(plan.model, plan.messages, plan.params, request_id=plan.request_id)
+
+
+class ReplyBuilder:
+    """Turns runner events into transport events and remembers the reply.
+
+    Transport events are ``(type, payload)`` with type start | delta | reasoning | done | error,
+    the same for SSE and WebSocket.
+    """
+
+    def __init__(self, plan: ChatPlan):
+        self.plan = plan
+        self.splitter = reasoning.ThinkSplitter() if plan.think_tags else None
+        self.answer: list[str] = []
+        self.thinking: list[str] = []
+        self.stats: dict | None = None
+        self.error: str | None = None
+        self.queue_time_ms: float | None = None
+        self.recorded = False
+        self.deltas = 0
+        self.lock = threading.Lock()
+
+    def start_event(self) -> tuple[str, dict]:
+        return "start", {"session_id": str(self.plan.session.id), "request_id": self.plan.request_id,
+                         "model_name": self.plan.model.name}
+
+    def _pieces(self, text: str) -> list[tuple[str, str]]:
+        pieces = self.splitter.feed(text) if self.splitter else [("content", text)]
+        out = []
+        for kind, piece in pieces:
+            (self.thinking if kind == "reasoning" else self.answer).append(piece)
+            out.append(("reasoning" if kind == "reasoning" else "delta", {"content": piece}))
+        return out
+
+    def on_event(self, event, queue_time_ms: float | None = None) -> list[tuple[str, dict]]:
+        self.queue_time_ms = queue_time_ms
+        if event.kind == "delta":
+            self.deltas += 1
+            return self._pieces(event.text)
+        tail = [(("reasoning" if kind == "reasoning" else "delta"), {"content": piece})
+                for kind, piece in (self.splitter.flush() if self.splitter else [])]
+        for kind, payload in tail:
+            (self.thinking if kind == "reasoning" else self.answer).append(payload["content"])
+        if event.kind == "done":
+            self.stats = asdict(event.stats) if event.stats is not None else None
+            return tail + [("done", self.response_fields())]
+        if (event.message or "").startswith("cancelled"):
+            # e.g. "cancelled: model unloaded": a cancellation, not a failure; the reply so far stands.
+            self.cancelled_locally(reason=event.message)
+            return tail + [("done", self.response_fields())]
+        self.error = event.message or "generation failed"
+        return tail + [("error", self.error_payload())]
+
+    def cancelled_locally(self, reason: str = "cancelled") -> None:
+        """The stream ended before the runner's final stats: keep what arrived, marked cancelled.
+
+        Token counts are the deltas received (the runner sends one delta per generated token).
+        """
+        if self.stats is None and self.error is None:
+            self.stats = {"prompt_tokens": 0, "tokens_generated": self.deltas, "finish_reason": "cancelled",
+                          "time_to_first_token_ms": None, "inference_time_ms": 0.0, "tokens_per_second": 0.0,
+                          "cancel_reason": reason}
+
+    @property
+    def finish_reason(self) -> str:
+        if self.error is not None:
+            return "error"
+        return (self.stats or {}).get("finish_reason", "error")
+
+    def texts(self) -> tuple[str, str]:
+        return reasoning.finish("".join(self.thinking), "".join(self.answer), self.splitter)
+
+    def generation_stats(self) -> dict:
+        stats = dict(self.stats or {"prompt_tokens": 0, "tokens_generated": 0, "inference_time_ms": 0.0,
+                                      "time_to_first_token_ms": None, "tokens_per_second": 0.0})
+        stats["finish_reason"] = self.finish_reason
+        stats["queue_time_ms"] = self.queue_time_ms
+        stats["dropped_turns"] = self.plan.dropped_turns
+        return stats
+
+    def response_fields(self) -> dict:
+        thinking, answer = self.texts()
+        return {
+            "response": answer,
+            "reasoning": thinking,
+            "session_id": str(self.plan.session.id),
+            "request_id": self.plan.request_id,
+            "model_name": self.plan.model.name,
+            "generation_stats": self.generation_stats(),
+        }
+
+    def error_payload(self) -> dict:
+        from beautyai_site.api.envelope import error_body
+
+        return error_body(None, code="SystemError", message=self.error,
+                          details={"request_id": self.plan.request_id, "session_id": str(self.plan.session.id)})
+
+
+def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
+    """Stores the assistant reply once, with what was generated even when cancelled or failed."""
+    with builder.lock:
+        if builder.recorded:
+            return None
+        builder.recorded = True
+    thinking, answer = builder.texts()
+    stats = builder.generation_stats()
+    message = ChatMessage.objects.create(
+        session=builder.plan.session,
+        role="assistant",
+        content=answer,
+        reasoning=thinking,
+        prompt_tokens=stats.get("prompt_tokens"),
+        completion_tokens=stats.get("tokens_generated"),
+        stats=stats,
+        finish_reason=builder.finish_reason,
+    )
+    ChatSession.objects.filter(pk=builder.plan.session.pk).update(updated_at=message.created_at)
+    runtime.record_generation(builder.plan, stats)
+    return message

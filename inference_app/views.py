@@ -1,0 +1,52 @@
+"""Chat routes: parse, check access, run the chat service, answer JSON or a stream."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import viewsets
+
+from beautyai_site.api import errors
+from beautyai_site.api.envelope import ok
+from inference_app import active, services, streaming
+from inference_app.serializers import ChatRequestSerializer, ChatResponseSerializer
+from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
+from models_app.views import parse
+
+ERRORS = {status: ErrorResponseSerializer for status in (400, 401, 403, 404, 409, 429, 500, 503)}
+
+
+def api_key_id(request) -> int | None:
+    return getattr(request.auth, "pk", None)
+
+
+class ChatViewSet(viewsets.ViewSet):
+    required_permissions = {"chat": "chat", "cancel": "chat"}
+
+    @extend_schema(request=ChatRequestSerializer, responses={200: ChatResponseSerializer, **ERRORS},
+                   description="stream=true answers text/event-stream: start, delta, reasoning, done, error events.")
+    def chat(self, request):
+        data = parse(ChatRequestSerializer, request.data)
+        plan = services.chat_prepare(user=request.user, data=data, request_id=request._request.request_id,
+                                     transport="sse" if data["stream"] else "rest", api_key_id=api_key_id(request))
+        handle = services.chat_start(plan)
+        active.register(plan.request_id, request.user.pk, handle)
+        builder = services.ReplyBuilder(plan)
+        if data["stream"]:
+            return streaming.sse_response(builder, handle)
+        try:
+            for event in handle:
+                builder.on_event(event, handle.queue_time_ms)
+        finally:
+            active.unregister(plan.request_id)
+            services.chat_record(builder)
+        if builder.error is not None:
+            raise errors.SystemError(f"Generation failed: {builder.error}",
+                                     details={"session_id": str(plan.session.id), "request_id": plan.request_id})
+        return ok(request, **builder.response_fields())
+
+    @extend_schema(parameters=[OpenApiParameter("request_id", str, OpenApiParameter.PATH)], request=None,
+                   responses={200: EnvelopeSerializer, **ERRORS})
+    def cancel(self, request, request_id: str):
+        if not active.cancel(request_id, request.user.pk):
+            raise errors.NotFoundError("No generation with this request id is running for you.")
+        return ok(request, data={"request_id": request_id, "cancelled": True})

@@ -1,0 +1,144 @@
+"""llama.cpp through llama-cpp-python, for GGUF files."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+from .base import (
+    Engine,
+    EngineError,
+    EngineLoadError,
+    EngineUnavailableError,
+    GenerationParams,
+    GenerationStats,
+    LoadSpec,
+    inspect_gguf,
+    locate_model,
+    make_stats,
+    prompt_segments,
+    render_chat_template,
+    resolve_sampling,
+    scrub_paths,
+    with_content_markers,
+)
+
+# Used when a GGUF carries no template of its own; ChatML is what most small chat models expect.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class LlamaCppEngine(Engine):
+    max_concurrency = 1  # one llama_context cannot decode two sequences from two threads
+
+    def __init__(self):
+        self._llm = None
+        self._spec: LoadSpec | None = None
+        self._template: str | None = None
+        self._bos = ""
+        self._eos = ""
+
+    def load(self, spec: LoadSpec) -> None:
+        path = locate_model(spec)
+        if path.is_dir():
+            name = spec.parameters.get("filename") or spec.parameters.get("gguf_file")
+            if not name:
+                raise EngineLoadError("llama.cpp needs a .gguf file; set the `filename` parameter for a folder")
+            path = path / name
+        info = inspect_gguf(path)
+        try:
+            import llama_cpp
+        except ImportError:
+            raise EngineUnavailableError("llama-cpp-python is not installed on this host") from None
+        p = spec.parameters
+        kwargs = {"model_path": str(path), "n_ctx": int(p.get("n_ctx", 2048)),
+                  "n_gpu_layers": int(p.get("n_gpu_layers", 0)), "verbose": False}
+        if p.get("n_threads"):
+            kwargs["n_threads"] = int(p["n_threads"])
+        if p.get("seed") is not None:
+            kwargs["seed"] = int(p["seed"])
+        try:
+            self._llm = llama_cpp.Llama(**kwargs)
+        except Exception as exc:
+            raise EngineLoadError(f"llama.cpp could not load {path.name}: {scrub_paths(str(exc))}") from None
+        self._spec = spec
+        self._template = info["chat_template"]
+        self._bos = self._token_text(self._llm.token_bos())
+        self._eos = self._token_text(self._llm.token_eos())
+
+    def _token_text(self, token: int) -> str:
+        if token is None or token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        return self._template
+
+    def context_length(self) -> int:
+        return int(self._llm.n_ctx())
+
+    def _prompt_tokens(self, messages: list[dict], enable_thinking: bool | None = None) -> list[int]:
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        marked, marker = with_content_markers(messages)
+        prompt = render_chat_template(self._template or CHATML_TEMPLATE, marked, bos_token=self._bos,
+                                      eos_token=self._eos, add_generation_prompt=True, **extra)
+        # The template already wrote BOS where the model wants it. Special tokens are parsed in
+        # the template's own text only, never in what users wrote.
+        tokens: list[int] = []
+        for text, is_content in prompt_segments(prompt, messages, marker):
+            tokens += self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=not is_content)
+        return tokens
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        return len(self._prompt_tokens(messages))
+
+    def generate(self, messages: list[dict], params: GenerationParams,
+                 should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
+        s = resolve_sampling(params, self._spec)
+        tokens = self._prompt_tokens(messages, params.enable_thinking)
+        n_ctx = self.context_length()
+        if len(tokens) >= n_ctx:
+            raise EngineError(f"prompt is longer than the context window ({len(tokens)} >= {n_ctx} tokens)")
+        max_tokens = min(s.max_tokens, n_ctx - len(tokens))
+        kwargs = {"max_tokens": max_tokens, "temperature": s.temperature, "stop": list(s.stop) or None,
+                  "stream": True}
+        if not s.greedy:
+            kwargs.update({k: v for k, v in (("top_p", s.top_p), ("top_k", s.top_k)) if v is not None})
+        if s.repetition_penalty is not None:
+            kwargs["repeat_penalty"] = float(s.repetition_penalty)
+        if s.seed is not None:
+            kwargs["seed"] = int(s.seed)
+
+        started = time.perf_counter()
+        first_at = None
+        finish = "stop"
+        text_parts: list[str] = []
+        stream = self._llm.create_completion(tokens, **kwargs)
+        try:
+            for chunk in stream:
+                if should_stop():
+                    finish = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                if choice.get("text"):
+                    if first_at is None:
+                        first_at = time.perf_counter()
+                    text_parts.append(choice["text"])
+                    yield choice["text"]
+                if choice.get("finish_reason"):
+                    finish = "length" if choice["finish_reason"] == "length" else "stop"
+        finally:
+            stream.close()
+        generated = len(self._llm.tokenize("".join(text_parts).encode("utf-8"), add_bos=False, special=True)) \
+            if text_parts else 0
+        yield make_stats(len(tokens), generated, finish, started, first_at, time.perf_counter())
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+        super().close()

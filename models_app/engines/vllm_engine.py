@@ -1,0 +1,170 @@
+"""vLLM (CUDA only). Its AsyncLLM runs on a private event loop thread; generate() bridges to it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import queue
+import threading
+import time
+import uuid
+from typing import Callable, Iterator
+
+from .base import (
+    Engine,
+    EngineError,
+    EngineLoadError,
+    EngineUnavailableError,
+    GenerationParams,
+    GenerationStats,
+    LoadSpec,
+    locate_model,
+    make_stats,
+    resolve_sampling,
+    scrub_paths,
+)
+
+VLLM_QUANTIZATIONS = ("awq", "gptq", "fp8", "squeezelm")
+VLLM_DTYPES = ("auto", "float16", "bfloat16", "float32")
+_ARG_PARAMETERS = ("gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "pipeline_parallel_size",
+                   "distributed_executor_backend")
+
+
+def cuda_gpu_count() -> int:
+    """CUDA GPUs visible here, asked of NVML so that torch need not be imported."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return 0
+
+
+def build_engine_args(spec: LoadSpec) -> dict:
+    quant = (spec.quantization or "none").lower()
+    if quant not in VLLM_QUANTIZATIONS + ("none",):
+        raise EngineLoadError(f"quantization '{spec.quantization}' is not supported by vLLM "
+                              f"({', '.join(VLLM_QUANTIZATIONS)} or none)")
+    if spec.dtype not in VLLM_DTYPES:
+        raise EngineLoadError(f"dtype '{spec.dtype}' is not supported by vLLM")
+    args = {"model": spec.model_id, "quantization": None if quant == "none" else quant, "dtype": spec.dtype}
+    for key in _ARG_PARAMETERS:
+        if spec.parameters.get(key) is not None:
+            args[key] = spec.parameters[key]
+    if spec.parameters.get("trust_remote_code") is True:
+        args["trust_remote_code"] = True
+    return args
+
+
+class VLLMEngine(Engine):
+    max_concurrency = 64  # vLLM schedules and batches requests itself
+
+    def __init__(self):
+        self._engine = None
+        self._tokenizer = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._spec: LoadSpec | None = None
+        self._max_len = 0
+
+    def load(self, spec: LoadSpec) -> None:
+        args = build_engine_args(spec)
+        if importlib.util.find_spec("vllm") is None:
+            raise EngineUnavailableError("vLLM is not installed on this host")
+        if cuda_gpu_count() == 0:
+            raise EngineUnavailableError("vLLM needs a CUDA GPU; none found")
+        args["model"] = str(locate_model(spec))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True, name="vllm-loop").start()
+
+        async def start():
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+            return engine, await engine.get_tokenizer()
+
+        try:
+            self._engine, self._tokenizer = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+        except Exception as exc:
+            raise EngineLoadError(f"vLLM could not load the model: {exc.__class__.__name__}: "
+                                  f"{scrub_paths(str(exc))[:500]}") from None
+        self._spec = spec
+        self._max_len = int(self._engine.model_config.max_model_len)
+
+    def context_length(self) -> int:
+        return self._max_len
+
+    def chat_template(self) -> str | None:
+        return getattr(self._tokenizer, "chat_template", None)
+
+    def _prompt_ids(self, messages, enable_thinking=None) -> list[int]:
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        return len(self._prompt_ids(messages))
+
+    def generate(self, messages: list[dict], params: GenerationParams,
+                 should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = resolve_sampling(params, self._spec)
+        ids = self._prompt_ids(messages, params.enable_thinking)
+        sampling = SamplingParams(
+            max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed, stop=list(s.stop) or None,
+            top_p=1.0 if s.greedy or s.top_p is None else float(s.top_p),
+            top_k=-1 if s.greedy or not s.top_k else int(s.top_k),
+            repetition_penalty=float(s.repetition_penalty or 1.0), output_kind=RequestOutputKind.DELTA)
+        request_id = uuid.uuid4().hex
+        out: queue.Queue = queue.Queue()
+
+        async def produce():
+            try:
+                async for item in self._engine.generate({"prompt_token_ids": ids}, sampling, request_id):
+                    out.put(item)
+            except Exception as exc:
+                out.put(exc)
+            out.put(None)
+
+        asyncio.run_coroutine_threadsafe(produce(), self._loop)
+        started = time.perf_counter()
+        first_at = None
+        generated = 0
+        finish = "stop"
+        while True:
+            try:
+                item = out.get(timeout=0.1)
+            except queue.Empty:
+                item = False
+            if should_stop():
+                asyncio.run_coroutine_threadsafe(self._engine.abort(request_id), self._loop)
+                finish = "cancelled"
+                break
+            if item is False:
+                continue
+            if item is None:
+                break
+            if isinstance(item, Exception):
+                raise EngineError(f"vLLM generation failed: {item.__class__.__name__}")
+            completion = item.outputs[0]
+            generated += len(completion.token_ids)
+            if completion.text:
+                first_at = first_at or time.perf_counter()
+                yield completion.text
+            if completion.finish_reason:
+                finish = "length" if completion.finish_reason == "length" else "stop"
+        yield make_stats(len(ids), generated, finish, started, first_at, time.perf_counter())
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        super().close()

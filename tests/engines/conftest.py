@@ -1,0 +1,110 @@
+"""Fixtures for the engine tests: real runner processes on the bundled SmolLM2 model.
+
+These tests never touch Django; run them with `-p no:django`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from models_app.engines.base import GenerationParams, LoadSpec
+from models_app.engines.bundled import bundled_gguf_path, ensure_safetensors_folder
+from models_app.manager import EngineManager
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FRANCE = [{"role": "user", "content": "Name the capital city of France."}]
+JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]
+STORY = [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}]
+GREEDY = GenerationParams(max_tokens=24, temperature=0)
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    return bundled_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def safetensors_dir(tmp_path_factory) -> Path:
+    return ensure_safetensors_folder(tmp_path_factory.mktemp("hf") / "smollm2-135m")
+
+
+def llama_spec(gguf: Path, name: str = "smol-gguf", **parameters) -> LoadSpec:
+    return LoadSpec(name=name, engine="llama.cpp", model_id=str(gguf), quantization="Q4_1",
+                    parameters={"n_ctx": 512, **parameters})
+
+
+@pytest.fixture
+def manager():
+    mgr = EngineManager(memory_budget_mb=16_000, max_loaded_models=4, default_keep_alive_s=300,
+                        load_timeout_s=240, shutdown_timeout_s=10)
+    yield mgr
+    mgr.shutdown()
+
+
+def runner_children() -> list[psutil.Process]:
+    """Runner processes started by this test process (spawned multiprocessing children)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("spawn_main" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def collect(handle):
+    """Drain a handle: (joined text, number of deltas, the final event)."""
+    deltas = []
+    for event in handle:
+        if event.kind == "delta":
+            deltas.append(event.text)
+        else:
+            return "".join(deltas), len(deltas), event
+    raise AssertionError("stream ended without done or error")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(gguf_path):
+    """llama-cpp-python's own OpenAI-compatible server; yields its base URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "512", "--model_alias", "smollm2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("llama_cpp.server did not start")
+        time.sleep(0.3)
+    yield base_url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

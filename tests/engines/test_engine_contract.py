@@ -1,0 +1,59 @@
+"""Every engine that runs on this host answers the same questions the same way, via real runners."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from models_app.engines.base import LoadSpec
+
+from .conftest import FRANCE, GREEDY, JAPAN, collect, llama_spec
+
+ENGINE_CASES = ["llama.cpp", "transformers-gguf", "transformers-safetensors", "transformers-4bit",
+                "transformers-8bit", "openai-remote"]
+
+
+@pytest.fixture
+def spec_for(request, gguf_path):
+    def build(case: str) -> LoadSpec:
+        if case == "llama.cpp":
+            return llama_spec(gguf_path, name=case)
+        if case == "transformers-gguf":
+            return LoadSpec(name=case, engine="transformers", model_id=str(gguf_path.parent), quantization="Q4_1",
+                            parameters={"gguf_file": gguf_path.name})
+        if case.startswith("transformers-"):
+            folder = request.getfixturevalue("safetensors_dir")
+            quant = {"transformers-4bit": "4bit", "transformers-8bit": "8bit"}.get(case, "none")
+            if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
+                pytest.skip("bitsandbytes is not installed")
+            return LoadSpec(name=case, engine="transformers", model_id=str(folder), quantization=quant)
+        base_url = request.getfixturevalue("llama_server")
+        return LoadSpec(name=case, engine="openai", model_id="smollm2", parameters={"base_url": base_url})
+    return build
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ENGINE_CASES)
+def test_every_engine_answers_paris_greedily_through_a_runner(manager, spec_for, case):
+    spec = spec_for(case)
+    info = manager.load(spec)
+    assert info.status == "loaded" and info.pid
+
+    text, deltas, final = collect(manager.generate(spec.name, FRANCE, GREEDY))
+
+    assert final.kind == "done", final.message
+    assert "Paris" in text
+    assert deltas > 1
+    assert final.stats.prompt_tokens > 0
+    assert final.stats.tokens_generated > 0
+    assert final.stats.finish_reason in ("stop", "length")
+    assert manager.unload(spec.name)
+
+
+def test_llama_cpp_answers_tokyo_for_japan(manager, gguf_path):
+    spec = llama_spec(gguf_path)
+    manager.load(spec)
+    text, _, final = collect(manager.generate(spec.name, JAPAN, GREEDY))
+    assert final.kind == "done"
+    assert "Tokyo" in text

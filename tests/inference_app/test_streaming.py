@@ -1,0 +1,118 @@
+"""SSE on a real daphne server: events, byte-exact deltas, and every way of stopping a stream."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from inference_app.models import ChatMessage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def read_events(response, stop_after=None):
+    """Parses ``event:``/``data:`` pairs; stops early after ``stop_after`` delta events if given."""
+    events, current = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            current = line[len("event: "):]
+        elif line.startswith("data: "):
+            events.append((current, json.loads(line[len("data: "):])))
+            if stop_after and sum(1 for kind, _ in events if kind == "delta") >= stop_after:
+                break
+    return events
+
+
+@pytest.fixture
+def server(live_server_url, make_user, client_for, transactional_db):
+    from models_app import services
+    from models_app.bootstrap import bundled_entries
+
+    services.registry_add(name="smollm2-135m-instruct", config=bundled_entries()["smollm2-135m-instruct"],
+                          set_as_default=True)
+    client = client_for(make_user("chat", "model_load"))
+    headers = {"Authorization": f"Bearer {client.raw_key}"}
+    return live_server_url, headers
+
+
+def stream(url, headers, message, max_tokens=48, **extra):
+    body = {"message": message, "stream": True, "generation_config": {"temperature": 0.0, "max_tokens": max_tokens}, **extra}
+    return httpx.stream("POST", f"{url}/inference/chat", json=body, headers=headers, timeout=120)
+
+
+def test_an_sse_stream_sends_start_deltas_and_done_that_add_up(server):
+    url, headers = server
+    with stream(url, headers, "Name the capital city of France.") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = read_events(response)
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("delta") > 1
+    done = events[-1][1]
+    assert "".join(p["content"] for k, p in events if k == "delta") == done["response"]
+    assert "Paris" in done["response"]
+    assert done["session_id"] == events[0][1]["session_id"]
+    assert done["generation_stats"]["tokens_generated"] >= kinds.count("delta") - 1
+
+
+def test_arabic_streams_without_broken_characters(server):
+    url, headers = server
+    with stream(url, headers, "ما هي عاصمة فرنسا؟ أجب بالعربية 🌍", max_tokens=40) as response:
+        raw = b"".join(response.iter_bytes())
+    text = raw.decode("utf-8")  # would raise on a split multi-byte character
+    events = [(block.split("\n")[0][7:], json.loads(block.split("\n")[1][6:]))
+              for block in text.strip().split("\n\n")]
+    done = events[-1][1]
+    joined = "".join(p["content"] for k, p in events if k == "delta")
+    assert joined.encode() == done["response"].encode()
+    assert "\ufffd" not in joined
+
+
+def test_a_client_that_disconnects_stops_the_generation(server):
+    url, headers = server
+    with stream(url, headers, "Write a very long story about a dragon.", max_tokens=400) as response:
+        events = read_events(response, stop_after=3)
+        session_id = events[0][1]["session_id"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        reply = ChatMessage.objects.filter(session_id=session_id, role="assistant").first()
+        if reply:
+            break
+        time.sleep(0.1)
+    assert reply is not None and reply.finish_reason == "cancelled"
+    assert reply.completion_tokens < 200
+
+
+def test_the_cancel_route_stops_a_stream(server):
+    url, headers = server
+    with stream(url, headers, "Write a very long story about a dragon.", max_tokens=400) as response:
+        lines = response.iter_lines()
+        events = []
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if len(events) == 3:
+                    request_id = events[0]["request_id"]
+                    cancel = httpx.post(f"{url}/inference/requests/{request_id}/cancel", headers=headers, timeout=10)
+                    assert cancel.status_code == 200, cancel.text
+        done = events[-1]
+    assert done["generation_stats"]["finish_reason"] == "cancelled"
+    assert done["generation_stats"]["tokens_generated"] < 200
+
+
+def test_another_user_cannot_cancel_my_stream(server, make_user, client_for):
+    url, headers = server
+    intruder = {"Authorization": f"Bearer {client_for(make_user('chat')).raw_key}"}
+    with stream(url, headers, "Count from one to fifty.", max_tokens=60) as response:
+        first = None
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                first = first or json.loads(line[6:])
+                if first:
+                    answer = httpx.post(f"{url}/inference/requests/{first['request_id']}/cancel", headers=intruder)
+                    assert answer.status_code == 404
+                    break
