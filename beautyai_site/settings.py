@@ -14,7 +14,7 @@ import dj_database_url
 import psutil
 from django.core.exceptions import ImproperlyConfigured
 
-from beautyai_site.env import env_bool, env_list, env_number, env_str
+from beautyai_site.env import env_bool, env_list, env_number, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -135,6 +135,8 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
     }
+    # Shared by all web processes: throttling counters must see every process's requests.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -184,6 +186,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "beautyai_site.api.exceptions.envelope_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    # Per-user request rates by route family ("N/second|minute|hour|day"); counted in the cache.
+    "DEFAULT_THROTTLE_RATES": {
+        "chat": env_rate("BEAUTYAI_THROTTLE_CHAT", "120/minute"),
+    },
 }
 
 SPECTACULAR_SETTINGS = {

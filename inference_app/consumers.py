@@ -26,6 +26,11 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_LARGE = 4413
 
 
+def user_group(user_id: int) -> str:
+    """Every socket of a user joins this group, so a cancel can reach it from any web process."""
+    return f"chat-user-{user_id}"
+
+
 def _header(scope, name: bytes) -> str:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
@@ -38,7 +43,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user = None
         self.api_key_id = None
         self.tasks: dict[str, asyncio.Task] = {}
-        self.handles: dict[str, object] = {}
+        self.handles: dict[str, object] = {}  # by the client's request_id
+        self.by_server_id: dict[str, object] = {}
         self.window_start = time.monotonic()
         self.window_count = 0
         await self.accept()
@@ -61,12 +67,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _joined(self):
         if self.channel_layer is not None:
-            await self.channel_layer.group_add(self.user_group, self.channel_name)
+            await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.send_json({"type": "ready", "user": self.user.get_username()})
-
-    @property
-    def user_group(self) -> str:
-        return f"chat-user-{self.user.pk}"
 
     async def _authenticate_key(self, raw: str) -> bool:
         try:
@@ -83,7 +85,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         for task in list(self.tasks.values()):
             task.cancel()
         if self.user is not None and self.channel_layer is not None:
-            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None):
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
@@ -158,7 +160,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.tasks.pop(request_id, None)
             await self._error(request_id, _as_api_error(exc) or errors.SystemError())
             return
-        self.handles[request_id] = handle
+        self.handles[request_id] = self.by_server_id[server_id] = handle
         active.register(server_id, self.user.pk, handle)
         builder = services.ReplyBuilder(plan)
         try:
@@ -168,6 +170,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"type": event_type, **payload, "request_id": request_id})
         finally:
             self.handles.pop(request_id, None)
+            self.by_server_id.pop(server_id, None)
             self.tasks.pop(request_id, None)
 
     def _prepare(self, body: dict, server_id: str):
@@ -191,7 +194,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "error", "request_id": request_id, **body})
 
     async def chat_cancel(self, message):
-        """A cancel from another process (POST /inference/requests/{id}/cancel) via the channel layer."""
-        handle = self.handles.get(message.get("request_id", ""))
+        """A cancel forwarded by POST /inference/requests/{id}/cancel in another web process."""
+        handle = self.by_server_id.get(message.get("request_id", ""))
         if handle is not None:
             handle.cancel()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
-from inference_app import active, services, streaming
+from inference_app import active, consumers, services, streaming
 from inference_app.serializers import ChatRequestSerializer, ChatResponseSerializer
 from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from models_app.views import parse
@@ -21,6 +24,7 @@ def api_key_id(request) -> int | None:
 
 class ChatViewSet(viewsets.ViewSet):
     required_permissions = {"chat": "chat", "cancel": "chat"}
+    throttle_scope = "chat"
 
     @extend_schema(request=ChatRequestSerializer, responses={200: ChatResponseSerializer, **ERRORS},
                    description="stream=true answers text/event-stream: start, delta, reasoning, done, error events.")
@@ -47,6 +51,12 @@ class ChatViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[OpenApiParameter("request_id", str, OpenApiParameter.PATH)], request=None,
                    responses={200: EnvelopeSerializer, **ERRORS})
     def cancel(self, request, request_id: str):
-        if not active.cancel(request_id, request.user.pk):
-            raise errors.NotFoundError("No generation with this request id is running for you.")
-        return ok(request, data={"request_id": request_id, "cancelled": True})
+        if active.cancel(request_id, request.user.pk):
+            return ok(request, data={"request_id": request_id, "cancelled": True, "forwarded": False})
+        if settings.REDIS_URL:
+            # Several web processes share the Redis layer: the socket streaming it may live in another one.
+            async_to_sync(get_channel_layer().group_send)(
+                consumers.user_group(request.user.pk), {"type": "chat.cancel", "request_id": request_id}
+            )
+            return ok(request, status=202, data={"request_id": request_id, "cancelled": False, "forwarded": True})
+        raise errors.NotFoundError("No generation with this request id is running for you.")

@@ -68,6 +68,8 @@ def envelope_exception_handler(exc, context):
         logger.exception("unhandled error in %s", getattr(request, "path", "?"))
         error = errors.SystemError()
     response = error_response(request, error)
+    if isinstance(exc, drf.Throttled) and exc.wait is not None:
+        response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
     if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed) and request is not None:
         authenticators = getattr(request, "authenticators", None)
         if authenticators:

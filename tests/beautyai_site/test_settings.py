@@ -33,6 +33,7 @@ def start(env_changes: dict, tmp_path, *args: str) -> subprocess.CompletedProces
         ("BEAUTYAI_KEEP_ALIVE_SECONDS", "nan"),
         ("BEAUTYAI_MAX_BODY_BYTES", "12"),
         ("BEAUTYAI_LOG_LEVEL", "LOUD"),
+        ("BEAUTYAI_THROTTLE_CHAT", "lots/minute"),
     ],
 )
 def test_a_bad_value_fails_at_start_naming_the_variable(tmp_path, name, value):

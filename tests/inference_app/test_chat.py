@@ -161,3 +161,18 @@ def test_the_user_message_survives_a_runner_crash(api_as, loaded_model):
     assert user.content == "Write a long poem about the ocean."
     assert assistant.finish_reason == "error"
     runtime.load(loaded_model)  # leave a working runner for the next tests
+
+
+def test_the_per_user_chat_rate_limit_answers_429_with_retry_after(make_user, client_for, loaded_model, monkeypatch):
+    from django.core.cache import cache
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"chat": "2/minute"})
+    user = make_user("chat")
+    cache.delete(f"throttle_chat_{user.pk}")  # user ids restart with each test database; the cache may not
+    client = client_for(user)
+    assert_ok(chat(client, "Hi", generation_config={"max_tokens": 2}))
+    assert_ok(chat(client, "Hi", generation_config={"max_tokens": 2}))
+    response = chat(client, "Hi", generation_config={"max_tokens": 2})
+    assert_error(response, 429, "RateLimitError")
+    assert int(response["Retry-After"]) > 0

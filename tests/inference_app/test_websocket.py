@@ -210,3 +210,34 @@ async def test_a_full_queue_answers_429_at_once(chat_key):
         if f"q{n}" != event["request_id"]:
             await ws.send_json_to({"type": "cancel", "request_id": f"q{n}"})
     await ws.disconnect()
+
+
+@override_settings(REDIS_URL="redis://127.0.0.1:6379/0",
+                   CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                               "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"]}}})
+async def test_the_cancel_route_reaches_a_socket_in_another_process_through_redis(chat_key):
+    """The stream is taken out of this process's registry, as if another web process served it."""
+    from channels.db import database_sync_to_async
+    from channels.layers import channel_layers
+    from rest_framework.test import APIClient
+
+    from inference_app import active
+
+    channel_layers.backends.clear()  # pick up the Redis layer configured above
+    ws = await connect(chat_key)
+    await ws.send_json_to(chat_message("far", "Write a very long story about a dragon.", max_tokens=400))
+    start = await ws.receive_json_from(timeout=30)
+    active.unregister(start["server_request_id"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {chat_key}")
+    answer = await database_sync_to_async(
+        lambda: client.post(f"/inference/requests/{start['server_request_id']}/cancel"))()
+    assert answer.status_code == 202 and answer.json()["data"]["forwarded"] is True
+    while True:
+        event = await ws.receive_json_from(timeout=30)
+        if event["type"] == "done":
+            break
+    assert event["generation_stats"]["finish_reason"] == "cancelled"
+    assert event["generation_stats"]["tokens_generated"] < 200
+    await ws.disconnect()
+    channel_layers.backends.clear()
