@@ -8,6 +8,8 @@ django_asgi = get_asgi_application()
 # Imported after Django is set up: they touch models and settings.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from beautyai_site.api.asgi_limits import BodyLimitMiddleware  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
@@ -28,7 +30,7 @@ class BrowserOriginValidator(OriginValidator):
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi,
+        "http": BodyLimitMiddleware(django_asgi),
         # The Origin check refuses pages from other sites opening a socket with the user's cookie.
         "websocket": BrowserOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), settings.ALLOWED_HOSTS

@@ -24,6 +24,7 @@ from inference_app.serializers import ChatRequestSerializer
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_LARGE = 4413
+CLOSE_TOO_FAST = 4429
 
 
 def user_group(user_id: int) -> str:
@@ -111,7 +112,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._error(request_id, errors.AuthenticationError("Authenticate first: {\"type\": \"auth\", \"api_key\": ...}"))
             return
         if not self._within_rate():
-            await self._error(request_id, errors.RateLimitError("Too many messages on this socket."))
+            # A flooding client loses its own socket; the server and other sockets carry on.
+            await self.close(code=CLOSE_TOO_FAST)
             return
         if kind == "chat":
             await self._on_chat(content, request_id)

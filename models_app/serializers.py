@@ -27,6 +27,11 @@ class ModelNameField(serializers.RegexField):
             **kwargs,
         )
 
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
 
 class ModelConfigSerializer(StrictSerializer):
     """A registry entry's configuration, as the API takes it in ``model_config`` and ``updates``."""

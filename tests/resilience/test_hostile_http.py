@@ -1,0 +1,96 @@
+"""Hostile HTTP against the real server: every bad body is refused in the envelope and nothing is stored."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from models_app.models import ModelConfig
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TEN_MB = 10 * 1024 * 1024
+
+
+@pytest.fixture
+def server(live_server_url, make_user, client_for):
+    key = client_for(make_user("model_write", "model_read", "chat")).raw_key
+    return live_server_url, {"Authorization": f"Bearer {key}"}
+
+
+def post(server, path, content, **headers):
+    url, auth = server
+    return httpx.post(f"{url}{path}", content=content, headers={**auth, "Content-Type": "application/json", **headers},
+                      timeout=60)
+
+
+def assert_envelope(response, status, code):
+    assert response.status_code == status, response.text[:300]
+    body = response.json()
+    assert body["success"] is False and body["error_code"] == code and body["data"] is None
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"42", b"null", b"true", b"{", b"\xff",
+                                 b'{"model_name": "x", "model_config": {"model_id": "o/m", "engine": "transformers", "temperature": NaN}}',
+                                 b'{"model_name": "x", "model_config": {"model_id": "o/m", "engine": "transformers", "temperature": Infinity}}',
+                                 b'{"model_name": 5, "model_config": {"model_id": "o/m", "engine": "transformers"}}',
+                                 b'{"model_name": "x", "model_config": {"model_id": "o/m", "engine": "transformers"}, "extra": 1}'])
+@pytest.mark.parametrize("path", ["/models/", "/inference/chat"])
+def test_bad_json_bodies_answer_400_and_store_nothing(server, raw, path):
+    assert_envelope(post(server, path, raw), 400, "ValidationError")
+    assert ModelConfig.objects.count() == 0
+
+
+def test_a_hundred_levels_of_nesting_answer_400(server):
+    nested = {"leaf": 1}
+    for _ in range(100):
+        nested = {"n": nested}
+    body = {"model_name": "deep", "model_config": {"model_id": "o/m", "engine": "transformers", "parameters": nested}}
+    assert_envelope(post(server, "/models/", json.dumps(body).encode()), 400, "ValidationError")
+    assert not ModelConfig.objects.exists()
+
+
+def test_ten_megabytes_with_content_length_answer_413(server):
+    assert_envelope(post(server, "/models/", b"{" + b" " * TEN_MB + b"}"), 413, "PayloadTooLargeError")
+
+
+def test_ten_megabytes_without_content_length_answer_413(server):
+    def chunks():
+        yield b'{"model_name": "big", "description": "'
+        for _ in range(10):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    assert_envelope(post(server, "/models/", chunks()), 413, "PayloadTooLargeError")
+    assert not ModelConfig.objects.exists()
+
+
+def test_a_malformed_content_length_answers_400(server):
+    import socket
+    from urllib.parse import urlparse
+
+    url, auth = server
+    address = urlparse(url)
+    request = (f"POST /models/ HTTP/1.1\r\nHost: {address.hostname}\r\nAuthorization: {auth['Authorization']}\r\n"
+               "Content-Type: application/json\r\nContent-Length: notanumber\r\nConnection: close\r\n\r\n{}").encode()
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.split(b" ", 2)[1] == b"400"
+
+
+def test_the_server_still_answers_after_all_that(server):
+    url, auth = server
+    assert httpx.get(f"{url}/models/", headers=auth, timeout=10).status_code == 200
+
+
+def test_security_headers_are_sent(server):
+    url, auth = server
+    response = httpx.get(f"{url}/models/", headers=auth, timeout=10)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "Strict-Transport-Security" not in response.headers  # only with BEAUTYAI_HTTPS behind TLS

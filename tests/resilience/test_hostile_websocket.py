@@ -1,0 +1,59 @@
+"""Hostile WebSocket clients lose their own socket; everyone else carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.inference_app.test_websocket import chat_message, collect, connect
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest.fixture
+def chat_key(make_user, client_for, transactional_db):
+    from models_app import runtime, services
+    from models_app.bootstrap import bundled_entries
+
+    config = dict(bundled_entries()["smollm2-135m-instruct"])
+    config["parameters"] = {**config["parameters"], "max_queue": 64}
+    runtime.load(services.registry_add(name="smollm2-135m-instruct", config=config, set_as_default=True))
+    return client_for(make_user("chat")).raw_key
+
+
+async def test_a_ten_megabyte_frame_closes_that_socket_only(chat_key):
+    bystander = await connect(chat_key)
+    attacker = await connect(chat_key)
+    await attacker.send_to(text_data=json.dumps({"type": "chat", "message": "x" * (10 * 1024 * 1024)}))
+    assert await attacker.receive_output(timeout=10) == {"type": "websocket.close", "code": 4413}
+    await bystander.send_json_to(chat_message("ok", "Name the capital city of France."))
+    assert (await collect(bystander, "ok"))[-1]["type"] == "done"
+    await bystander.disconnect()
+
+
+async def test_a_thousand_messages_a_second_close_that_socket_only(chat_key):
+    bystander = await connect(chat_key)
+    attacker = await connect(chat_key)
+    for n in range(1000):
+        await attacker.send_json_to({"type": "cancel", "request_id": f"nothing-{n}"})
+    outputs = []
+    while True:
+        output = await attacker.receive_output(timeout=10)
+        outputs.append(output)
+        if output["type"] == "websocket.close":
+            break
+    assert outputs[-1]["code"] == 4429
+    await bystander.send_json_to(chat_message("ok", "Name the capital city of France."))
+    assert (await collect(bystander, "ok"))[-1]["type"] == "done"
+    await bystander.disconnect()
+
+
+async def test_fifty_concurrent_sockets_all_get_their_replies(chat_key):
+    sockets = await asyncio.gather(*(connect(chat_key) for _ in range(50)))
+    for n, ws in enumerate(sockets):
+        await ws.send_json_to(chat_message(f"s{n}", "Name the capital city of France.", max_tokens=4))
+    results = await asyncio.gather(*(collect(ws, f"s{n}", timeout=180) for n, ws in enumerate(sockets)))
+    assert all(events[-1]["type"] == "done" for events in results)
+    await asyncio.gather(*(ws.disconnect() for ws in sockets))
