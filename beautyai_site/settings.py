@@ -5,8 +5,10 @@ A bad value stops the process at start with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -73,12 +75,14 @@ INSTALLED_APPS = [
     "models_app",
     "inference_app",
     "system_app",
+    "axes",
 ]
 
 MIDDLEWARE = [
     "beautyai_site.api.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "system_app.request_metrics.RequestMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -86,6 +90,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "system_app.middleware.AuditMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "beautyai_site.urls"
@@ -133,7 +138,12 @@ if REDIS_URL:
     if urlparse(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
         raise ImproperlyConfigured("REDIS_URL must start with redis://, rediss:// or unix://")
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py 8 times socket reads out after 5 s, exactly channels-redis's BZPOPMIN wait, so a
+            # busy event loop turned an idle wait into a TimeoutError that killed the consumer.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+        }
     }
     # Shared by all web processes: throttling counters must see every process's requests.
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -141,10 +151,21 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: a locked-out account/address is refused before any password check
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous callers get 401
+
+# Sign-in brute-force protection (django-axes): this many failed sign-ins for one username from one
+# address lock that pair out for the cool-off, counted from the last attempt. API keys are not affected.
+AXES_FAILURE_LIMIT = int(env_number("BEAUTYAI_LOGIN_FAILURE_LIMIT", 5, minimum=1, integer=True))
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("BEAUTYAI_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_CALLABLE = "beautyai_site.pages.lockout_page"  # the site's lockout page, status 429
+AXES_RESET_ON_SUCCESS = True
+# REMOTE_ADDR only, like the audit log: X-Forwarded-For is whatever the client says.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -239,8 +260,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        # Stores records as LogRecord rows for GET /system/logs; never blocks (bounded queue, drops counted).
+        "database": {"class": "system_app.logging.DatabaseLogHandler", "level": LOG_LEVEL},
+    },
+    "root": {"handlers": ["console", "database"], "level": LOG_LEVEL},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
 
@@ -249,3 +274,20 @@ WEBSOCKET_MAX_MESSAGE_BYTES = int(env_number("BEAUTYAI_WS_MAX_MESSAGE_BYTES", 25
 WEBSOCKET_MESSAGES_PER_SECOND = int(env_number("BEAUTYAI_WS_MESSAGES_PER_SECOND", 20, minimum=1, integer=True))
 WEBSOCKET_AUTH_GRACE_SECONDS = env_number("BEAUTYAI_WS_AUTH_GRACE_SECONDS", 5, minimum=0.1)
 MAX_QUEUE = int(env_number("BEAUTYAI_MAX_QUEUE", 16, minimum=0, integer=True))
+SESSION_FILE_MAX_BYTES = int(env_number("BEAUTYAI_SESSION_FILE_MAX_BYTES", 10 * 1024 * 1024, minimum=1024, integer=True))
+TEST_REGEX_TIMEOUT_SECONDS = env_number("BEAUTYAI_TEST_REGEX_TIMEOUT_SECONDS", 1.0, minimum=0.01)
+
+# System: resource sampler, request metrics, logs, /metrics, restart.
+SAMPLER_INTERVAL_SECONDS = env_number("BEAUTYAI_SAMPLER_INTERVAL_SECONDS", 10, minimum=1)
+METRICS_RETENTION_DAYS = env_number("BEAUTYAI_METRICS_RETENTION_DAYS", 7, minimum=1)
+LOG_RETENTION_DAYS = env_number("BEAUTYAI_LOG_RETENTION_DAYS", 14, minimum=1)
+LOG_QUEUE_SIZE = int(env_number("BEAUTYAI_LOG_QUEUE_SIZE", 10000, minimum=100, integer=True))
+BACKGROUND_TASKS_AUTOSTART = env_bool("BEAUTYAI_BACKGROUND_TASKS", True)
+RESTART_DRAIN_TIMEOUT_SECONDS = env_number("BEAUTYAI_RESTART_DRAIN_TIMEOUT_SECONDS", 30, minimum=0)
+# Addresses or networks that may scrape /metrics without a key; empty: a key with system_status is needed.
+METRICS_ALLOWED_IPS = env_list("BEAUTYAI_METRICS_ALLOWED_IPS", [])
+for _entry in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_entry, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"BEAUTYAI_METRICS_ALLOWED_IPS: {_entry!r} is not an IP address or network") from None

@@ -18,6 +18,7 @@ from beautyai_site.api import errors
 from beautyai_site.api.permissions import has_on
 from inference_app import reasoning
 from inference_app.models import ChatMessage, ChatSession
+from inference_app.usage import quota_check
 from models_app import runtime, services as registry
 from models_app.models import ModelConfig
 
@@ -113,6 +114,7 @@ def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: 
     if session is not None and data.get("chat_history"):
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
     model = _pick_model(user=user, model_name=data.get("model_name"), session=session)
+    quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
     params = generation_params(model, dict(data.get("generation_config") or {}))
     ensure_loaded(user=user, model=model)
 
@@ -269,3 +271,15 @@ def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
     ChatSession.objects.filter(pk=builder.plan.session.pk).update(updated_at=message.created_at)
     runtime.record_generation(builder.plan, stats)
     return message
+
+
+def chat_run_to_end(builder: ReplyBuilder, handle) -> None:
+    """Feeds a non-streamed reply's events to ``builder`` and stores the reply, even when iteration fails."""
+    from inference_app import active
+
+    try:
+        for event in handle:
+            builder.on_event(event, handle.queue_time_ms)
+    finally:
+        active.unregister(builder.plan.request_id)
+        chat_record(builder)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from system_app.models import APIKey, AuditEvent
+from system_app.models import APIKey, AuditEvent, LogRecord
 
 
 @admin.register(APIKey)
@@ -41,6 +41,29 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_filter = ("method", "status_code", "error_code", "action")
     search_fields = ("username", "route", "target", "request_id")
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(LogRecord)
+class LogRecordAdmin(admin.ModelAdmin):
+    """Read-only: log lines are evidence, like audit events."""
+
+    list_display = ("created_at", "level", "source", "short_message")
+    list_filter = ("level", "source")
+    search_fields = ("message", "source")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="message")
+    def short_message(self, obj):
+        return obj.message[:200]
 
     def has_add_permission(self, request):
         return False

@@ -1,7 +1,56 @@
+import atexit
+import threading
+
 from django.apps import AppConfig
+from django.core import mail
+from django.core.signals import request_started
+
+_lock = threading.Lock()
+
+
+def start_background_tasks() -> None:
+    """Starts the background writer (log records, request metrics) and the resource sampler; idempotent."""
+    from system_app import conf
+    from system_app.logging import writer
+    from system_app.sampler import sampler
+
+    with _lock:
+        writer.start(queue_size=conf.log_queue_size())
+        sampler.start(interval_s=conf.sampler_interval_s(), prune_interval_s=conf.prune_interval_s())
+
+
+def stop_background_tasks() -> None:
+    """Stops the sampler, then writes what is queued and stops the writer."""
+    from system_app.logging import writer
+    from system_app.sampler import sampler
+
+    with _lock:
+        sampler.stop()
+        writer.stop()
+
+
+def _under_test() -> bool:
+    # Django's setup_test_environment() (used by pytest-django and manage.py test) installs
+    # mail.outbox. Threads started by a test's request would write into a test database that is
+    # flushed or dropped under them, so tests start and stop these tasks themselves.
+    return hasattr(mail, "outbox")
+
+
+def _autostart(**kwargs) -> None:
+    from system_app import conf
+
+    request_started.disconnect(_autostart, dispatch_uid="system_app.autostart")
+    if conf.background_autostart() and not _under_test():
+        start_background_tasks()
+        atexit.register(stop_background_tasks)
 
 
 class SystemAppConfig(AppConfig):
     name = "system_app"
     verbose_name = "System"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        # Started with the first request a server handles, not here: ready() also runs for migrate,
+        # makemigrations and every other management command, which must not sample or write rows.
+        request_started.connect(_autostart, dispatch_uid="system_app.autostart")

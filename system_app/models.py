@@ -93,3 +93,59 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.method} {self.route} {self.status_code}"
+
+
+class RequestMetric(models.Model):
+    """One row per API request, written off the request path by the background writer.
+
+    ``route`` is the URL pattern (``/models/<str:model_name>``), never the raw path, so that rows
+    group by route and no client-chosen text is stored.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    method = models.CharField(max_length=10)
+    route = models.CharField(max_length=255)
+    status_code = models.PositiveSmallIntegerField()
+    duration_ms = models.FloatField()
+    # A name, not a foreign key: rows are inserted in batches after the response, when the user may
+    # already be gone, and a failed constraint would drop the whole batch.
+    username = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.method} {self.route} {self.status_code}"
+
+
+class ResourceSample(models.Model):
+    """What the sampler measured at one tick. GPU figures are 0 on a host without a GPU."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    cpu_percent = models.FloatField()
+    memory_percent = models.FloatField()
+    gpu_percent = models.FloatField()
+    gpu_memory_percent = models.FloatField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} cpu {self.cpu_percent:.0f}% mem {self.memory_percent:.0f}%"
+
+
+class LogRecord(models.Model):
+    """A log line of the web process or of a runner (``source`` is then the model name), scrubbed."""
+
+    created_at = models.DateTimeField(db_index=True)
+    level = models.CharField(max_length=10)
+    levelno = models.PositiveSmallIntegerField()
+    source = models.CharField(max_length=200)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["levelno", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.level} {self.source}"

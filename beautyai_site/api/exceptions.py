@@ -6,6 +6,7 @@ import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -14,6 +15,15 @@ from beautyai_site.api import errors
 from beautyai_site.api.envelope import error_body
 
 logger = logging.getLogger("beautyai.errors")
+
+
+# The database went away (restart, network, too many connections): the request may be retried, so
+# this is a 503, not a bug. Django reconnects on the next request by itself.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+def database_unavailable() -> errors.ServiceUnavailableError:
+    return errors.ServiceUnavailableError("The database is not reachable right now; retry shortly.")
 
 
 def _first_message(detail) -> str:
@@ -48,6 +58,8 @@ def _as_api_error(exc) -> errors.APIError | None:
         return errors.RateLimitError(details={"retry_after_seconds": exc.wait})
     if isinstance(exc, RequestDataTooBig):
         return errors.PayloadTooLargeError()
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return database_unavailable()
     return None
 
 
@@ -70,6 +82,8 @@ def envelope_exception_handler(exc, context):
     response = error_response(request, error)
     if isinstance(exc, drf.Throttled) and exc.wait is not None:
         response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+    elif getattr(exc, "retry_after", None):
+        response["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed) and request is not None:
         authenticators = getattr(request, "authenticators", None)
         if authenticators:

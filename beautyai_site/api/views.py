@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.http import JsonResponse
 
 from beautyai_site.api import errors
@@ -22,6 +24,11 @@ def not_found(request, exception=None):
 
 
 def server_error(request):
+    from beautyai_site.api.exceptions import DATABASE_UNAVAILABLE, database_unavailable
+
+    # Django calls handler500 inside its except block, so the failure is still at hand here.
+    if isinstance(sys.exc_info()[1], DATABASE_UNAVAILABLE):
+        return envelope_json(request, database_unavailable())
     return envelope_json(request, errors.SystemError())
 
 

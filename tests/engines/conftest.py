@@ -46,22 +46,33 @@ def llama_spec(gguf: Path, name: str = "smol-gguf", **parameters) -> LoadSpec:
 
 @pytest.fixture
 def manager():
+    _baseline.clear()
+    _baseline.update(p.pid for p in _spawned_children())
     mgr = EngineManager(memory_budget_mb=16_000, max_loaded_models=4, default_keep_alive_s=300,
                         load_timeout_s=240, shutdown_timeout_s=10)
     yield mgr
     mgr.shutdown()
 
 
-def runner_children() -> list[psutil.Process]:
-    """Runner processes started by this test process (spawned multiprocessing children)."""
+def _spawned_children() -> list[psutil.Process]:
     found = []
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process().children(recursive=False):
         try:
             if any("spawn_main" in part for part in child.cmdline()):
                 found.append(child)
         except psutil.Error:
             continue
     return found
+
+
+# Runners that other tests' managers (the Django runtime's, in a full run) had started before this
+# test's manager existed; they are not this test's business.
+_baseline: set[int] = set()
+
+
+def runner_children() -> list[psutil.Process]:
+    """Runner processes started by this test's manager (spawned multiprocessing children)."""
+    return [p for p in _spawned_children() if p.pid not in _baseline]
 
 
 def collect(handle):

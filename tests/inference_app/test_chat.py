@@ -145,16 +145,35 @@ def test_a_message_longer_than_the_window_is_refused_but_nothing_is_half_stored(
     assert ChatSession.objects.count() == before
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_user_message_survives_a_runner_crash(api_as, loaded_model):
     import os
     import signal
     import threading
+    import time
 
     from models_app import runtime
 
-    pid = runtime.status(loaded_model.name)["pid"]
-    threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
-    response = chat(api_as("chat"), "Write a long poem about the ocean.", generation_config={"max_tokens": 400})
+    client = api_as("chat")
+    result = {}
+
+    def ask():
+        from django.db import connection
+
+        try:
+            result["response"] = chat(client, "Write a long poem about the ocean.", generation_config={"max_tokens": 400})
+        finally:
+            connection.close()
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    deadline = time.monotonic() + 30
+    while runtime.status(loaded_model.name)["active_requests"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # let a few tokens out
+    os.kill(runtime.status(loaded_model.name)["pid"], signal.SIGKILL)
+    asking.join()
+    response = result["response"]
     assert_error(response, 500, "SystemError")
     session = ChatSession.objects.get(id=response.json()["error_details"]["session_id"])
     user, assistant = session.messages.all()

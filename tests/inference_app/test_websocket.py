@@ -219,7 +219,8 @@ async def test_a_full_queue_answers_429_at_once(chat_key):
 
 @override_settings(REDIS_URL="redis://127.0.0.1:6379/0",
                    CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                               "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"]}}})
+                                               "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:6379/0",
+                                                                     "socket_timeout": 30}]}}})
 async def test_the_cancel_route_reaches_a_socket_in_another_process_through_redis(chat_key):
     """The stream is taken out of this process's registry, as if another web process served it."""
     from channels.db import database_sync_to_async

@@ -227,15 +227,17 @@ def test_other_requests_are_answered_while_a_model_loads(live_server_url, make_u
         result["load"] = httpx.post(f"{live_server_url}/models/{BUNDLED_TRANSFORMERS}/load", headers=headers, timeout=300)
         result["load_seconds"] = time.monotonic() - started
 
+    def status():
+        return httpx.get(f"{live_server_url}/models/{BUNDLED_TRANSFORMERS}/status", headers=headers, timeout=30)
+
     loader = threading.Thread(target=load)
     loader.start()
-    time.sleep(1.0)
-    started = time.monotonic()
+    deadline = time.monotonic() + 60
+    while status().json()["data"]["status"] != "loading" and time.monotonic() < deadline:
+        time.sleep(0.1)
     listing = httpx.get(f"{live_server_url}/models/", headers=headers, timeout=30)
-    status = httpx.get(f"{live_server_url}/models/{BUNDLED_TRANSFORMERS}/status", headers=headers, timeout=30)
-    answered_in = time.monotonic() - started
+    still = status().json()["data"]["status"]
     loader.join()
-    assert listing.status_code == 200 and status.json()["data"]["status"] == "loading"
+    assert listing.status_code == 200 and still == "loading"  # answered while the load was under way
     assert result["load"].status_code == 200, result["load"].text
-    assert answered_in < result["load_seconds"] / 2
     httpx.post(f"{live_server_url}/models/{BUNDLED_TRANSFORMERS}/unload", headers=headers, timeout=60)

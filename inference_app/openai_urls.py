@@ -1,0 +1,12 @@
+"""OpenAI-compatible routes, included under /v1/."""
+
+from django.urls import path
+
+from inference_app import openai_api
+
+urlpatterns = [
+    path("models", openai_api.ModelListView.as_view(), name="openai-models"),
+    path("models/<str:model>", openai_api.ModelDetailView.as_view(), name="openai-model"),
+    path("chat/completions", openai_api.ChatCompletionsView.as_view(), name="openai-chat-completions"),
+    path("completions", openai_api.CompletionsView.as_view(), name="openai-completions"),
+]

@@ -1,0 +1,318 @@
+"""Requests and responses of the model test, benchmark, session file and usage routes."""
+
+from __future__ import annotations
+
+import regex
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from beautyai_site.api.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictQueryBooleanField,
+    StrictSerializer,
+)
+from inference_app.models import BENCHMARK_TYPES, FINISH_REASONS, ROLES
+from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS, GenerationConfigSerializer
+from models_app.serializers import EnvelopeSerializer, ModelNameField
+
+REGEX_MAX_CHARS = 500
+MAX_CRITERIA_ITEMS = 50
+# The languages the script check knows; Latin-script languages cannot be told apart by script.
+LANGUAGE_SCRIPTS = {
+    "ar": ("ARABIC",), "fa": ("ARABIC",), "ur": ("ARABIC",),
+    "en": ("LATIN",), "fr": ("LATIN",), "de": ("LATIN",), "es": ("LATIN",), "it": ("LATIN",),
+    "pt": ("LATIN",), "nl": ("LATIN",), "tr": ("LATIN",), "id": ("LATIN",), "pl": ("LATIN",),
+    "ru": ("CYRILLIC",), "uk": ("CYRILLIC",), "bg": ("CYRILLIC",),
+    "el": ("GREEK",), "he": ("HEBREW",), "hi": ("DEVANAGARI",), "th": ("THAI",), "ko": ("HANGUL",),
+    "zh": ("CJK",), "ja": ("CJK", "HIRAGANA", "KATAKANA"),
+}
+
+
+# Model test -------------------------------------------------------------------------------------
+
+def _texts(**kwargs):
+    return serializers.ListField(
+        child=StrictCharField(min_length=1, max_length=1000, trim_whitespace=False),
+        max_length=MAX_CRITERIA_ITEMS, required=False, **kwargs,
+    )
+
+
+class ValidationCriteriaSerializer(StrictSerializer):
+    min_length = StrictIntegerField(min_value=0, max_value=10_000_000, required=False)
+    max_length = StrictIntegerField(min_value=0, max_value=10_000_000, required=False)
+    contains = _texts()
+    not_contains = _texts()
+    regex = StrictCharField(min_length=1, max_length=REGEX_MAX_CHARS, trim_whitespace=False, required=False)
+    expected_language = serializers.ChoiceField(choices=sorted(LANGUAGE_SCRIPTS), required=False)
+    max_time_ms = StrictFloatField(min_value=0.001, max_value=3_600_000, required=False)
+
+    def validate_regex(self, value: str) -> str:
+        try:
+            regex.compile(value)
+        except (regex.error, RecursionError, OverflowError) as exc:
+            raise serializers.ValidationError(f"not a valid pattern: {getattr(exc, 'msg', 'too complex')}") from None
+        return value
+
+    def validate(self, attrs):
+        if attrs.get("min_length", 0) > attrs.get("max_length", 10_000_000):
+            raise serializers.ValidationError({"min_length": ["must not exceed max_length"]})
+        return attrs
+
+
+class TestRequestSerializer(StrictSerializer):
+    model_name = ModelNameField()
+    prompt = StrictCharField(max_length=MAX_MESSAGE_CHARS, trim_whitespace=False)
+    generation_config = GenerationConfigSerializer(required=False)
+    validation_criteria = ValidationCriteriaSerializer(required=False)
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("must not be empty")
+        return value
+
+
+class CheckSerializer(serializers.Serializer):
+    check = StrictCharField()
+    passed = serializers.BooleanField()
+    detail = StrictCharField()
+
+
+class ValidationResultSerializer(serializers.Serializer):
+    passed = serializers.BooleanField()
+    checks = CheckSerializer(many=True)
+
+
+class TestResponseSerializer(EnvelopeSerializer):
+    model_name = StrictCharField()
+    prompt = StrictCharField()
+    response = StrictCharField(allow_blank=True)
+    reasoning = StrictCharField(allow_blank=True)
+    generation_stats = serializers.JSONField()
+    validation_result = ValidationResultSerializer()
+
+
+# Benchmark --------------------------------------------------------------------------------------
+
+class BenchmarkConfigSerializer(StrictSerializer):
+    num_runs = StrictIntegerField(min_value=1, max_value=100, default=5)
+    prompt = StrictCharField(max_length=MAX_MESSAGE_CHARS, trim_whitespace=False, required=False)
+    # Capped by the model entry's max_new_tokens in the service; the default is min(64, that cap).
+    max_tokens = StrictIntegerField(min_value=1, max_value=32768, required=False)
+    temperature = StrictFloatField(min_value=0.0, max_value=2.0, default=0.0)
+    concurrency = StrictIntegerField(min_value=1, max_value=64, default=4)
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("must not be empty")
+        return value
+
+
+class BenchmarkRequestSerializer(StrictSerializer):
+    model_name = ModelNameField()
+    benchmark_type = serializers.ChoiceField(choices=BENCHMARK_TYPES)
+    config = BenchmarkConfigSerializer(required=False)
+
+
+class BenchmarkResponseSerializer(EnvelopeSerializer):
+    benchmark_id = serializers.IntegerField()
+    model_name = StrictCharField()
+    benchmark_type = StrictCharField()
+    config = serializers.JSONField()
+    results = serializers.JSONField()
+    summary = serializers.JSONField()
+
+
+class PageQuerySerializer(StrictSerializer):
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
+    offset = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
+
+
+# Session files ----------------------------------------------------------------------------------
+
+class SessionSaveRequestSerializer(StrictSerializer):
+    session_id = serializers.UUIDField(required=False, allow_null=True)
+    session_data = serializers.DictField(required=False, default=dict)
+    output_file = StrictCharField(required=False, allow_null=True, trim_whitespace=False)
+
+
+class SessionSaveResponseSerializer(EnvelopeSerializer):
+    session_id = serializers.UUIDField()
+    file_path = StrictCharField()
+    file_size_bytes = serializers.IntegerField()
+
+
+class SessionLoadRequestSerializer(StrictSerializer):
+    input_file = StrictCharField(trim_whitespace=False)
+
+
+class SessionLoadResponseSerializer(EnvelopeSerializer):
+    session_data = serializers.JSONField()
+    session_id = serializers.UUIDField()
+    message_count = serializers.IntegerField()
+
+
+class SessionDeleteQuerySerializer(StrictSerializer):
+    delete_database_session = StrictQueryBooleanField(required=False, default=False)
+
+
+class FlatStatsField(serializers.DictField):
+    """A message's stats: one level of names to numbers, text, booleans or null; nothing nested."""
+
+    def to_internal_value(self, data):
+        data = super().to_internal_value(data)
+        if len(data) > 64:
+            raise serializers.ValidationError("at most 64 entries")
+        for key, value in data.items():
+            if len(key) > 64 or not (value is None or isinstance(value, (bool, int, float, str))):
+                raise serializers.ValidationError(f"{key[:64]}: must be a number, text, true/false or null")
+            if isinstance(value, str) and len(value) > 1000:
+                raise serializers.ValidationError(f"{key[:64]}: longer than 1000 characters")
+        return data
+
+
+class SessionFileMessageSerializer(StrictSerializer):
+    role = serializers.ChoiceField(choices=ROLES)
+    content = StrictCharField(allow_blank=True, trim_whitespace=False)
+    reasoning = StrictCharField(allow_blank=True, trim_whitespace=False, required=False, default="")
+    finish_reason = serializers.ChoiceField(choices=("",) + FINISH_REASONS, required=False, default="")
+    prompt_tokens = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
+    completion_tokens = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
+    stats = FlatStatsField(required=False, default=dict)
+    created_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class SessionFileSerializer(StrictSerializer):
+    """The schema of a session file, and of ``session_data`` given to save."""
+
+    format = serializers.ChoiceField(choices=["beautyai.session"], required=False)
+    version = StrictIntegerField(min_value=1, max_value=1, required=False)
+    session_id = serializers.UUIDField(required=False, allow_null=True)
+    model_name = StrictCharField(max_length=128, allow_blank=True, required=False, default="")
+    title = StrictCharField(max_length=200, allow_blank=True, trim_whitespace=False, required=False, default="")
+    created_at = serializers.DateTimeField(required=False, allow_null=True)
+    messages = SessionFileMessageSerializer(many=True, max_length=10_000)
+
+
+# Usage ------------------------------------------------------------------------------------------
+
+class UsageQuerySerializer(StrictSerializer):
+    days = serializers.IntegerField(min_value=1, max_value=366, default=30)
+
+
+# OpenAI-compatible /v1 --------------------------------------------------------------------------
+
+TEXT_OR_TEXTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
+class OpenAITextField(serializers.Field):
+    """Text in one of the forms OpenAI clients send; ``as_text`` turns the other forms into a string."""
+
+    default_error_messages = {"invalid": "must be a string",
+                              "max_length": f"longer than {MAX_MESSAGE_CHARS} characters"}
+
+    def as_text(self, data):
+        return data
+
+    def to_internal_value(self, data):
+        data = self.as_text(data)
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if len(data) > MAX_MESSAGE_CHARS:
+            self.fail("max_length")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {
+    "type": "object", "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}}}}]})
+class OpenAIContentField(OpenAITextField):
+    """A message's content: a string, or a list of text parts."""
+
+    default_error_messages = {"invalid": "must be a string or a list of text parts"}
+
+    def as_text(self, data):
+        if isinstance(data, list) and all(
+            isinstance(part, dict) and set(part) == {"type", "text"} and part["type"] == "text"
+            and isinstance(part["text"], str) for part in data
+        ):
+            return "".join(part["text"] for part in data)
+        return data
+
+
+@extend_schema_field(TEXT_OR_TEXTS)
+class StopField(serializers.Field):
+    default_error_messages = {"invalid": "must be a string or a list of at most 4 strings of 1 to 64 characters"}
+
+    def to_internal_value(self, data):
+        stops = [data] if isinstance(data, str) else data
+        if not isinstance(stops, list) or len(stops) > 4 or not all(
+            isinstance(stop, str) and 0 < len(stop) <= 64 for stop in stops
+        ):
+            self.fail("invalid")
+        return stops
+
+    def to_representation(self, value):
+        return value
+
+
+class OpenAIMessageSerializer(StrictSerializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
+    content = OpenAIContentField()
+    name = StrictCharField(max_length=64, required=False)
+
+
+class StreamOptionsSerializer(StrictSerializer):
+    include_usage = StrictBooleanField(required=False, default=False)
+
+
+class OpenAIRequestSerializer(StrictSerializer):
+    """What /v1/chat/completions and /v1/completions share; ``session_id``, ``top_k`` and
+    ``repetition_penalty`` are extensions (send them with the client's ``extra_body``).
+    ``user`` is accepted for compatibility and not used; other OpenAI options are refused by name."""
+
+    model = ModelNameField()
+    stream = StrictBooleanField(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    max_tokens = StrictIntegerField(min_value=1, max_value=32768, required=False, allow_null=True)
+    temperature = StrictFloatField(min_value=0.0, max_value=2.0, required=False, allow_null=True)
+    top_p = StrictFloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
+    stop = StopField(required=False, allow_null=True)
+    seed = StrictIntegerField(min_value=0, max_value=2**32 - 1, required=False, allow_null=True)
+    n = StrictIntegerField(min_value=1, max_value=1, required=False, allow_null=True)
+    user = StrictCharField(max_length=256, required=False)
+    top_k = StrictIntegerField(min_value=0, max_value=1000, required=False, allow_null=True)
+    repetition_penalty = StrictFloatField(min_value=0.01, max_value=10.0, required=False, allow_null=True)
+    session_id = serializers.UUIDField(required=False, allow_null=True)
+
+    def validate_top_p(self, value):
+        if value is not None and value <= 0:
+            raise serializers.ValidationError("must be greater than 0")
+        return value
+
+
+class ChatCompletionRequestSerializer(OpenAIRequestSerializer):
+    messages = OpenAIMessageSerializer(many=True, min_length=1, max_length=MAX_HISTORY + 1)
+    max_completion_tokens = StrictIntegerField(min_value=1, max_value=32768, required=False, allow_null=True)
+
+
+@extend_schema_field(TEXT_OR_TEXTS)
+class PromptField(OpenAITextField):
+    default_error_messages = {"invalid": "must be a non-empty string (or a list holding one)"}
+
+    def as_text(self, data):
+        return data[0] if isinstance(data, list) and len(data) == 1 else data
+
+    def to_internal_value(self, data):
+        text = super().to_internal_value(data)
+        if not text.strip():
+            self.fail("invalid")
+        return text
+
+
+class CompletionRequestSerializer(OpenAIRequestSerializer):
+    prompt = PromptField()

@@ -1,0 +1,134 @@
+"""The database log handler, its background writer, and GET /system/logs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from unittest import mock
+
+import pytest
+from django.db import OperationalError
+from django.db.models.query import QuerySet
+
+from system_app.logging import BackgroundWriter, scrub, writer
+from system_app.models import LogRecord
+from tests.envelope import ISO_Z, assert_error, assert_ok
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+log = logging.getLogger("tests.system_app")
+
+
+def stored(source: str = "tests.system_app") -> list[str]:
+    assert writer.flush()
+    return list(LogRecord.objects.filter(source=source).order_by("id").values_list("message", flat=True))
+
+
+def test_logs_are_stored_and_served_at_a_level_and_above_newest_last(api_as, db_log_handler):
+    log.debug("debug line")
+    log.info("info line")
+    log.warning("warning line")
+    log.error("error line")
+    log.critical("critical line")
+    assert writer.flush()
+    data = assert_ok(api_as("admin").get("/system/logs?level=warning"))["data"]
+    assert data["log_level"] == "WARNING" and data["lines_requested"] == 100 and data["order"] == "oldest_first"
+    ours = [entry for entry in data["logs"] if entry["source"] == "tests.system_app"]
+    assert [entry["message"] for entry in ours] == ["warning line", "error line", "critical line"]
+    assert [entry["level"] for entry in ours] == ["WARNING", "ERROR", "CRITICAL"]
+    assert all(ISO_Z.match(entry["timestamp"]) for entry in ours)
+    assert data["total_lines"] == len(data["logs"])
+
+
+def test_lines_returns_the_newest_records(api_as, db_log_handler):
+    for number in range(5):
+        log.error("numbered %d", number)
+    assert writer.flush()
+    data = assert_ok(api_as("admin").get("/system/logs?level=ERROR&lines=2"))["data"]
+    assert [entry["message"] for entry in data["logs"]] == ["numbered 3", "numbered 4"]
+    assert data["total_lines"] == 2
+
+
+def test_the_default_level_is_info(api_as, db_log_handler):
+    log.debug("too detailed")
+    log.info("worth keeping")
+    assert writer.flush()
+    messages = [entry["message"] for entry in assert_ok(api_as("admin").get("/system/logs"))["data"]["logs"]]
+    assert "worth keeping" in messages and "too detailed" not in messages
+
+
+def test_a_runners_log_lines_carry_the_model_name_as_source(db_log_handler):
+    # EngineManager logs what a runner sends under models_app.runner.<model name>.
+    logging.getLogger("models_app.runner.smol-1.5b").warning("kv cache full")
+    assert writer.flush()
+    row = LogRecord.objects.get(message="kv cache full")
+    assert (row.source, row.level, row.levelno) == ("smol-1.5b", "WARNING", 30)
+
+
+def test_keys_authorization_headers_and_passwords_are_scrubbed_before_storage(db_log_handler):
+    key = "bai_0123abcd_Zm9vYmFyYmF6cXV4LXNlY3JldC1rZXktdmFsdWU"
+    log.warning("request with Authorization: Bearer %s failed", key)
+    log.warning("headers {'HTTP_AUTHORIZATION': 'Basic dXNlcjpodW50ZXIy'}")
+    log.warning("key %s used from 10.0.0.1", key)
+    log.warning('login {"username": "bob", "password": "hunter2"} and db_password=s3cret&x=1')
+    log.warning("connecting to postgres://app:pg-secret@db:5432/beautyai")
+    try:
+        raise ValueError(f"token={key}")
+    except ValueError:
+        log.exception("failed with a key in the traceback")
+    text = "\n".join(stored())
+    for secret in ("Zm9vYmFy", "dXNlcjpodW50ZXIy", "hunter2", "s3cret", "pg-secret"):
+        assert secret not in text
+    assert "bai_0123abcd_[REDACTED]" in text and "Authorization: Bearer [REDACTED]" in text
+    assert '"password": "[REDACTED]"' in text and "ValueError" in text
+
+
+def test_scrubbing_leaves_ordinary_text_alone():
+    text = "generated tokens_generated=128 max_tokens: 256 in 1.2 s for model org/name"
+    assert scrub(text) == text
+
+
+def test_sql_logging_and_the_writers_own_lines_are_not_stored(db_log_handler):
+    logging.getLogger("django.db.backends").debug("SELECT 1")
+    # A record made on the writer thread (its failure warnings) must not queue another write.
+    record = logging.LogRecord("system_app.writer", logging.WARNING, __file__, 1, "writer says", None, None)
+    record.thread = writer.thread_ident
+    db_log_handler.handle(record)
+    assert stored("django.db.backends") == [] and stored("system_app.writer") == []
+
+
+def test_the_writer_drops_and_counts_while_the_database_fails_then_recovers(db_log_handler):
+    dropped = writer.dropped
+    with mock.patch.object(QuerySet, "bulk_create", side_effect=OperationalError("server closed the connection")):
+        log.warning("lost while the database is down")
+        assert writer.flush()
+    assert writer.dropped == dropped + 1
+    log.warning("stored after recovery")
+    assert stored() == ["stored after recovery"]
+
+
+def test_a_full_queue_drops_and_counts_without_blocking_the_caller():
+    release = threading.Event()
+    slow = BackgroundWriter()
+    slow._write = lambda batch: release.wait(5)
+    slow.start(queue_size=2)
+    try:
+        started = time.perf_counter()
+        results = [slow.submit("system_app.LogRecord", {}) for _ in range(10)]
+        assert time.perf_counter() - started < 0.1
+        assert results.count(False) == slow.dropped >= 7
+    finally:
+        release.set()
+        slow.stop()
+
+
+def test_without_a_running_writer_rows_are_not_kept():
+    idle = BackgroundWriter()
+    assert idle.submit("system_app.LogRecord", {}) is False
+    assert idle.dropped == 0
+
+
+@pytest.mark.parametrize("query", ["level=TRACE", "level=warn", "lines=0", "lines=1001", "lines=ten", "lines=1.5"])
+def test_logs_refuse_a_bad_level_or_line_count(api_as, query):
+    assert_error(api_as("admin").get(f"/system/logs?{query}"), 400, "ValidationError")
