@@ -205,7 +205,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["beautyai_site.api.parsers.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["beautyai_site.api.renderers.EnvelopeJSONRenderer"],
     "EXCEPTION_HANDLER": "beautyai_site.api.exceptions.envelope_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "beautyai_site.api.openapi.EnvelopeAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
     # Per-user request rates by route family ("N/second|minute|hour|day"); counted in the cache.

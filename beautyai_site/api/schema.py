@@ -10,3 +10,4 @@ class SchemaView(SpectacularAPIView):
 
 class SwaggerView(SpectacularSwaggerView):
     permission_classes = [IsAuthenticated]
+

@@ -4,15 +4,35 @@ Generation is a hand-written token loop rather than `model.generate`, so that ev
 step can check for cancellation, time the first token, count tokens exactly and apply
 stop strings without a helper thread.
 
-Concurrency when parameters["max_batch_size"] > 1: the runner lets that many generate()
-calls run at once and each call runs its own loop; a lock around the forward pass
-interleaves them token by token. This is fair sharing, not true batching (no padded
-batch KV cache), so total throughput stays that of one sequence.
+Concurrency. Without parameters["max_batch_size"] (or with 1) requests run one at a time.
+With max_batch_size > 1 the engine batches for real (continuous batching): one scheduler
+thread owns the model; each generate() call hands its prompt to it and then streams the
+tokens it gets back. The scheduler prefills a newly arrived prompt on its own (batch of
+one, exactly as the one-at-a-time path does), then merges its KV cache into the running
+batch (left padding plus an attention mask and explicit position ids) and advances every
+active sequence by one token per forward pass. Each sequence keeps its own sampling
+settings, logits processors and seeded generator, applied to its own row of logits; a
+sequence that ends (EOS, max_tokens, a stop string, cancellation) leaves the batch at the
+next step and a waiting request joins without waiting for the others to finish.
+Cancellation is checked by the scheduler before every forward pass, as in the one-at-a-time
+loop. Batched matmuls can round differently from a batch of one, so a greedy answer may on
+rare occasions differ from the unbatched one after a near tie.
+
+Batching needs a plain full-attention KV cache (DynamicLayer in every layer). Models whose
+cache is anything else (sliding-window or hybrid/linear-attention layers) keep the older
+behaviour: up to max_batch_size generate() calls run at once and a lock around the forward
+pass interleaves them token by token (fair sharing, no throughput gain).
+
+transformers' own `init_continuous_batching` is not used: it switches the model to its paged
+attention and cache, and its per-request sampling covers temperature/top-k/top-p only, not a
+per-request seed, repetition penalty or greedy and sampled requests in one batch.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import queue
 import threading
 import warnings
 import time
@@ -38,6 +58,8 @@ from .base import (
 )
 from .llama_cpp_engine import CHATML_TEMPLATE
 
+logger = logging.getLogger(__name__)
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 BNB_QUANTIZATIONS = ("4bit", "8bit")
 
@@ -55,6 +77,8 @@ class TransformersEngine(Engine):
         self._device = "cpu"
         self._eos_ids: set[int] = set()
         self._forward_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._batcher: _Batcher | None = None
 
     def load(self, spec: LoadSpec) -> None:
         p = spec.parameters
@@ -126,6 +150,12 @@ class TransformersEngine(Engine):
             self._eos_ids.add(self._tokenizer.eos_token_id)
         batch = int(p.get("max_batch_size", 1) or 1)
         self.max_concurrency = max(1, batch)
+        if self.max_concurrency > 1:
+            if _batchable(self._model):
+                self._batcher = _Batcher(self._model, self._device, self._eos_ids)
+            else:
+                logger.warning("this model's KV cache is not a plain full-attention cache, so max_batch_size "
+                               "interleaves requests token by token instead of batching them")
         if p.get("n_threads"):
             torch.set_num_threads(int(p["n_threads"]))
 
@@ -180,9 +210,14 @@ class TransformersEngine(Engine):
 
         marked, marker = with_content_markers(messages)
         ids: list[int] = []
+        segments = prompt_segments(self._prompt(marked, enable_thinking), messages, marker)
         # Special tokens are parsed in the template's own text only, never in what users wrote.
-        for text, is_content in prompt_segments(self._prompt(marked, enable_thinking), messages, marker):
-            ids += self._tokenizer(text, add_special_tokens=False, split_special_tokens=is_content)["input_ids"]
+        # split_special_tokens is stored on the shared Rust tokenizer for the duration of a call,
+        # so concurrent encodes (batched requests, count_tokens) must not interleave: one thread
+        # could otherwise parse user text with special tokens enabled.
+        with self._encode_lock:
+            for text, is_content in segments:
+                ids += self._tokenizer(text, add_special_tokens=False, split_special_tokens=is_content)["input_ids"]
         return torch.tensor([ids], dtype=torch.long)
 
     def count_tokens(self, messages: list[dict]) -> int:
@@ -224,18 +259,19 @@ class TransformersEngine(Engine):
         generator = None
         if s.seed is not None and not s.greedy:
             generator = torch.Generator(device=self._device).manual_seed(int(s.seed))
+        if self._batcher is not None:
+            yield from self._generate_batched(_Request(input_ids, s, procs, generator, max_tokens, should_stop))
+            return
 
         started = time.perf_counter()
         first_at = None
         finish = "length"
-        generated: list[int] = []
-        emitted = 0
-        text = ""
+        stream = _TextStream(self._tokenizer, s.stop)
         all_ids = input_ids
         step_ids = input_ids
         cache = None
         with torch.inference_mode():
-            while len(generated) < max_tokens:
+            while stream.count < max_tokens:
                 if should_stop():
                     finish = "cancelled"
                     break
@@ -243,41 +279,328 @@ class TransformersEngine(Engine):
                     out = self._model(input_ids=step_ids, cache=cache, use_cache=True, logits_to_keep=1)
                 cache = out.cache
                 scores = procs(all_ids, out.logits[:, -1, :].float())
-                if s.greedy:
-                    next_id = int(torch.argmax(scores, dim=-1))
-                else:
-                    probs = torch.softmax(scores, dim=-1)
-                    next_id = int(torch.multinomial(probs, 1, generator=generator))
+                next_id = _pick(torch, scores, s.greedy, generator)
                 if first_at is None:
                     first_at = time.perf_counter()
                 if next_id in self._eos_ids:
                     finish = "stop"
                     break
-                generated.append(next_id)
                 step_ids = torch.tensor([[next_id]], device=self._device)
                 all_ids = torch.cat([all_ids, step_ids], dim=-1)
-                text = self._tokenizer.decode(generated, skip_special_tokens=True)
-                cut = _stop_index(text, s.stop)
-                if cut is not None:
-                    text = text[:cut]
-                    if len(text) > emitted:
-                        yield text[emitted:]
-                    emitted = len(text)
+                delta, stopped = stream.push(next_id)
+                if delta:
+                    yield delta
+                if stopped:
                     finish = "stop"
                     break
-                # Hold back an incomplete UTF-8 sequence and a possible start of a stop string.
-                safe = len(text) - _held_back(text, s.stop)
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
-        if finish != "stop" and len(text) > emitted:
-            yield text[emitted:]
-        yield make_stats(prompt_len, len(generated), finish, started, first_at, time.perf_counter())
+        if finish != "stop":
+            tail = stream.flush()
+            if tail:
+                yield tail
+        yield make_stats(prompt_len, stream.count, finish, started, first_at, time.perf_counter())
+
+    def _generate_batched(self, req: "_Request") -> Iterator[str | GenerationStats]:
+        """Hand the request to the batch scheduler and stream what it produces."""
+        batcher = self._batcher
+        started = time.perf_counter()
+        first_at = None
+        finish = "length"
+        stream = _TextStream(self._tokenizer, req.s.stop)
+        batcher.submit(req)
+        try:
+            while True:
+                try:
+                    kind, value = req.out.get(timeout=1.0)
+                except queue.Empty:
+                    if not batcher.alive():
+                        raise EngineError("generation failed: the batch scheduler stopped") from None
+                    continue
+                if kind == "token":
+                    if first_at is None:
+                        first_at = time.perf_counter()
+                    delta, stopped = stream.push(value)
+                    if delta:
+                        yield delta
+                    if stopped:
+                        finish = "stop"
+                        break
+                elif kind == "end":
+                    if first_at is None and value != "cancelled":
+                        first_at = time.perf_counter()  # EOS as the very first token still ends prefill
+                    finish = value
+                    break
+                else:
+                    raise EngineError(f"generation failed: {value.__class__.__name__}: {scrub_paths(str(value))}")
+        finally:
+            # Tells the scheduler to drop the sequence: a stop string matched or nobody reads any more.
+            req.abandoned = True
+        if finish != "stop":
+            tail = stream.flush()
+            if tail:
+                yield tail
+        yield make_stats(int(req.prompt.shape[-1]), stream.count, finish, started, first_at, time.perf_counter())
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
         self._model = None
         self._tokenizer = None
         super().close()
+
+
+def _pick(torch, scores, greedy: bool, generator) -> int:
+    if greedy:
+        return int(torch.argmax(scores, dim=-1))
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class _TextStream:
+    """Generated token ids -> text deltas, cut at the first stop string.
+
+    Holds back an incomplete UTF-8 sequence and a possible start of a stop string.
+    """
+
+    def __init__(self, tokenizer, stops):
+        self._tokenizer = tokenizer
+        self._stops = stops
+        self._ids: list[int] = []
+        self._text = ""
+        self._emitted = 0
+
+    @property
+    def count(self) -> int:
+        return len(self._ids)
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """(delta to yield, whether a stop string matched)"""
+        self._ids.append(token_id)
+        text = self._text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        cut = _stop_index(text, self._stops)
+        if cut is not None:
+            text = self._text = text[:cut]
+            delta = text[self._emitted:]
+            self._emitted = max(self._emitted, len(text))
+            return delta, True
+        safe = len(text) - _held_back(text, self._stops)
+        if safe > self._emitted:
+            delta = text[self._emitted:safe]
+            self._emitted = safe
+            return delta, False
+        return "", False
+
+    def flush(self) -> str:
+        delta = self._text[self._emitted:]
+        self._emitted = len(self._text)
+        return delta
+
+
+def _batchable(model) -> bool:
+    """Whether the model's cache is all plain DynamicLayers, which the scheduler can pad and merge."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        cache = DynamicCache(config=model.config)
+    except Exception:
+        return False
+    if cache.layers:
+        return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return getattr(cache, "layer_class_to_replicate", None) is DynamicLayer
+
+
+class _Request:
+    def __init__(self, prompt, s, procs, generator, max_tokens: int, should_stop: Callable[[], bool]):
+        self.prompt = prompt  # [1, prompt_len]
+        self.all_ids = prompt  # prompt + generated, for processors such as the repetition penalty
+        self.s = s
+        self.procs = procs
+        self.generator = generator
+        self.max_tokens = max_tokens
+        self.should_stop = should_stop
+        # ("token", id) | ("end", finish_reason) | ("error", exception), read by the generate() caller
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.abandoned = False
+        self.count = 0
+        self.pos = int(prompt.shape[-1])  # position id of the token fed next
+        self.next_id = 0
+
+
+class _Batcher:
+    """Scheduler thread: prefill arrivals one by one, then decode all active sequences together.
+
+    Batch state: a DynamicCache whose rows are left-padded to a common length, the matching
+    2-D attention mask (0 on padding) and, per row, the _Request with its next position id.
+    """
+
+    def __init__(self, model, device: str, eos_ids: set[int]):
+        self._model = model
+        self._device = device
+        self._eos_ids = eos_ids
+        self._incoming: list[_Request] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._active: list[_Request] = []
+        self._cache = None
+        self._mask = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="transformers-batcher")
+        self._thread.start()
+
+    def submit(self, req: _Request) -> None:
+        with self._cv:
+            if self._closed:
+                raise EngineError("the model is shutting down")
+            self._incoming.append(req)
+            self._cv.notify()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._closed and not self._incoming and not self._active:
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    arrivals, self._incoming = self._incoming, []
+                self._drop_finished()
+                for req in arrivals:
+                    try:
+                        self._admit(torch, req)
+                    except Exception as exc:
+                        logger.exception("prefill failed")
+                        req.out.put(("error", exc))
+                if not self._active:
+                    continue
+                try:
+                    self._step(torch)
+                except Exception as exc:
+                    logger.exception("batched decode step failed")
+                    for req in self._active:
+                        req.out.put(("error", exc))
+                    self._active, self._cache, self._mask = [], None, None
+        with self._cv:
+            leftover, self._incoming = self._active + self._incoming, []
+        for req in leftover:
+            req.out.put(("end", "cancelled"))
+        self._active, self._cache, self._mask = [], None, None
+
+    def _sample(self, torch, req: _Request, logits) -> bool:
+        """Pick the request's next token from its row of logits; False when the sequence ended."""
+        scores = req.procs(req.all_ids, logits.float())
+        next_id = _pick(torch, scores, req.s.greedy, req.generator)
+        if next_id in self._eos_ids:
+            req.out.put(("end", "stop"))
+            return False
+        req.count += 1
+        req.out.put(("token", next_id))
+        if req.count >= req.max_tokens:
+            req.out.put(("end", "length"))
+            return False
+        req.next_id = next_id
+        req.all_ids = torch.cat([req.all_ids, torch.tensor([[next_id]], device=req.all_ids.device)], dim=-1)
+        return True
+
+    def _admit(self, torch, req: _Request) -> None:
+        if req.should_stop() or req.abandoned:
+            req.out.put(("end", "cancelled"))
+            return
+        out = self._model(input_ids=req.prompt, use_cache=True, logits_to_keep=1)
+        if self._sample(torch, req, out.logits[:, -1, :]):
+            self._merge(torch, req, out.cache)
+
+    def _merge(self, torch, req: _Request, cache) -> None:
+        from transformers.cache_utils import DynamicLayer
+
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise RuntimeError(f"cannot batch a {type(cache).__name__} with non-dynamic layers")
+        new_len = int(req.prompt.shape[-1])
+        new_mask = torch.ones((1, new_len), dtype=torch.long, device=req.prompt.device)
+        if self._cache is None:
+            self._cache, self._mask, self._active = cache, new_mask, [req]
+            return
+        old_len = int(self._mask.shape[-1])
+        length = max(old_len, new_len)
+        if len(cache.layers) != len(self._cache.layers):
+            raise RuntimeError("cache layer count differs between sequences")
+        for dst, src in zip(self._cache.layers, cache.layers):
+            if not (dst.is_initialized and src.is_initialized):
+                if dst.is_initialized or src.is_initialized:
+                    raise RuntimeError("cache layers are filled unevenly")
+                continue
+            dst.keys = torch.cat([_left_pad(torch, dst.keys, length - old_len, -2),
+                                  _left_pad(torch, src.keys, length - new_len, -2)], dim=0)
+            dst.values = torch.cat([_left_pad(torch, dst.values, length - old_len, -2),
+                                    _left_pad(torch, src.values, length - new_len, -2)], dim=0)
+        self._mask = torch.cat([_left_pad(torch, self._mask, length - old_len, -1),
+                                _left_pad(torch, new_mask, length - new_len, -1)], dim=0)
+        self._active.append(req)
+
+    def _step(self, torch) -> None:
+        device = self._mask.device
+        step_ids = torch.tensor([[r.next_id] for r in self._active], dtype=torch.long, device=device)
+        positions = torch.tensor([[r.pos] for r in self._active], dtype=torch.long, device=device)
+        self._mask = torch.cat([self._mask, torch.ones((len(self._active), 1), dtype=torch.long, device=device)],
+                               dim=-1)
+        out = self._model(input_ids=step_ids, attention_mask=self._mask, position_ids=positions,
+                          cache=self._cache, use_cache=True, logits_to_keep=1)
+        self._cache = out.cache
+        logits = out.logits[:, -1, :]
+        keep = []
+        for i, req in enumerate(self._active):
+            req.pos += 1
+            if self._sample(torch, req, logits[i:i + 1]):
+                keep.append(i)
+        if len(keep) < len(self._active):
+            self._select(torch, keep)
+
+    def _drop_finished(self) -> None:
+        keep = []
+        for i, req in enumerate(self._active):
+            if req.abandoned:
+                continue
+            if req.should_stop():
+                req.out.put(("end", "cancelled"))
+                continue
+            keep.append(i)
+        if len(keep) < len(self._active):
+            import torch
+
+            self._select(torch, keep)
+
+    def _select(self, torch, keep: list[int]) -> None:
+        """Keep only the rows in `keep`, then cut the padding columns no remaining row needs."""
+        if not keep:
+            self._active, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        first = int(mask.any(dim=0).nonzero()[0])
+        for layer in self._cache.layers:
+            if layer.is_initialized and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, index)[..., first:, :]
+                layer.values = layer.values.index_select(0, index)[..., first:, :]
+        self._mask = mask[:, first:]
+        self._active = [self._active[i] for i in keep]
+
+
+def _left_pad(torch, tensor, n: int, dim: int):
+    if n <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = n
+    return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)
 
 
 def _stop_index(text: str, stops) -> int | None:

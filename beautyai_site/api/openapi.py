@@ -1,0 +1,10 @@
+"""The schema class for the OpenAPI document; apart from the schema views, which import it through settings."""
+
+from drf_spectacular.openapi import AutoSchema
+
+class EnvelopeAutoSchema(AutoSchema):
+    """Every answer is an envelope object, never a bare list — also for ``list`` actions, which
+    drf-spectacular would otherwise document as arrays."""
+
+    def _is_list_view(self, serializer=None) -> bool:
+        return False
