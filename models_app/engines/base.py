@@ -122,6 +122,67 @@ def make_stats(prompt_tokens: int, tokens_generated: int, finish_reason: str,
     )
 
 
+class TextStream:
+    """Generated token ids -> text deltas, cut at the first stop string.
+
+    Holds back an incomplete UTF-8 sequence (decoded as U+FFFD) and a possible start of a stop
+    string, so deltas never split a character and never show part of a stop string. ``decode``
+    turns all ids so far into text; decoding the whole sequence each time keeps multi-token
+    characters and word-boundary spaces right.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stops):
+        self._decode = decode
+        self._stops = stops
+        self._ids: list[int] = []
+        self._text = ""
+        self._emitted = 0
+
+    @property
+    def count(self) -> int:
+        return len(self._ids)
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """(delta to yield, whether a stop string matched)"""
+        self._ids.append(token_id)
+        text = self._text = self._decode(self._ids)
+        cut = _stop_index(text, self._stops)
+        if cut is not None:
+            text = self._text = text[:cut]
+            delta = text[self._emitted:]
+            self._emitted = max(self._emitted, len(text))
+            return delta, True
+        safe = len(text) - _held_back(text, self._stops)
+        if safe > self._emitted:
+            delta = text[self._emitted:safe]
+            self._emitted = safe
+            return delta, False
+        return "", False
+
+    def flush(self) -> str:
+        delta = self._text[self._emitted:]
+        self._emitted = len(self._text)
+        return delta
+
+
+
+def _stop_index(text: str, stops) -> int | None:
+    hits = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops) -> int:
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    keep = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                keep = max(keep, n)
+                break
+    return keep
+
+
 class Engine(ABC):
     max_concurrency: int = 1
 

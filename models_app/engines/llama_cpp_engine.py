@@ -19,6 +19,7 @@ from .base import (
     prompt_segments,
     render_chat_template,
     resolve_sampling,
+    TextStream,
     scrub_paths,
     with_content_markers,
 )
@@ -98,44 +99,54 @@ class LlamaCppEngine(Engine):
 
     def generate(self, messages: list[dict], params: GenerationParams,
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
+        """Samples token by token (llama-cpp-python's ``generate``), so that counts are exact,
+        each delta is one token's text, and cancellation is checked between tokens."""
+        import llama_cpp
+
         s = resolve_sampling(params, self._spec)
         tokens = self._prompt_tokens(messages, params.enable_thinking)
         n_ctx = self.context_length()
         if len(tokens) >= n_ctx:
             raise EngineError(f"prompt is longer than the context window ({len(tokens)} >= {n_ctx} tokens)")
         max_tokens = min(s.max_tokens, n_ctx - len(tokens))
-        kwargs = {"max_tokens": max_tokens, "temperature": s.temperature, "stop": list(s.stop) or None,
-                  "stream": True}
+        sampling = {"temp": s.temperature}
         if not s.greedy:
-            kwargs.update({k: v for k, v in (("top_p", s.top_p), ("top_k", s.top_k)) if v is not None})
+            sampling.update({k: v for k, v in (("top_p", s.top_p), ("top_k", s.top_k)) if v is not None})
         if s.repetition_penalty is not None:
-            kwargs["repeat_penalty"] = float(s.repetition_penalty)
+            sampling["repeat_penalty"] = float(s.repetition_penalty)
         if s.seed is not None:
-            kwargs["seed"] = int(s.seed)
+            self._llm.set_seed(int(s.seed))
 
+        stream = TextStream(self._decode, s.stop)
+        vocab = self._llm._model.vocab
         started = time.perf_counter()
         first_at = None
-        finish = "stop"
-        text_parts: list[str] = []
-        stream = self._llm.create_completion(tokens, **kwargs)
-        try:
-            for chunk in stream:
-                if should_stop():
-                    finish = "cancelled"
-                    break
-                choice = chunk["choices"][0]
-                if choice.get("text"):
-                    if first_at is None:
-                        first_at = time.perf_counter()
-                    text_parts.append(choice["text"])
-                    yield choice["text"]
-                if choice.get("finish_reason"):
-                    finish = "length" if choice["finish_reason"] == "length" else "stop"
-        finally:
-            stream.close()
-        generated = len(self._llm.tokenize("".join(text_parts).encode("utf-8"), add_bos=False, special=True)) \
-            if text_parts else 0
-        yield make_stats(len(tokens), generated, finish, started, first_at, time.perf_counter())
+        finish = "length"
+        for token in self._llm.generate(tokens, reset=True, **sampling):
+            if should_stop():
+                finish = "cancelled"
+                break
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            if first_at is None:
+                first_at = time.perf_counter()
+            delta, stopped = stream.push(token)
+            if delta:
+                yield delta
+            if stopped:
+                finish = "stop"
+                break
+            if stream.count >= max_tokens:
+                break
+        if finish != "stop":
+            rest = stream.flush()
+            if rest:
+                yield rest
+        yield make_stats(len(tokens), stream.count, finish, started, first_at, time.perf_counter())
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._llm.detokenize(ids).decode("utf-8", "replace")
 
     def close(self) -> None:
         if self._llm is not None:

@@ -53,6 +53,7 @@ from .base import (
     prompt_segments,
     render_chat_template,
     resolve_sampling,
+    TextStream,
     scrub_paths,
     with_content_markers,
 )
@@ -220,6 +221,9 @@ class TransformersEngine(Engine):
                 ids += self._tokenizer(text, add_special_tokens=False, split_special_tokens=is_content)["input_ids"]
         return torch.tensor([ids], dtype=torch.long)
 
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
+
     def count_tokens(self, messages: list[dict]) -> int:
         return int(self._encode(messages).shape[-1])
 
@@ -266,7 +270,7 @@ class TransformersEngine(Engine):
         started = time.perf_counter()
         first_at = None
         finish = "length"
-        stream = _TextStream(self._tokenizer, s.stop)
+        stream = TextStream(self._decode, s.stop)
         all_ids = input_ids
         step_ids = input_ids
         cache = None
@@ -305,7 +309,7 @@ class TransformersEngine(Engine):
         started = time.perf_counter()
         first_at = None
         finish = "length"
-        stream = _TextStream(self._tokenizer, req.s.stop)
+        stream = TextStream(self._decode, req.s.stop)
         batcher.submit(req)
         try:
             while True:
@@ -354,46 +358,6 @@ def _pick(torch, scores, greedy: bool, generator) -> int:
         return int(torch.argmax(scores, dim=-1))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-class _TextStream:
-    """Generated token ids -> text deltas, cut at the first stop string.
-
-    Holds back an incomplete UTF-8 sequence and a possible start of a stop string.
-    """
-
-    def __init__(self, tokenizer, stops):
-        self._tokenizer = tokenizer
-        self._stops = stops
-        self._ids: list[int] = []
-        self._text = ""
-        self._emitted = 0
-
-    @property
-    def count(self) -> int:
-        return len(self._ids)
-
-    def push(self, token_id: int) -> tuple[str, bool]:
-        """(delta to yield, whether a stop string matched)"""
-        self._ids.append(token_id)
-        text = self._text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
-        cut = _stop_index(text, self._stops)
-        if cut is not None:
-            text = self._text = text[:cut]
-            delta = text[self._emitted:]
-            self._emitted = max(self._emitted, len(text))
-            return delta, True
-        safe = len(text) - _held_back(text, self._stops)
-        if safe > self._emitted:
-            delta = text[self._emitted:safe]
-            self._emitted = safe
-            return delta, False
-        return "", False
-
-    def flush(self) -> str:
-        delta = self._text[self._emitted:]
-        self._emitted = len(self._text)
-        return delta
 
 
 def _batchable(model) -> bool:
@@ -601,20 +565,3 @@ def _left_pad(torch, tensor, n: int, dim: int):
     shape = list(tensor.shape)
     shape[dim] = n
     return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)
-
-
-def _stop_index(text: str, stops) -> int | None:
-    hits = [i for i in (text.find(stop) for stop in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops) -> int:
-    if text.endswith("\ufffd"):
-        return len(text) - len(text.rstrip("\ufffd"))
-    keep = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                keep = max(keep, n)
-                break
-    return keep
