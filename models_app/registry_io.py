@@ -41,19 +41,20 @@ def entry_to_config(name: str, entry: dict) -> dict:
 
 
 def config_to_entry(model: ModelConfig) -> dict:
+    config = services.model_config_dict(model)
     entry = {
-        "model_id": model.model_id,
-        "engine_type": model.engine,
-        "quantization": model.quantization,
-        "dtype": model.dtype,
-        "max_new_tokens": model.max_new_tokens,
+        "model_id": config["model_id"],
+        "engine_type": config["engine"],
+        "quantization": config["quantization"],
+        "dtype": config["dtype"],
+        "max_new_tokens": config["max_new_tokens"],
         "name": model.name,
-        "description": model.description,
-        "model_architecture": model.architecture,
+        "description": config["description"],
+        "model_architecture": config["architecture"],
         "custom_generation_params": model.generation_defaults,
     }
-    if model.parameters:
-        entry["parameters"] = model.parameters
+    if config["parameters"]:
+        entry["parameters"] = config["parameters"]
     return entry
 
 

@@ -35,12 +35,8 @@ class APIKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {count} key(s).")
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "username", "method", "route", "target", "status_code", "error_code", "client_ip")
-    list_filter = ("method", "status_code", "error_code", "action")
-    search_fields = ("username", "route", "target", "request_id")
-    date_hierarchy = "created_at"
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Evidence (audit events, log lines) is shown, never added, edited or deleted by hand."""
 
     def has_add_permission(self, request):
         return False
@@ -52,8 +48,16 @@ class AuditEventAdmin(admin.ModelAdmin):
         return False
 
 
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "username", "method", "route", "target", "status_code", "error_code", "client_ip")
+    list_filter = ("method", "status_code", "error_code", "action")
+    search_fields = ("username", "route", "target", "request_id")
+    date_hierarchy = "created_at"
+
+
 @admin.register(LogRecord)
-class LogRecordAdmin(admin.ModelAdmin):
+class LogRecordAdmin(ReadOnlyAdmin):
     """Read-only: log lines are evidence, like audit events."""
 
     list_display = ("created_at", "level", "source", "short_message")
@@ -64,12 +68,3 @@ class LogRecordAdmin(admin.ModelAdmin):
     @admin.display(description="message")
     def short_message(self, obj):
         return obj.message[:200]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
