@@ -22,23 +22,14 @@ from rest_framework.views import APIView
 
 from beautyai_site.api import errors
 from beautyai_site.api.exceptions import envelope_exception_handler
+from beautyai_site.api.envelope import openai_error
 from inference_app import active, services, streaming
 from inference_app.tool_serializers import ChatCompletionRequestSerializer, CompletionRequestSerializer
 from inference_app.views import api_key_id
 from models_app import services as registry
 from models_app.views import parse
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-               413: "invalid_request_error", 429: "rate_limit_error"}
-ERROR_CODES = {"AuthenticationError": "invalid_api_key", "ModelNotFoundError": "model_not_found",
-               "RateLimitError": "rate_limit_exceeded"}
 FINISH_REASONS = {"stop": "stop", "length": "length"}
-
-
-def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": ERROR_CODES.get(code, code)}}
 
 
 def openai_exception_handler(exc, context):

@@ -11,7 +11,7 @@ import json
 
 from django.conf import settings
 
-from beautyai_site.api.envelope import error_body
+from beautyai_site.api.envelope import error_body_for_path
 from beautyai_site.api.errors import PayloadTooLargeError, ValidationError
 
 
@@ -27,9 +27,9 @@ class BodyLimitMiddleware:
         if declared is not None:
             try:
                 if int(declared) > limit:
-                    return await self._reject(send, PayloadTooLargeError(f"The request body is larger than {limit} bytes."))
+                    return await self._reject(scope, send, PayloadTooLargeError(f"The request body is larger than {limit} bytes."))
             except ValueError:
-                return await self._reject(send, ValidationError("Content-Length is not a number."))
+                return await self._reject(scope, send, ValidationError("Content-Length is not a number."))
         buffered, size = [], 0
         while True:
             message = await receive()
@@ -38,7 +38,7 @@ class BodyLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                return await self._reject(send, PayloadTooLargeError(f"The request body is larger than {limit} bytes."))
+                return await self._reject(scope, send, PayloadTooLargeError(f"The request body is larger than {limit} bytes."))
             if not message.get("more_body", False):
                 break
 
@@ -49,8 +49,9 @@ class BodyLimitMiddleware:
         return await self.app(scope, replay, send)
 
     @staticmethod
-    async def _reject(send, error):
-        body = json.dumps(error_body(None, code=error.error_code, message=error.message, details=None)).encode()
+    async def _reject(scope, send, error):
+        body = json.dumps(error_body_for_path(scope.get("path", ""), None, status=error.status_code,
+                                              code=error.error_code, message=error.message)).encode()
         await send({"type": "http.response.start", "status": error.status_code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

@@ -42,3 +42,24 @@ def error_body(request, *, code: str, message: str, details=None) -> dict:
         "timestamp": now_iso(),
         "execution_time_ms": elapsed_ms(request) if request is not None else None,
     }
+
+
+# The OpenAI-compatible routes answer errors in OpenAI's shape, so that its clients can read them.
+OPENAI_PREFIX = "/v1/"
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+               413: "invalid_request_error", 429: "rate_limit_error"}
+OPENAI_ERROR_CODES = {"AuthenticationError": "invalid_api_key", "ModelNotFoundError": "model_not_found",
+               "RateLimitError": "rate_limit_exceeded"}
+
+def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"), "param": param,
+                      "code": OPENAI_ERROR_CODES.get(code, code)}}
+
+
+
+def error_body_for_path(path: str, request, *, status: int, code: str, message: str, details=None) -> dict:
+    """The error body a route answers with: OpenAI's shape under /v1/, the envelope elsewhere."""
+    if path.startswith(OPENAI_PREFIX):
+        return openai_error(status, code, message)
+    return error_body(request, code=code, message=message, details=details)

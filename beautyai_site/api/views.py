@@ -7,12 +7,13 @@ import sys
 from django.http import JsonResponse
 
 from beautyai_site.api import errors
-from beautyai_site.api.envelope import error_body
+from beautyai_site.api.envelope import error_body_for_path
 
 
 def envelope_json(request, error: errors.APIError) -> JsonResponse:
     response = JsonResponse(
-        error_body(request, code=error.error_code, message=error.message, details=error.details),
+        error_body_for_path(request.path, request, status=error.status_code, code=error.error_code,
+                            message=error.message, details=error.details),
         status=error.status_code,
     )
     response.error_code = error.error_code

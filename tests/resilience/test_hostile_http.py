@@ -94,3 +94,11 @@ def test_security_headers_are_sent(server):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "Strict-Transport-Security" not in response.headers  # only with BEAUTYAI_HTTPS behind TLS
+
+
+def test_v1_routes_answer_unknown_paths_and_oversized_bodies_in_openai_shape(server):
+    url, auth = server
+    missing = httpx.get(f"{url}/v1/no-such-thing", headers=auth, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    big = post(server, "/v1/chat/completions", b"{" + b" " * TEN_MB + b"}")
+    assert big.status_code == 413 and set(big.json()["error"]) == {"message", "type", "param", "code"}
