@@ -87,6 +87,9 @@ def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[
     if not window:
         return messages, 0
     count = lambda msgs: runtime.count_tokens(model_name, msgs)  # noqa: E731 - local shorthand
+    total = count(messages)  # one round trip to the runner in the common case: it all fits
+    if total + params.max_tokens <= window:
+        return messages, 0
     systems = [m for m in messages if m["role"] == "system"]
     history = [m for m in messages[:-1] if m["role"] != "system"]
     last = messages[-1]
@@ -96,13 +99,12 @@ def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[
             details={"context_window_tokens": window},
         )
     dropped = 0
-    while history and count(systems + history + [last]) + params.max_tokens > window:
+    while history and total + params.max_tokens > window:
         history.pop(0)
         dropped += 1
-    kept = systems + history + [last]
-    room = window - count(kept)
-    params.max_tokens = max(1, min(params.max_tokens, room))
-    return kept, dropped
+        total = count(systems + history + [last])
+    params.max_tokens = max(1, min(params.max_tokens, window - total))
+    return systems + history + [last], dropped
 
 
 def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: str = "rest",
@@ -117,6 +119,8 @@ def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: 
     quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
     params = generation_params(model, dict(data.get("generation_config") or {}))
     ensure_loaded(user=user, model=model)
+    # A full queue answers 429 before anything is counted or stored (chat_start checks again, atomically).
+    runtime.check_queue(model)
 
     seeded = [dict(turn) for turn in data.get("chat_history") or []]
     history = seeded if session is None else [

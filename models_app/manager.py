@@ -604,9 +604,8 @@ class EngineManager:
         runner = self._loaded_runner(name)
         handle = GenerationHandle(runner, request_id or uuid.uuid4().hex)
         with runner.lock:
-            waiting = max(0, len(runner.handles) - runner.max_concurrency)
-            if max_queue is not None and waiting >= max_queue:
-                raise QueueFullError(name, waiting, max_queue)
+            if max_queue is not None and self._queue_full(runner, max_queue):
+                raise QueueFullError(name, max(0, len(runner.handles) - runner.max_concurrency), max_queue)
             runner.handles[handle.id] = handle
         runner.last_used_at = _now()
         if not runner.send({"op": "generate", "id": handle.id, "messages": messages, "params": asdict(params)}):
@@ -630,6 +629,14 @@ class EngineManager:
             with runner.lock:
                 runner.calls.pop(call_id, None)
             raise EngineError(f"{op} timed out") from None
+
+    @staticmethod
+    def _queue_full(runner: _RunnerProcess, max_queue: int) -> bool:
+        # Every slot busy and max_queue more waiting; the caller holds runner.lock or accepts a stale answer.
+        return len(runner.handles) >= runner.max_concurrency + max_queue
+
+    def queue_full(self, name: str, max_queue: int) -> bool:
+        return self._queue_full(self._loaded_runner(name), max_queue)
 
     def context_length(self, name: str) -> int | None:
         return self._loaded_runner(name).context_length

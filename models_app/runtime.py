@@ -273,6 +273,20 @@ def max_queue(model) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else settings.MAX_QUEUE
 
 
+def check_queue(model) -> None:
+    """Answers 429 when the model's queue is already full (generate() checks again, under the runner's lock)."""
+    from models_app.engines.base import EngineError
+
+    limit = max_queue(model)
+    try:
+        full = get_manager().queue_full(model.name, limit)
+    except EngineError as exc:
+        raise errors.ConflictError(f"Model '{model.name}' is not available: {exc}") from None
+    if full:
+        raise errors.RateLimitError(f"Model '{model.name}' is busy: its queue is full.",
+                                    details={"model_name": model.name, "max_queue": limit})
+
+
 def generate(model, messages: list[dict], params, *, request_id: str):
     """Submits a generation; answers 429 at once when the model's queue is full."""
     from models_app.engines.base import EngineError

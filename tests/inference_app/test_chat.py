@@ -195,3 +195,21 @@ def test_the_per_user_chat_rate_limit_answers_429_with_retry_after(make_user, cl
     response = chat(client, "Hi", generation_config={"max_tokens": 2})
     assert_error(response, 429, "RateLimitError")
     assert int(response["Retry-After"]) > 0
+
+
+def test_a_full_queue_answers_429_at_once_and_stores_nothing(api_as, loaded_model):
+    from models_app import runtime
+    from models_app.engines.base import GenerationParams
+
+    loaded_model.parameters = {**loaded_model.parameters, "max_queue": 0}
+    loaded_model.save()
+    busy = runtime.generate(loaded_model, [{"role": "user", "content": "Write a long story."}],
+                            GenerationParams(max_tokens=200, temperature=0), request_id="occupier")
+    try:
+        before = (ChatSession.objects.count(), ChatMessage.objects.count())
+        error = assert_error(chat(api_as("chat"), "Hi"), 429, "RateLimitError")
+        assert error["error_details"]["max_queue"] == 0
+        assert (ChatSession.objects.count(), ChatMessage.objects.count()) == before
+    finally:
+        busy.cancel()
+        list(busy)
