@@ -33,5 +33,9 @@ test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# Speed and memory against the raw engines (not part of `make test`); see bench/run.py for options.
+bench: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,13 @@
+"""`make bench`: BeautyAI's overhead against the raw engines, measured in one run.
+
+Entry point: ``python -m bench.run`` (see bench/run.py for the options). The building blocks
+live in their own modules so that the smoke test can run each of them for a few tokens:
+
+* ``bench.stats``   — medians and percentiles, no dependencies
+* ``bench.server``  — a private daphne server on a free port with a fresh data dir (SQLite)
+* ``bench.clients`` — one timed stream per transport: the engine in this process, SSE,
+                      WebSocket and /v1 (the official ``openai`` client)
+* ``bench.parts``   — the four parts of the issue (streaming, concurrency, management API,
+                      load and memory)
+* ``bench.report``  — the JSON, Markdown summary and PNG chart
+"""

@@ -1,0 +1,434 @@
+"""The outputs of one run: <stamp>.json (everything), <stamp>.md (summary), <stamp>.png (chart), latest.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from bench.stats import fmt
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "transformers", "llama_cpp_python", "Django", "daphne", "channels", "djangorestframework",
+            "openai", "httpx", "websockets", "psutil", "matplotlib")
+
+
+def machine_info() -> dict:
+    import psutil
+
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info = {
+        "cpu_model": cpu_model or platform.processor() or None,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "ram_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                               timeout=30).returncode != 0
+        info["git"] = {"commit": commit or None, "uncommitted_changes": dirty}
+    except (OSError, subprocess.SubprocessError):
+        info["git"] = None
+    return info
+
+
+def _clean(value):
+    """JSON without NaN/Infinity."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def all_checks(results: dict) -> list[dict]:
+    checks = []
+    for key in ("part1", "part2", "part3", "part4"):
+        part = results.get(key)
+        if isinstance(part, dict) and "checks" in part:
+            checks += part["checks"]
+        elif isinstance(part, dict):
+            for sub in part.values():
+                if isinstance(sub, dict):
+                    checks += sub.get("checks", [])
+    return checks
+
+
+def _measured(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _verdict(passed) -> str:
+    return "n/a" if passed is None else ("pass" if passed else "**FAIL**")
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    o = results["options"]
+    lines = [f"# BeautyAI benchmark — {results['stamp']}", ""]
+    versions = m["versions"]
+    lines += [
+        f"Machine: {m['cpu_model']}, {m['logical_cores']} logical cores ({m['physical_cores']} physical), "
+        f"{m['ram_gb']} GB RAM, {'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}; {m['platform']}.  ",
+        f"Python {m['python']}, torch {versions.get('torch')}, llama-cpp-python {versions.get('llama_cpp_python')}, "
+        f"transformers {versions.get('transformers')}, Django {versions.get('Django')}, daphne {versions.get('daphne')}.  ",
+    ]
+    if m.get("git"):
+        lines.append(f"Code: commit {str(m['git']['commit'])[:12]}"
+                     f"{' with uncommitted changes' if m['git']['uncommitted_changes'] else ''}.  ")
+    la0, la1 = results["loadavg_start"], results.get("loadavg_end")
+    lines += [
+        f"Load average (1/5/15 min) at start {la0[0]:.2f}/{la0[1]:.2f}/{la0[2]:.2f}"
+        + (f", at end {la1[0]:.2f}/{la1[1]:.2f}/{la1[2]:.2f}" if la1 else "")
+        + f" on {m['logical_cores']} cores"
+        + (" — other work shared the CPUs during this run, so absolute speeds are lower and noisier than on an "
+           "idle machine; ratios compare sides measured alternately under the same conditions."
+           if max(la0[0], (la1 or la0)[0]) > 0.5 * (m["logical_cores"] or 1) else ".") + "  ",
+        f"Settings: {o['runs']} runs per figure (medians), {o['tokens']} tokens for llama.cpp, "
+        f"{o['tokens_transformers']} for transformers, greedy, prompt \"{results['prompt']}\"; parts "
+        f"{', '.join(map(str, o['parts']))}; engines {', '.join(o['engines'])}; soak {o['soak_seconds']:.0f} s; "
+        f"wall time {results.get('wall_s', 0) / 60:.1f} min"
+        + (f"; transformers entries run with n_threads={o['transformers_threads']}" if o.get("transformers_threads")
+           else "") + ".",
+        "",
+    ]
+    if "transformers" in o["engines"] and o["tokens_transformers"] != o["tokens"]:
+        lines += [f"Transformers runs use {o['tokens_transformers']} tokens per stream instead of {o['tokens']} "
+                  "(BENCH_TOKENS_TRANSFORMERS) to keep the run under ~25 minutes on this machine.", ""]
+
+    checks = all_checks(results)
+    lines += ["## Targets", "", "| part | engine | figure | target | measured | result |", "|---|---|---|---|---|---|"]
+    for c in checks:
+        measured = _measured(c["measured"]) + (f" ({c['note']})" if c.get("note") else "")
+        lines.append(f"| {c['part']} | {c['engine'] or '—'} | {_cell(c['what'])} | {_cell(c['target'])} | "
+                     f"{_cell(measured)} | {_verdict(c['passed'])} |")
+    passed = sum(1 for c in checks if c["passed"] is True)
+    failed = sum(1 for c in checks if c["passed"] is False)
+    unknown = sum(1 for c in checks if c["passed"] is None)
+    lines += ["", f"{passed} pass, {failed} fail, {unknown} not measured or informational.", ""]
+
+    for error in results.get("errors", []):
+        lines += [f"**Part {error['part']} did not finish:** `{_cell(error['error'])}`", ""]
+
+    p1 = results.get("part1") or {}
+    if p1:
+        lines += ["## Part 1 — streaming overhead (medians)", "",
+                  "| engine | side | decode tok/s | ratio | TTFT ms | added TTFT ms | start event ms | TTFT outside "
+                  "the engine ms | p99 ITL ms | added p99 ITL ms | end-to-end ms | tokens |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for engine, part in p1.items():
+            if not isinstance(part, dict) or "summary" not in part:
+                continue
+            for side, s in part["summary"].items():
+                comp = part["comparisons"].get(side, {})
+                lines.append(
+                    f"| {engine} | {side} | {fmt(s['decode_tps_median'], 1)} | {fmt(comp.get('tps_ratio'), 3)} | "
+                    f"{fmt(s['ttft_ms_median'], 1)} | {fmt(comp.get('added_ttft_ms'), 1)} | "
+                    f"{fmt(s.get('start_ms_median'), 1)} | {fmt(s.get('outside_engine_ttft_ms_median'), 1)} | "
+                    f"{fmt(s['itl_p99_ms_median'], 1)} | {fmt(comp.get('added_itl_p99_ms'), 1)} | "
+                    f"{fmt(s['total_ms_median'], 0)} | {','.join(map(str, s['tokens']))} |")
+        lines += ["", "Start event: when the platform's `start` event (SSE, WebSocket) or first chunk (/v1) arrived — "
+                  "authentication, session and context work done, request handed to the runner. TTFT outside the "
+                  "engine: the client's TTFT minus the engine's own (runner stats; /v1 reports none). Every row is "
+                  "the median of its runs; the runs alternate the sides in rotating order.", ""]
+
+    p2 = results.get("part2") or {}
+    if p2:
+        lines += ["## Part 2 — concurrency (SSE streams sent together; medians)", "",
+                  "| engine | streams | aggregate tok/s | × 1 stream | per-stream decode tok/s | TTFT p50 ms "
+                  "| TTFT p95 ms | errors |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for engine, part in p2.items():
+            if not isinstance(part, dict) or "summary" not in part:
+                continue
+            single = part["summary"]["1"]["aggregate_tps_median"]
+            for side, s in part["summary"].items():
+                rel = None if not single or s["aggregate_tps_median"] is None else s["aggregate_tps_median"] / single
+                label = "1 (engine in-process)" if side == "direct-1" else side
+                lines.append(f"| {engine} ({part['model']}) | {label} | {fmt(s['aggregate_tps_median'], 1)} | "
+                             f"{fmt(rel, 2)} | {fmt(s['per_stream_decode_tps_median'], 1)} | "
+                             f"{fmt(s['ttft_ms_p50_median'], 0)} | {fmt(s['ttft_ms_p95_median'], 0)} | "
+                             f"{s['errors_total']} |")
+        for engine, part in p2.items():
+            ov = part.get("overload") if isinstance(part, dict) else None
+            if ov:
+                lines += ["", f"Overload ({engine}, max_queue={ov['max_queue']}, slot and queue full): "
+                          f"{len(ov['sequential'])} sequential chats answered "
+                          f"{sorted({s['status'] for s in ov['sequential']})} in p50 "
+                          f"{fmt(ov['sequential_ms_p50'], 1)} ms / max {fmt(ov['sequential_ms_max'], 1)} ms; a burst "
+                          f"of {ov['burst_size']} answered {ov['burst_statuses']} in p50 {fmt(ov['burst_ms_p50'], 1)} "
+                          f"ms / max {fmt(ov['burst_ms_max'], 1)} ms.", ""]
+        lines.append("")
+
+    p3 = results.get("part3") or {}
+    if p3.get("summary"):
+        lines += [f"## Part 3 — management API ({p3['clients']} keep-alive clients, "
+                  f"{p3['seconds_per_measurement']:.0f} s per measurement, medians)", "",
+                  "| condition | route | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+        for condition, by_path in p3["summary"].items():
+            for path, s in by_path.items():
+                lines.append(f"| {condition} | GET {path} | {fmt(s['requests_per_s_median'], 0)} | "
+                             f"{fmt(s['p50_ms_median'], 1)} | {fmt(s['p99_ms_median'], 1)} | {s['errors']} |")
+        st = p3.get("streams") or {}
+        lines += ["", f"During \"generating\": 4 SSE streams on llama.cpp (1 decoding, 3 queued); "
+                  f"{st.get('streams_completed')} streams completed, {st.get('stream_errors')} errors.", ""]
+
+    p4 = results.get("part4") or {}
+    if p4.get("load"):
+        lines += ["## Part 4 — load and memory (medians)", "",
+                  "| engine | model | engine load in this process s | engine load in a fresh process s "
+                  "| through the platform s | runner-reported s | platform ÷ in-process |",
+                  "|---|---|---|---|---|---|---|"]
+        for engine, lt in p4["load"].items():
+            lines.append(f"| {engine} | {lt['model']} | {fmt(lt['direct_s_median'], 2)} | "
+                         f"{fmt(lt.get('fresh_process_s_median'), 2)} | "
+                         f"{fmt(lt['platform_s_median'], 2)} | {fmt(lt['runner_reported_s_median'], 2)} | "
+                         f"{fmt(lt['ratio'], 2)} |")
+        lines += ["", "A fresh process pays interpreter start and imports (torch, transformers or llama_cpp) "
+                  "before the engine's own load; a runner is such a process."]
+        lines += ["", "| engine | reported memory_usage_mb | runner RSS (psutil, outside) | max abs diff % |",
+                  "|---|---|---|---|"]
+        for engine, mem in p4["memory"].items():
+            lines.append(f"| {engine} | {fmt(mem['reported_mb_median'], 1)} | {fmt(mem['outside_rss_mb_median'], 1)} | "
+                         f"{fmt(mem['abs_diff_pct_max'], 2)} |")
+        lines += ["", "memory_usage_mb is itself the runner pid's RSS (psutil) plus its GPU memory (NVML), read on "
+                  "each request: this check confirms the pid and that the figure is fresh, not an estimate."]
+        w = p4.get("web_rss")
+        timeline = results.get("timeline") or []
+        if w:
+            first = timeline[0]["web_rss_mb"] if timeline else None
+            lines += ["", f"Web process (daphne pid {w['pid']}) RSS: {fmt(first, 1)} MB just after start; baseline "
+                      f"for the growth checks (part 4, after every route and transport was used once) "
+                      f"{fmt(w['baseline_mb'], 1)} MB, after "
+                      f"{len(w['cycle_rss_mb'])} load/unload cycles {fmt(w['after_cycles_mb'], 1)} MB, after the "
+                      f"{w['soak']['seconds']:.0f} s soak {fmt(w['after_soak_mb'], 1)} MB "
+                      f"({w['soak']['requests']} requests: {w['soak']['counts']}; {w['soak']['errors']} errors).", ""]
+    if results.get("part1_transformers_gguf_load"):
+        g = results["part1_transformers_gguf_load"]
+        lines += [f"Transformers on the GGUF (`{g['model']}`), measured once in part 1: platform load "
+                  f"{fmt(g['platform_s'], 1)} s, engine in-process {fmt(g['direct_s'], 1)} s.", ""]
+    stop = results.get("server_stop")
+    if stop:
+        lines += [f"Server stop: {stop}", ""]
+    lines += ["Raw numbers, per-run values and machine details: the JSON file of the same name.", ""]
+    return "\n".join(lines)
+
+
+def _legend_or_note(ax, loc="best") -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc=loc)
+    else:
+        ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def chart(results: dict, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no chart"
+
+    fig, axes = plt.subplots(3, 2, figsize=(14, 14))
+    fig.suptitle(f"BeautyAI benchmark {results['stamp']} — {results['machine']['cpu_model']}, "
+                 f"{results['machine']['logical_cores']} cores, load avg at start "
+                 f"{results['loadavg_start'][0]:.1f}", fontsize=11)
+    p1 = {k: v for k, v in (results.get("part1") or {}).items() if isinstance(v, dict) and "comparisons" in v}
+    transports = ["sse", "websocket", "v1"]
+    colors = {"llama.cpp": "tab:blue", "transformers": "tab:orange"}
+
+    ax = axes[0][0]
+    width = 0.38
+    for i, (engine, part) in enumerate(p1.items()):
+        values = [part["comparisons"][t]["tps_ratio"] or 0 for t in transports]
+        xs = [x + (i - 0.5) * width for x in range(len(transports))]
+        bars = ax.bar(xs, values, width, label=f"{engine} ({part['tokens']} tok)", color=colors.get(engine))
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="target 0.95")
+    ax.set_xticks(range(len(transports)), transports)
+    ax.set_ylabel("decode tok/s ÷ direct engine")
+    ax.set_title("1. Streaming: tokens/s ratio (higher is better)")
+    top = max([1.0] + [part["comparisons"][t]["tps_ratio"] or 0 for part in p1.values() for t in transports])
+    ax.set_ylim(0, top * 1.15)
+    _legend_or_note(ax, loc="lower right")
+
+    ax = axes[0][1]
+    labels, ttft, itl = [], [], []
+    for engine, part in p1.items():
+        for t in transports:
+            labels.append(f"{t}\n{engine}")
+            ttft.append(part["comparisons"][t]["added_ttft_ms"] or 0)
+            itl.append(part["comparisons"][t]["added_itl_p99_ms"] or 0)
+    if labels:
+        xs = range(len(labels))
+        b1 = ax.bar([x - 0.2 for x in xs], ttft, 0.4, label="added TTFT (target ≤ 20)", color="tab:purple")
+        b2 = ax.bar([x + 0.2 for x in xs], itl, 0.4, label="added p99 ITL (target ≤ 5)", color="tab:green")
+        ax.bar_label(b1, fmt="%.1f", fontsize=7)
+        ax.bar_label(b2, fmt="%.1f", fontsize=7)
+        ax.axhline(20, color="tab:purple", linestyle="--", linewidth=1)
+        ax.axhline(5, color="tab:green", linestyle="--", linewidth=1)
+        ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_yscale("symlog", linthresh=20)
+    ax.set_ylabel("ms over the direct engine (linear to ±20, log beyond)")
+    ax.set_title("1. Streaming: added latency (lower is better)")
+    _legend_or_note(ax)
+
+    ax = axes[1][0]
+    for engine, part in (results.get("part2") or {}).items():
+        if not isinstance(part, dict) or "summary" not in part:
+            continue
+        levels = part["levels"]
+        values = [part["summary"][str(n)]["aggregate_tps_median"] or 0 for n in levels]
+        ax.plot(levels, values, marker="o", label=f"{engine} ({part['model']})", color=colors.get(engine))
+        direct = part["summary"]["direct-1"]["aggregate_tps_median"]
+        if direct:
+            ax.axhline(direct, color=colors.get(engine), linestyle=":", linewidth=1,
+                       label=f"{engine} engine in-process, 1 stream")
+        single = part["summary"]["1"]["aggregate_tps_median"] or 0
+        factor = 0.95 if engine == "llama.cpp" else 1.5
+        ax.scatter([max(levels)], [single * factor], marker="_", s=400, color="red")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("aggregate tokens/s")
+    ax.set_title("2. Concurrency (red dash: target at the top level)")
+    _legend_or_note(ax)
+
+    ax = axes[1][1]
+    p3 = results.get("part3") or {}
+    if p3.get("summary"):
+        paths = list(p3["summary"]["idle"])
+        xs = range(len(paths))
+        for i, condition in enumerate(("idle", "generating")):
+            values = [p3["summary"][condition][p]["requests_per_s_median"] or 0 for p in paths]
+            bars = ax.bar([x + (i - 0.5) * 0.38 for x in xs], values, 0.38, label=condition)
+            ax.bar_label(bars, labels=[f"{v:.0f}/s\np99 {p3['summary'][condition][p]['p99_ms_median'] or 0:.0f}ms"
+                                       for v, p in zip(values, paths)], fontsize=7)
+        ax.set_xticks(list(xs), paths)
+        ax.set_ylabel("requests/s")
+    _legend_or_note(ax)
+    ax.set_title(f"3. Management API, {p3.get('clients', 16)} clients")
+
+    ax = axes[2][0]
+    p4 = results.get("part4") or {}
+    if p4.get("load"):
+        engines = list(p4["load"])
+        xs = range(len(engines))
+        d = [p4["load"][e]["direct_s_median"] or 0 for e in engines]
+        f = [p4["load"][e].get("fresh_process_s_median") or 0 for e in engines]
+        p = [p4["load"][e]["platform_s_median"] or 0 for e in engines]
+        lim = [1.2 * v + 2 for v in d]
+        ax.bar_label(ax.bar([x - 0.27 for x in xs], d, 0.27, label="engine in this process"), fmt="%.2f", fontsize=8)
+        ax.bar_label(ax.bar(list(xs), f, 0.27, label="engine in a fresh process"), fmt="%.2f", fontsize=8)
+        ax.bar_label(ax.bar([x + 0.27 for x in xs], p, 0.27, label="through the platform"), fmt="%.2f", fontsize=8)
+        ax.scatter([x + 0.27 for x in xs], lim, marker="_", s=600, color="red", label="target 1.2× in-process + 2 s")
+        ax.set_xticks(list(xs), [f"{e}\n{p4['load'][e]['model']}" for e in engines], fontsize=8)
+        ax.set_xlim(-0.7, max(len(engines), 2) - 0.3)
+        ax.set_ylabel("seconds")
+    _legend_or_note(ax)
+    ax.set_title("4. Load time")
+
+    ax = axes[2][1]
+    timeline = results.get("timeline") or []
+    if timeline:
+        ts = [s["t"] / 60 for s in timeline]
+        runner = [sum(s["children_rss_mb"].values()) for s in timeline]
+        right = ax.twinx()
+        right.plot(ts, runner, color="tab:gray", linewidth=0.6, alpha=0.7)
+        right.set_ylabel("runner processes RSS, sum (MB, gray)", color="tab:gray")
+        ax.set_zorder(right.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.plot(ts, [s["web_rss_mb"] for s in timeline], label="web process (daphne) RSS", color="black")
+        w = (p4 or {}).get("web_rss")
+        if w and w.get("baseline_mb"):
+            ax.axhline(w["baseline_mb"], color="tab:green", linestyle=":", linewidth=1, label="part 4 baseline")
+            ax.axhline(w["baseline_mb"] + 50, color="red", linestyle="--", linewidth=1, label="baseline + 50 MB")
+        ax.set_ylim(0, max(s["web_rss_mb"] for s in timeline) + 80)
+        last = None
+        for s in timeline:
+            if s["part"] != last:
+                ax.axvline(s["t"] / 60, color="lightgray", linewidth=0.6)
+                ax.text(s["t"] / 60, 0, s["part"], rotation=90, fontsize=6,
+                        va="bottom", color="dimgray")
+                last = s["part"]
+        ax.set_xlabel("minutes since start")
+        ax.set_ylabel("web process RSS (MB)")
+    _legend_or_note(ax, loc="upper left")
+    ax.set_title("4. Memory over the run (vertical lines: part changes)")
+
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def write_outputs(results: dict, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = results["stamp"]
+    json_path = out_dir / f"{stamp}.json"
+    md_path = out_dir / f"{stamp}.md"
+    png_path = out_dir / f"{stamp}.png"
+    chart_problem = None
+    try:
+        chart_problem = chart(results, png_path)
+    except Exception as exc:  # a chart bug must not lose the numbers
+        chart_problem = f"chart failed: {exc.__class__.__name__}: {exc}"
+    if chart_problem:
+        results.setdefault("notes", []).append(chart_problem)
+    text = markdown(results)
+    if chart_problem:
+        text += f"\nNote: {chart_problem}\n"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_clean(results), indent=1, default=str))
+    os.replace(tmp, json_path)
+    md_path.write_text(text)
+    shutil.copyfile(md_path, out_dir / "latest.md")
+    return {"json": json_path, "md": md_path, "png": png_path if png_path.exists() else None,
+            "latest": out_dir / "latest.md"}

@@ -1,0 +1,111 @@
+"""`make bench`'s building blocks, run for a few tokens so that CI proves the harness still works.
+
+One private server (fresh data dir, SQLite, its own port) with the bundled llama.cpp model; part 1
+runs once on every transport against the engine in this process; then one concurrent batch, one
+short management-API burst, the memory reading and the report files. The speed figures themselves
+are not checked here (that is what `make bench` is for), only that each is measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import psutil
+import pytest
+
+
+
+from bench import clients, parts, report, stats
+from bench.hammer import hammer_in_process
+from bench.server import LLAMA, BenchServer
+
+TOKENS = 4
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def test_stats_helpers():
+    assert stats.median([3, 1, 2]) == 2
+    assert stats.percentile([0, 10], 99) == pytest.approx(9.9)
+    assert stats.percentile([], 50) is None
+    assert stats.ratio(1, 0) is None and stats.diff(None, 1) is None
+    assert parts.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+
+
+def test_options_from_env(monkeypatch):
+    from bench.run import options_from_env
+
+    monkeypatch.setenv("BENCH_PARTS", "1,3")
+    monkeypatch.setenv("BENCH_ENGINES", "llama.cpp")
+    monkeypatch.setenv("BENCH_RUNS", "2")
+    monkeypatch.setenv("BENCH_SOAK_SECONDS", "60")
+    opts = options_from_env()
+    assert (opts.parts, opts.engines, opts.runs, opts.soak_seconds, opts.tokens) == ((1, 3), ("llama.cpp",), 2, 60.0, 128)
+    monkeypatch.setenv("BENCH_ENGINES", "vllm")
+    with pytest.raises(SystemExit):
+        options_from_env()
+
+
+def test_harness_end_to_end_for_a_few_tokens(tmp_path):
+    opts = parts.Options(runs=1, tokens=TOKENS, tokens_transformers=TOKENS, parts=(1,), engines=("llama.cpp",),
+                         soak_seconds=1, mgmt_seconds=0.3)
+    server = BenchServer()
+    bench = parts.Bench(server=server, opts=opts)
+    runner_pid = None
+    try:
+        server.start()
+        daphne = server.pid
+
+        # Part 1 for real: direct engine, SSE, WebSocket and /v1, each once after a warm-up.
+        p1 = parts.part_streaming(bench, "llama.cpp")
+        for side, rows in p1["raw"].items():
+            assert len(rows) == 1 and rows[0]["ok"], (side, rows)
+            row = rows[0]
+            assert row["tokens_generated"] == TOKENS and row["finish_reason"] == "length", (side, row)
+            assert row["ttft_ms"] is not None and row["ttft_ms"] > 0 and row["decode_tps"] > 0, (side, row)
+        assert {c["id"].rsplit(".", 2)[1] for c in p1["checks"]} == {"sse", "websocket", "v1"}
+        assert all(c["measured"] is not None for c in p1["checks"])
+
+        # Part 2's building block: streams sent together, aggregate over the wall time.
+        results, wall = clients.run_concurrent_sse(server.url, server.api_key, LLAMA, TOKENS, 2)
+        row = parts._concurrency_row(results, wall)
+        assert row["errors"] == 0 and row["tokens"] == 2 * TOKENS and row["aggregate_tps"] > 0, row
+
+        # Part 3's load generator, on the bare route and on an authenticated one.
+        for path, headers in (("/healthz", None), ("/models/", server.auth_headers())):
+            burst = hammer_in_process(server.url, path, headers, 2, 0.3, 0.0)
+            assert burst["requests"] > 0 and burst["error_count"] == 0 and set(burst["statuses"]) == {"200"}, burst
+
+        # Part 4's memory reading: the API's figure next to psutil's for the same runner.
+        memory = parts.memory_check(bench, LLAMA)
+        runner_pid = memory["pid"]
+        assert memory["abs_diff_pct_max"] is not None and memory["reported_mb_median"] > 0
+
+        results_doc = {
+            "stamp": "smoke", "options": {"runs": 1, "tokens": TOKENS, "tokens_transformers": TOKENS, "parts": [1],
+                                          "engines": ["llama.cpp"], "soak_seconds": 1},
+            "prompt": clients.PROMPT, "machine": report.machine_info(), "loadavg_start": list(os.getloadavg()),
+            "loadavg_end": list(os.getloadavg()), "errors": [], "part1": {"llama.cpp": p1},
+            "timeline": [{"t": 0.0, "part": "1", "web_rss_mb": 100.0, "children_rss_mb": {"1": 200.0},
+                          "loadavg1": 1.0}],
+        }
+    finally:
+        stop = server.stop()
+    assert stop["daphne_exit"] == 0 and stop["killed_pids"] == [], stop
+    assert not psutil.pid_exists(daphne)
+    if runner_pid is not None:
+        assert not psutil.pid_exists(runner_pid) or psutil.Process(runner_pid).status() == psutil.STATUS_ZOMBIE
+    assert not server.data_dir.exists()
+
+    paths = report.write_outputs(results_doc, tmp_path)
+    written = json.loads(paths["json"].read_text())
+    assert written["part1"]["llama.cpp"]["comparisons"]["sse"]["tps_ratio"] is not None
+    summary = paths["md"].read_text()
+    assert "## Targets" in summary and "decode tokens/s, websocket ÷ direct" in summary
+    assert (tmp_path / "latest.md").read_text() == summary
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "matplotlib is not installed" in summary
+    else:
+        assert paths["png"] is not None and paths["png"].stat().st_size > 10_000
