@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
@@ -25,8 +24,6 @@ def spec_for(request, gguf_path):
         if case.startswith("transformers-"):
             folder = request.getfixturevalue("safetensors_dir")
             quant = {"transformers-4bit": "4bit", "transformers-8bit": "8bit"}.get(case, "none")
-            if quant != "none" and importlib.util.find_spec("bitsandbytes") is None:
-                pytest.skip("bitsandbytes is not installed")
             return LoadSpec(name=case, engine="transformers", model_id=str(folder), quantization=quant)
         base_url = request.getfixturevalue("llama_server")
         return LoadSpec(name=case, engine="openai", model_id="smollm2", parameters={"base_url": base_url})

@@ -179,13 +179,8 @@ def test_readyz_lists_its_checks_when_ready(anon, settings):
 
 
 def test_readyz_checks_redis_when_a_channel_layer_is_configured(anon, settings):
+    # Redis runs wherever the suite runs (this machine, CI's .ci/run); a missing one is a failure.
     settings.REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    try:
-        import redis
-
-        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception:
-        pytest.skip("no Redis server answers at REDIS_URL")
     assert assert_ok(anon.get("/readyz"))["data"]["checks"]["channel_layer"] == "ok"
 
 
