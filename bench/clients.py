@@ -100,6 +100,75 @@ def load_spec_from_config(name: str, config: dict):
                     parameters=dict(config.get("parameters") or {}), generation_defaults=defaults)
 
 
+class DirectWorker:
+    """bench.direct_worker in a child process: one raw engine, timed inside that process."""
+
+    def __init__(self, timeout: float = 900):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.timeout = timeout
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.direct_worker"],
+                                     cwd=Path(__file__).resolve().parents[1], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _ask(self, command: dict) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"direct worker exited (code {self.proc.poll()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"direct worker: {answer['error']}")
+        return answer
+
+    def load(self, spec) -> float:
+        import dataclasses
+
+        return float(self._ask({"op": "load", "spec": dataclasses.asdict(spec)})["load_s"])
+
+    def stream(self, max_tokens: int, prompt: str = PROMPT) -> StreamResult:
+        return StreamResult(**self._ask({"op": "generate", "max_tokens": max_tokens, "prompt": prompt})["result"])
+
+    def close_engine(self) -> None:
+        self._ask({"op": "close"})
+
+    def stop(self) -> None:
+        """Asks the worker to exit; kills it by its pid if it does not."""
+        import subprocess
+
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            for stream in (self.proc.stdin, self.proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 def load_direct_engine(spec):
     """(engine, seconds) — the engine's own load in this process."""
     from models_app.engines import get_engine_class

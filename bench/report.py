@@ -177,7 +177,9 @@ def markdown(results: dict) -> str:
         lines += ["", "Start event: when the platform's `start` event (SSE, WebSocket) or first chunk (/v1) arrived — "
                   "authentication, session and context work done, request handed to the runner. TTFT outside the "
                   "engine: the client's TTFT minus the engine's own (runner stats; /v1 reports none). Every row is "
-                  "the median of its runs; the runs alternate the sides in rotating order.", ""]
+                  "the median of its runs; the runs alternate the sides in rotating order. direct: the engine alone in its "
+                  "own process (bench.direct_worker: a fresh interpreter that imports only that engine, like a "
+                  "runner), timed inside that process.", ""]
 
     p2 = results.get("part2") or {}
     if p2:
@@ -191,7 +193,7 @@ def markdown(results: dict) -> str:
             single = part["summary"]["1"]["aggregate_tps_median"]
             for side, s in part["summary"].items():
                 rel = None if not single or s["aggregate_tps_median"] is None else s["aggregate_tps_median"] / single
-                label = "1 (engine in-process)" if side == "direct-1" else side
+                label = "1 (engine alone, no platform)" if side == "direct-1" else side
                 lines.append(f"| {engine} ({part['model']}) | {label} | {fmt(s['aggregate_tps_median'], 1)} | "
                              f"{fmt(rel, 2)} | {fmt(s['per_stream_decode_tps_median'], 1)} | "
                              f"{fmt(s['ttft_ms_p50_median'], 0)} | {fmt(s['ttft_ms_p95_median'], 0)} | "
@@ -223,16 +225,17 @@ def markdown(results: dict) -> str:
     p4 = results.get("part4") or {}
     if p4.get("load"):
         lines += ["## Part 4 — load and memory (medians)", "",
-                  "| engine | model | engine load in this process s | engine load in a fresh process s "
-                  "| through the platform s | runner-reported s | platform ÷ in-process |",
+                  "| engine | model | engine's own load (warm process) s | engine load in a fresh process s "
+                  "| through the platform s | runner-reported s | platform ÷ engine's own |",
                   "|---|---|---|---|---|---|---|"]
         for engine, lt in p4["load"].items():
             lines.append(f"| {engine} | {lt['model']} | {fmt(lt['direct_s_median'], 2)} | "
                          f"{fmt(lt.get('fresh_process_s_median'), 2)} | "
                          f"{fmt(lt['platform_s_median'], 2)} | {fmt(lt['runner_reported_s_median'], 2)} | "
                          f"{fmt(lt['ratio'], 2)} |")
-        lines += ["", "A fresh process pays interpreter start and imports (torch, transformers or llama_cpp) "
-                  "before the engine's own load; a runner is such a process."]
+        lines += ["", "The engine's own load is measured in a warm worker process (imports done, first round "
+                  "discarded); a fresh process also pays interpreter start and imports (torch, transformers or "
+                  "llama_cpp) — which a runner, being such a process, pays on every load."]
         lines += ["", "| engine | reported memory_usage_mb | runner RSS (psutil, outside) | max abs diff % |",
                   "|---|---|---|---|"]
         for engine, mem in p4["memory"].items():
@@ -253,7 +256,7 @@ def markdown(results: dict) -> str:
     if results.get("part1_transformers_gguf_load"):
         g = results["part1_transformers_gguf_load"]
         lines += [f"Transformers on the GGUF (`{g['model']}`), measured once in part 1: platform load "
-                  f"{fmt(g['platform_s'], 1)} s, engine in-process {fmt(g['direct_s'], 1)} s.", ""]
+                  f"{fmt(g['platform_s'], 1)} s, the engine's own load {fmt(g['direct_s'], 1)} s.", ""]
     stop = results.get("server_stop")
     if stop:
         lines += [f"Server stop: {stop}", ""]
@@ -331,7 +334,7 @@ def chart(results: dict, path: Path) -> str | None:
         direct = part["summary"]["direct-1"]["aggregate_tps_median"]
         if direct:
             ax.axhline(direct, color=colors.get(engine), linestyle=":", linewidth=1,
-                       label=f"{engine} engine in-process, 1 stream")
+                       label=f"{engine} engine alone, 1 stream")
         single = part["summary"]["1"]["aggregate_tps_median"] or 0
         factor = 0.95 if engine == "llama.cpp" else 1.5
         ax.scatter([max(levels)], [single * factor], marker="_", s=400, color="red")
@@ -365,10 +368,11 @@ def chart(results: dict, path: Path) -> str | None:
         f = [p4["load"][e].get("fresh_process_s_median") or 0 for e in engines]
         p = [p4["load"][e]["platform_s_median"] or 0 for e in engines]
         lim = [1.2 * v + 2 for v in d]
-        ax.bar_label(ax.bar([x - 0.27 for x in xs], d, 0.27, label="engine in this process"), fmt="%.2f", fontsize=8)
+        ax.bar_label(ax.bar([x - 0.27 for x in xs], d, 0.27, label="engine's own load (warm process)"), fmt="%.2f",
+                     fontsize=8)
         ax.bar_label(ax.bar(list(xs), f, 0.27, label="engine in a fresh process"), fmt="%.2f", fontsize=8)
         ax.bar_label(ax.bar([x + 0.27 for x in xs], p, 0.27, label="through the platform"), fmt="%.2f", fontsize=8)
-        ax.scatter([x + 0.27 for x in xs], lim, marker="_", s=600, color="red", label="target 1.2× in-process + 2 s")
+        ax.scatter([x + 0.27 for x in xs], lim, marker="_", s=600, color="red", label="target 1.2× own load + 2 s")
         ax.set_xticks(list(xs), [f"{e}\n{p4['load'][e]['model']}" for e in engines], fontsize=8)
         ax.set_xlim(-0.7, max(len(engines), 2) - 0.3)
         ax.set_ylabel("seconds")

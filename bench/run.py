@@ -5,8 +5,9 @@
 Options (environment):
   BENCH_RUNS                  runs per figure, medians reported (default 5)
   BENCH_TOKENS                tokens per stream for llama.cpp (default 128)
-  BENCH_TOKENS_TRANSFORMERS   tokens per stream for transformers (default 32: its CPU decode is ~5-20x
-                              slower than llama.cpp's here, and the whole run should stay near 25 minutes)
+  BENCH_TOKENS_TRANSFORMERS   tokens per stream for transformers (default 16: its CPU decode is 5-20x
+                              slower than llama.cpp's on a busy 2-core machine, and the whole run should
+                              stay near 25 minutes)
   BENCH_PARTS                 e.g. "1,2,3,4" (default all)
   BENCH_ENGINES               e.g. "llama.cpp,transformers" (default both)
   BENCH_SOAK_SECONDS          mixed-traffic soak in part 4 (default 600)
@@ -57,7 +58,7 @@ def options_from_env() -> parts.Options:
     return parts.Options(
         runs=_int("BENCH_RUNS", 5),
         tokens=_int("BENCH_TOKENS", 128, minimum=2),
-        tokens_transformers=_int("BENCH_TOKENS_TRANSFORMERS", 32, minimum=2),
+        tokens_transformers=_int("BENCH_TOKENS_TRANSFORMERS", 16, minimum=2),
         parts=selected,
         engines=engines,
         soak_seconds=float(os.environ.get("BENCH_SOAK_SECONDS") or 600),

@@ -20,6 +20,7 @@ import asyncio
 import atexit
 import logging
 import multiprocessing
+import multiprocessing.util  # noqa: F401 - its atexit handler must be registered before ours
 import queue
 import signal
 import sys
@@ -296,7 +297,9 @@ class EngineManager:
         self._ctx = multiprocessing.get_context("spawn")
         self._reaper: threading.Thread | None = None
         self._closing = threading.Event()
-        # A process exiting without shutdown() must not leave orphaned runners behind.
+        # A process exiting without shutdown() must not leave orphaned runners behind. multiprocessing.util
+        # (imported at the top) registered its exit handler before this one; handlers run last in, first
+        # out, so ours stops the runners before multiprocessing waits for them (daphne hung on SIGTERM).
         ref = weakref.ref(self)
         atexit.register(lambda: ref() is not None and ref().shutdown())
 

@@ -95,6 +95,7 @@ def test_harness_end_to_end_for_a_few_tokens(tmp_path):
         stop = server.stop()
     assert stop["daphne_exit"] == 0 and stop["killed_pids"] == [], stop
     assert not psutil.pid_exists(daphne)
+    assert not psutil.pid_exists(p1["direct_worker_pid"])
     if runner_pid is not None:
         assert not psutil.pid_exists(runner_pid) or psutil.Process(runner_pid).status() == psutil.STATUS_ZOMBIE
     assert not server.data_dir.exists()
