@@ -116,6 +116,10 @@ class LlamaCppEngine(Engine):
             sampling["repeat_penalty"] = float(s.repetition_penalty)
         if s.seed is not None:
             self._llm.set_seed(int(s.seed))
+            # Reusing the cached prefix of the previous prompt evaluates fewer tokens in another batch
+            # shape, which moves the logits slightly: enough for a sampled reply to differ under the same
+            # seed. A seeded request therefore evaluates its whole prompt.
+            self._llm.reset()
 
         stream = TextStream(self._decode, s.stop)
         vocab = self._llm._model.vocab

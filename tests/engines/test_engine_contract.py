@@ -54,3 +54,16 @@ def test_llama_cpp_answers_tokyo_for_japan(manager, gguf_path):
     text, _, final = collect(manager.generate(spec.name, JAPAN, GREEDY))
     assert final.kind == "done"
     assert "Tokyo" in text
+
+
+def test_llama_cpp_repeats_a_seeded_sampled_reply_even_after_the_same_prompt(manager, gguf_path):
+    # The second and third requests find the prompt in llama.cpp's cache; a seeded request must not
+    # reuse it, or the slightly different logits give another reply under the same seed.
+    from models_app.engines.base import GenerationParams
+
+    spec = llama_spec(gguf_path)
+    manager.load(spec)
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    sampled = GenerationParams(max_tokens=16, temperature=1.2, top_p=0.95, seed=7)
+    replies = [collect(manager.generate(spec.name, story, sampled))[0] for _ in range(3)]
+    assert replies[0] and replies[0] == replies[1] == replies[2]
