@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from system_app import key_cache
 from system_app.models import APIKey, AuditEvent, LogRecord
 
 
@@ -31,7 +32,10 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request, queryset):
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        active = queryset.filter(revoked_at__isnull=True)
+        hashes = list(active.values_list("key_hash", flat=True))
+        count = active.update(revoked_at=timezone.now())
+        key_cache.forget(hashes)  # update() sends no signals
         self.message_user(request, f"Revoked {count} key(s).")
 
 

@@ -22,7 +22,8 @@ class APIKeyQuerySet(models.QuerySet):
         parts = raw_key.split("_", 2)
         if len(parts) != 3 or parts[0] != "bai" or len(parts[1]) != KEY_PREFIX_LENGTH:
             return None
-        candidate = self.select_related("user").filter(prefix=parts[1]).first()
+        # Without the password hash: nothing that authenticates by key needs it, and the row may be cached.
+        candidate = self.select_related("user").defer("user__password").filter(prefix=parts[1]).first()
         if candidate is None or not hmac.compare_digest(candidate.key_hash, hash_key(raw_key)):
             return None
         return candidate

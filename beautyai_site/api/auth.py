@@ -8,6 +8,7 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
+from system_app import key_cache
 from system_app.models import APIKey
 
 
@@ -23,7 +24,7 @@ def authenticate_api_key(raw_key: str) -> APIKey:
 
     The message is the same for all three so that a caller cannot probe which keys exist.
     """
-    key = APIKey.objects.find(raw_key)
+    key = key_cache.find_key(raw_key)
     if key is None or not key.is_active or not key.user.is_active:
         raise AuthenticationFailed("Invalid, revoked or expired API key.")
     now = timezone.now()
@@ -32,6 +33,7 @@ def authenticate_api_key(raw_key: str) -> APIKey:
     if key.last_used_at is None or now - key.last_used_at > precision:
         APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
+        key_cache.remember(key)
     return key
 
 

@@ -1,0 +1,68 @@
+"""A short-lived cache of API-key lookups, so that authenticating a request is not a database query.
+
+Entries are keyed by the key's SHA-256 (what the database stores), never by the key itself, and
+hold the APIKey row with its user as read from the database, before any permission was checked
+on it (permissions are read fresh on every request). Every change to a key or to its user —
+save, delete, revocation from the admin — removes the entries at once and again when the
+transaction commits, so that a request racing the change cannot put the old row back for long.
+The cache is the ``api_keys`` alias: Redis when configured, else files in the data dir — either
+way shared by every process that changes keys, so no process keeps a stale entry.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.cache import caches
+from django.db import transaction
+
+from system_app.models import APIKey, hash_key
+
+_PREFIX = "beautyai:apikey:"
+
+
+def _cache():
+    return caches["api_keys"]
+
+
+def _entry(key_hash: str) -> str:
+    return _PREFIX + key_hash
+
+
+def find_key(raw_key: str) -> APIKey | None:
+    """``APIKey.objects.find`` through the cache; unknown keys are not cached."""
+    ttl = settings.API_KEY_CACHE_SECONDS
+    if not ttl:
+        return APIKey.objects.find(raw_key)
+    entry = _entry(hash_key(raw_key))
+    key = _cache().get(entry)
+    if key is None:
+        key = APIKey.objects.find(raw_key)
+        if key is not None:
+            _cache().set(entry, key, ttl)
+    return key
+
+
+def remember(key: APIKey) -> None:
+    """Stores ``key`` again after a field of it changed in this request (``last_used_at``)."""
+    if settings.API_KEY_CACHE_SECONDS:
+        _cache().set(_entry(key.key_hash), key, settings.API_KEY_CACHE_SECONDS)
+
+
+def forget(key_hashes) -> None:
+    entries = [_entry(h) for h in key_hashes if h]
+    if not entries:
+        return
+    _cache().delete_many(entries)
+    transaction.on_commit(lambda: _cache().delete_many(entries))
+
+
+def forget_keys_of(user_ids) -> None:
+    forget(APIKey.objects.filter(user_id__in=list(user_ids)).values_list("key_hash", flat=True))
+
+
+def on_key_changed(sender, instance, **kwargs) -> None:
+    forget([instance.key_hash])
+
+
+def on_user_changed(sender, instance, **kwargs) -> None:
+    forget_keys_of([instance.pk])

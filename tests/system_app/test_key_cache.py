@@ -1,0 +1,101 @@
+"""API-key lookups are cached, and every change to a key or its user is seen by the next request."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.sites import site
+from django.db import connection
+from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from system_app import key_cache
+from system_app.models import APIKey, hash_key
+from tests.envelope import assert_error, assert_ok
+
+pytestmark = pytest.mark.django_db
+
+
+def _key_queries(queries) -> list[str]:
+    return [q["sql"] for q in queries if "system_app_apikey" in q["sql"] and q["sql"].lstrip().startswith("SELECT")]
+
+
+def _key_of(client) -> APIKey:
+    return APIKey.objects.get(prefix=client.raw_key.split("_")[1])
+
+
+def test_a_known_key_is_looked_up_once_then_read_from_the_cache(make_user, client_for, registry):
+    client = client_for(make_user("model_read"))
+    assert_ok(client.get("/models/"))
+    with CaptureQueriesContext(connection) as queries:
+        assert_ok(client.get("/models/"))
+    assert _key_queries(queries.captured_queries) == []
+
+
+def test_the_cache_is_keyed_by_the_hash_and_holds_no_password(make_user, client_for, registry):
+    client = client_for(make_user("model_read"))
+    assert_ok(client.get("/models/"))
+    cached = key_cache._cache().get(key_cache._entry(hash_key(client.raw_key)))
+    assert cached is not None and cached.key_hash == hash_key(client.raw_key)
+    assert "password" in cached.user.get_deferred_fields()
+
+
+def test_a_revoked_key_is_refused_at_once(make_user, client_for, registry):
+    client = client_for(make_user("model_read"))
+    assert_ok(client.get("/models/"))
+    _key_of(client).revoke()
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
+
+
+def test_a_key_revoked_from_the_admin_action_is_refused_at_once(make_user, client_for, registry):
+    client = client_for(make_user("model_read"))
+    assert_ok(client.get("/models/"))
+    admin = site._registry[APIKey]
+    request = RequestFactory().post("/admin/")
+    request.user = make_user(superuser=True)
+    request._messages = type("Messages", (), {"add": lambda *a, **k: None})()
+    admin.revoke_keys(request, APIKey.objects.filter(pk=_key_of(client).pk))
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
+
+
+def test_a_deleted_key_is_refused_at_once(make_user, client_for, registry):
+    client = client_for(make_user("model_read"))
+    assert_ok(client.get("/models/"))
+    _key_of(client).delete()
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
+
+
+@pytest.mark.parametrize("change", ["deactivate", "delete"])
+def test_a_change_to_the_keys_user_is_seen_at_once(make_user, client_for, registry, change):
+    user = make_user("model_read")
+    client = client_for(user)
+    assert_ok(client.get("/models/"))
+    if change == "deactivate":
+        user.is_active = False
+        user.save()
+    else:
+        user.delete()
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
+
+
+def test_a_cached_key_still_expires_on_time(make_user, registry):
+    from rest_framework.test import APIClient
+
+    _, raw = APIKey.issue(user=make_user("model_read"), expires_at=timezone.now() + timedelta(seconds=1.5))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert_ok(client.get("/models/"))
+    time.sleep(1.6)
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
+
+
+def test_with_the_cache_off_every_request_reads_the_key(make_user, client_for, registry, settings):
+    settings.API_KEY_CACHE_SECONDS = 0
+    client = client_for(make_user("model_read"))
+    assert_ok(client.get("/models/"))
+    with CaptureQueriesContext(connection) as queries:
+        assert_ok(client.get("/models/"))
+    assert len(_key_queries(queries.captured_queries)) == 1
