@@ -1,8 +1,8 @@
 """Chat: from a validated request to a stored reply, whatever the transport.
 
 Every transport (REST, SSE, WebSocket, /v1) runs the same three steps:
-``chat_prepare`` (access, session, context, on-demand load; stores the user message),
-``chat_start`` (submits to the model's runner) and a ``ReplyBuilder`` fed with the runner's
+``chat_prepare`` (access, session, context, on-demand load),
+``chat_start`` (submits to the model's runner, then stores the user message) and a ``ReplyBuilder`` fed with the runner's
 events, whose result ``chat_record`` stores once per reply.
 """
 
@@ -37,7 +37,9 @@ class ChatPlan:
     think_tags: bool
     transport: str
     api_key_id: int | None = None
-    extra: dict = field(default_factory=dict)
+    user_message: str = ""
+    new_session: bool = False  # the session is saved by chat_start, with these earlier turns
+    seeded: list[dict] = field(default_factory=list)
 
 
 def _pick_model(*, user, model_name: str | None, session: ChatSession | None) -> ModelConfig:
@@ -129,17 +131,11 @@ def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: 
     messages = history + [{"role": "user", "content": data["message"]}]
     messages, dropped = fit_context(model_name=model.name, messages=messages, params=params)
 
-    # The user's message is committed before generation starts, so a failed reply never loses it.
-    with transaction.atomic():
-        if session is None:
-            session = ChatSession.objects.create(
-                owner=user, model=model, model_name=model.name, title=data["message"].strip()[:TITLE_CHARS]
-            )
-            ChatMessage.objects.bulk_create(ChatMessage(session=session, **turn) for turn in seeded)
-        elif session.model_id != model.pk:
-            session.model, session.model_name = model, model.name
-            session.save(update_fields=["model", "model_name", "updated_at"])
-        ChatMessage.objects.create(session=session, role="user", content=data["message"])
+    new_session = session is None
+    if new_session:
+        # Not saved yet (chat_start stores it), but its id is already fixed for the start event.
+        session = ChatSession(owner=user, model=model, model_name=model.name,
+                              title=data["message"].strip()[:TITLE_CHARS])
     return ChatPlan(
         request_id=request_id or uuid.uuid4().hex,
         user=user,
@@ -151,12 +147,39 @@ def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: 
         think_tags=runtime.uses_think_tags(model),
         transport=transport,
         api_key_id=api_key_id,
+        user_message=data["message"],
+        new_session=new_session,
+        seeded=seeded,
     )
 
 
+def _store_user_turn(plan: ChatPlan) -> None:
+    session, model = plan.session, plan.model
+    with transaction.atomic():
+        if plan.new_session:
+            session.save(force_insert=True)
+            ChatMessage.objects.bulk_create(ChatMessage(session=session, **turn) for turn in plan.seeded)
+        elif session.model_id != model.pk:
+            session.model, session.model_name = model, model.name
+            session.save(update_fields=["model", "model_name", "updated_at"])
+        ChatMessage.objects.create(session=session, role="user", content=plan.user_message)
+
+
 def chat_start(plan: ChatPlan):
-    """Submits the generation; a full queue answers 429 at once instead of waiting."""
-    return runtime.generate(plan.model, plan.messages, plan.params, request_id=plan.request_id)
+    """Submits the generation, then stores the user's message (and a new session) while the runner
+    processes the prompt, so that the write does not add to the time to first token.
+
+    A full queue answers 429 at once, with nothing stored. The message is committed before this
+    returns, so a reply that fails later never loses it; when the write itself fails, the
+    generation is cancelled and the error propagates.
+    """
+    handle = runtime.generate(plan.model, plan.messages, plan.params, request_id=plan.request_id)
+    try:
+        _store_user_turn(plan)
+    except BaseException:
+        handle.cancel()
+        raise
+    return handle
 
 
 class ReplyBuilder:

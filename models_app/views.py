@@ -83,9 +83,12 @@ class ModelViewSet(viewsets.ViewSet):
     def list(self, request):
         query = parse(ModelListQuerySerializer, request.query_params)
         visible = services.models_readable_by(request.user).order_by("name")
-        page = visible[query["offset"]: query["offset"] + query["limit"]]
+        page = list(visible[query["offset"]: query["offset"] + query["limit"]])
+        # A first page shorter than the limit is the whole list: no second query to count it.
+        short_first_page = query["offset"] == 0 and len(page) < query["limit"]
+        total = len(page) if short_first_page else visible.count()
         live = runtime.statuses()
-        return ok(request, models=[model_summary(m, live) for m in page], total_count=visible.count())
+        return ok(request, models=[model_summary(m, live) for m in page], total_count=total)
 
     @extend_schema(request=ModelAddRequestSerializer, responses={201: ModelAddResponseSerializer, **ERRORS})
     def create(self, request):
