@@ -150,7 +150,13 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
     return results, paths
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        # Options come from the environment; any argument (``--help`` included) prints them instead of
+        # starting a run of half an hour.
+        print(__doc__)
+        return 0 if argv[0] in ("-h", "--help") else 2
     signal.signal(signal.SIGTERM, _terminate)
     opts = options_from_env()
     out_dir = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
