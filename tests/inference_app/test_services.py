@@ -1,0 +1,56 @@
+"""The chat service's order of work: submit to the runner, then store the user's turn."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError
+
+from inference_app import services
+from inference_app.models import ChatMessage, ChatSession
+
+
+def _prepare(user, model, **data):
+    return services.chat_prepare(user=user, data={"message": "Write a long story about a lighthouse keeper.",
+                                                  "model_name": model.name,
+                                                  "generation_config": {"temperature": 0.0, "max_tokens": 64},
+                                                  **data})
+
+
+def _final(handle):
+    events = list(handle)
+    return events[-1]
+
+
+@pytest.mark.django_db
+def test_preparing_stores_nothing_and_starting_stores_the_new_session_and_turn(make_user, loaded_model):
+    user = make_user(superuser=True)
+    plan = _prepare(user, loaded_model)
+    assert not ChatSession.objects.filter(owner=user).exists()
+    handle = services.chat_start(plan)
+    # Committed when chat_start returns, before a single event was read.
+    session = ChatSession.objects.get(owner=user)
+    assert session.id == plan.session.id
+    assert list(session.messages.values_list("role", flat=True)) == ["user"]
+    assert _final(handle).kind == "done"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_write_cancels_the_generation_it_started(make_user, loaded_model, monkeypatch):
+    user = make_user(superuser=True)
+    session = ChatSession.objects.create(owner=user, model=loaded_model, model_name=loaded_model.name)
+    plan = _prepare(user, loaded_model, session_id=session.id)
+    ChatSession.objects.filter(pk=session.pk).delete()  # the user's turn now has no session to go to
+
+    captured = []
+    real_generate = services.runtime.generate
+
+    def generate(*args, **kwargs):
+        captured.append(real_generate(*args, **kwargs))
+        return captured[-1]
+
+    monkeypatch.setattr(services.runtime, "generate", generate)  # a spy: the real runner still generates
+    with pytest.raises(IntegrityError):
+        services.chat_start(plan)
+    final = _final(captured[0])
+    assert final.kind == "done" and final.stats.finish_reason == "cancelled"
+    assert not ChatMessage.objects.filter(session_id=session.pk).exists()
