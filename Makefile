@@ -26,7 +26,7 @@ bootstrap: migrate
 	$(BIN)/python manage.py bootstrap
 
 serve: bootstrap
-	$(BIN)/daphne -b $(HOST) -p $(PORT) beautyai_site.asgi:application
+	$(BIN)/python -m beautyai_site.serve -b $(HOST) -p $(PORT) beautyai_site.asgi:application
 
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 test: install

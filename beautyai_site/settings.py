@@ -284,6 +284,9 @@ LOGGING = {
 WEBSOCKET_MAX_MESSAGE_BYTES = int(env_number("BEAUTYAI_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024, integer=True))
 WEBSOCKET_MESSAGES_PER_SECOND = int(env_number("BEAUTYAI_WS_MESSAGES_PER_SECOND", 20, minimum=1, integer=True))
 WEBSOCKET_AUTH_GRACE_SECONDS = env_number("BEAUTYAI_WS_AUTH_GRACE_SECONDS", 5, minimum=0.1)
+# How long a socket's output may stay backed up (kernel buffers full, more queued in daphne) before
+# the socket is dropped; read by beautyai_site.ws_protocol, installed by beautyai_site.serve.
+WEBSOCKET_SLOW_READER_SECONDS = env_number("BEAUTYAI_WS_SLOW_READER_SECONDS", 10, minimum=0.1)
 MAX_QUEUE = int(env_number("BEAUTYAI_MAX_QUEUE", 16, minimum=0, integer=True))
 SESSION_FILE_MAX_BYTES = int(env_number("BEAUTYAI_SESSION_FILE_MAX_BYTES", 10 * 1024 * 1024, minimum=1024, integer=True))
 TEST_REGEX_TIMEOUT_SECONDS = env_number("BEAUTYAI_TEST_REGEX_TIMEOUT_SECONDS", 1.0, minimum=0.01)

@@ -1,9 +1,9 @@
 """A private BeautyAI server for the benchmark: fresh data dir, SQLite, its own port.
 
-Started as ``python -m daphne`` directly (no shell), so ``Popen.pid`` is the web process whose
-RSS part 4 watches. Stopping sends SIGTERM to that pid (daphne exits and its EngineManager stops
-the runners), then kills by pid whatever of its own children is still alive. Nothing is ever
-killed by name or pattern.
+Started as ``python -m beautyai_site.serve`` (daphne) directly (no shell), so ``Popen.pid`` is the
+web process whose RSS part 4 watches. Stopping sends SIGTERM to that pid (daphne exits and its
+EngineManager stops the runners), then kills by pid whatever of its own children is still alive.
+Nothing is ever killed by name or pattern.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class BenchServer:
             raise ServerError(f"bootstrap printed no admin API key:\n{out}")
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "beautyai_site.asgi:application"],
+            [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(self.port),
+             "beautyai_site.asgi:application"],
             cwd=PROJECT_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

@@ -159,14 +159,17 @@ def live_server_url(django_db_setup, django_db_blocker):
                         f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}")
     port = _free_port()
     # No sampler or log writer: their rows would race the flushes between transactional tests.
+    # A short slow-reader limit keeps tests/resilience/test_slow_reader.py quick; clients that read
+    # drain in milliseconds, so no other test comes near it.
     env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "beautyai_site.settings",
-           "PYTHONUNBUFFERED": "1", "BEAUTYAI_BACKGROUND_TASKS": "0"}
+           "PYTHONUNBUFFERED": "1", "BEAUTYAI_BACKGROUND_TASKS": "0", "BEAUTYAI_WS_SLOW_READER_SECONDS": "2"}
     root = Path(__file__).resolve().parents[1]
     from django.conf import settings
 
     log = open(settings.DATA_DIR / "live-server.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "beautyai_site.asgi:application"],
+        [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(port),
+         "beautyai_site.asgi:application"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

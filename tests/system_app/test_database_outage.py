@@ -86,7 +86,7 @@ def server(transactional_db, tmp_path):
     env = {**os.environ, "DATABASE_URL": database_url_of_the_test_database(), "HF_HUB_OFFLINE": "1"}
     with open(tmp_path / "daphne.log", "wb") as output:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+            [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(port),
              "beautyai_site.asgi:application"],
             cwd=settings.BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
