@@ -93,6 +93,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if size > settings.WEBSOCKET_MAX_MESSAGE_BYTES:
             await self.close(code=CLOSE_TOO_LARGE)
             return
+        # Every message counts, before any parsing: junk, arrays and messages before "auth" get an
+        # error reply each and would otherwise be a free way to make the server write.
+        if not self._within_rate():
+            await self.close(code=CLOSE_TOO_FAST)
+            return
         try:
             content = json.loads(text_data) if text_data is not None else None
         except ValueError:
@@ -110,10 +115,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         if self.user is None:
             await self._error(request_id, errors.AuthenticationError("Authenticate first: {\"type\": \"auth\", \"api_key\": ...}"))
-            return
-        if not self._within_rate():
-            # A flooding client loses its own socket; the server and other sockets carry on.
-            await self.close(code=CLOSE_TOO_FAST)
             return
         if kind == "chat":
             await self._on_chat(content, request_id)

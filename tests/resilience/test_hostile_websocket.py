@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.inference_app.test_websocket import chat_message, collect, connect
+from tests.inference_app.test_websocket import chat_message, collect, communicator, connect
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -33,11 +33,25 @@ async def test_a_ten_megabyte_frame_closes_that_socket_only(chat_key):
     await bystander.disconnect()
 
 
-async def test_a_thousand_messages_a_second_close_that_socket_only(chat_key):
+FLOODS = {
+    "cancels": lambda n: json.dumps({"type": "cancel", "request_id": f"nothing-{n}"}),
+    "not JSON": lambda n: "{nope",
+    "JSON arrays": lambda n: "[1, 2]",
+    "unknown types": lambda n: json.dumps({"type": "bogus"}),
+}
+
+
+@pytest.mark.parametrize("flood", FLOODS)
+@pytest.mark.parametrize("authenticated", [True, False], ids=["authenticated", "before auth"])
+async def test_a_thousand_messages_a_second_close_that_socket_only(chat_key, flood, authenticated):
     bystander = await connect(chat_key)
-    attacker = await connect(chat_key)
+    if authenticated:
+        attacker = await connect(chat_key)
+    else:
+        attacker = communicator([])
+        assert (await attacker.connect())[0]
     for n in range(1000):
-        await attacker.send_json_to({"type": "cancel", "request_id": f"nothing-{n}"})
+        await attacker.send_to(text_data=FLOODS[flood](n))
     outputs = []
     while True:
         output = await attacker.receive_output(timeout=10)
