@@ -257,6 +257,9 @@ MEMORY_BUDGET_MB = env_number("BEAUTYAI_MEMORY_BUDGET_MB", round(_available_mb *
 MAX_LOADED_MODELS = int(env_number("BEAUTYAI_MAX_LOADED_MODELS", 4, minimum=1, integer=True))
 KEEP_ALIVE_SECONDS = env_number("BEAUTYAI_KEEP_ALIVE_SECONDS", 1800, minimum=-1)
 LOAD_TIMEOUT_SECONDS = env_number("BEAUTYAI_LOAD_TIMEOUT_SECONDS", 600, minimum=1)
+# After a load, keep one idle runner per engine with its libraries imported, so the next load of
+# that engine skips seconds of imports (an idle transformers spare holds ~340 MB).
+RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", True)
 
 API_KEY_LAST_USED_PRECISION_SECONDS = 60
 # How long a looked-up API key is kept in the cache (0: no cache); changes to keys and users clear

@@ -12,6 +12,12 @@ exists, and nobody holds it while a model loads):
   * Each runner has its own `lock` for its in-flight request tables (touched by request
     threads and by its reader thread) and a `send_lock` so that messages from several
     threads never interleave on the pipe.
+  * Spares (with `spares=True`): after a successful load of engine E, one runner process for E
+    is started without a model; it imports E's libraries (seconds for torch + transformers) and
+    waits. The next load of E takes it from `_spares` under `_lock`, so two loads never share
+    one, and a replacement is started after that load. A spare's slot is claimed under `_lock`
+    before its process starts and checked again afterwards: a shutdown or a load that took the
+    slot meanwhile makes the starter stop the process it started, so no spare outlives them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import atexit
 import logging
 import multiprocessing
 import multiprocessing.util  # noqa: F401 - its atexit handler must be registered before ours
+import os
 import queue
 import signal
 import sys
@@ -84,6 +91,7 @@ class RunnerInfo:
     last_error: str | None
     model_id: str | None
     engine: str | None
+    prestarted: bool  # loaded in a spare runner, whose imports were already done
 
 
 @dataclass
@@ -203,6 +211,7 @@ class _RunnerProcess:
         self.max_concurrency = 1
         self.think_tags = False
         self.stopping = False
+        self.prestarted = False
 
     def send(self, message: dict) -> bool:
         with self.send_lock:
@@ -235,6 +244,16 @@ class _RunnerProcess:
         for call in calls:
             if not call.done():
                 call.set_exception(EngineError(message))
+
+
+class _Spare:
+    """An idle runner for `engine`: libraries imported, no model. `process` is None while it starts."""
+
+    def __init__(self, engine: str, conditions: tuple):
+        self.engine = engine
+        self.conditions = conditions
+        self.process = None
+        self.conn = None
 
 
 _gpu_lock = threading.Lock()
@@ -285,15 +304,17 @@ def process_memory_mb(pid: int | None) -> float:
 class EngineManager:
     def __init__(self, *, memory_budget_mb: float, max_loaded_models: int, default_keep_alive_s: float,
                  load_timeout_s: float = 600, shutdown_timeout_s: float = 10,
-                 log_callback: Callable[[str, str, str], None] | None = None):
+                 log_callback: Callable[[str, str, str], None] | None = None, spares: bool = False):
         self.memory_budget_mb = float(memory_budget_mb)
         self.max_loaded_models = int(max_loaded_models)
         self.default_keep_alive_s = float(default_keep_alive_s)
         self.load_timeout_s = float(load_timeout_s)
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self.log_callback = log_callback
+        self.spares = spares
         self._lock = threading.RLock()
         self._runners: dict[str, _RunnerProcess] = {}
+        self._spares: dict[str, _Spare] = {}
         self._ctx = multiprocessing.get_context("spawn")
         self._reaper: threading.Thread | None = None
         self._closing = threading.Event()
@@ -331,6 +352,10 @@ class EngineManager:
         except FutureTimeout:
             self._abort_load(runner, f"model load timed out after {self.load_timeout_s:.0f}s")
             raise EngineLoadError(f"model load timed out after {self.load_timeout_s:.0f}s") from None
+        if self.spares:
+            # Only now: a spare importing while this model loads would slow the load down on a
+            # small machine, and an engine that cannot load here needs no spare.
+            self._ensure_spare(spec.engine)
         return self._snapshot(runner)
 
     def _choose_victims(self, name: str, needed: float) -> list[_RunnerProcess]:
@@ -357,38 +382,140 @@ class EngineManager:
             raise MemoryBudgetError(message, needed_mb=needed, available_mb=available, loaded_models=loaded)
         return victims
 
-    def _start(self, runner: _RunnerProcess) -> None:
+    def _spawn(self, name: str, spec: LoadSpec | None, spare_engine: str | None = None):
+        """Starts a runner process (without `spec`, a spare); returns it and the parent's end of its pipe."""
         # spawn passes sys.path to the child; make sure models_app is importable there even
         # when the parent was started from another directory (daphne, a console script).
         if _PROJECT_ROOT not in sys.path:
             sys.path.append(_PROJECT_ROOT)
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        level = logging.getLevelName(logging.getLogger("models_app").getEffectiveLevel())
         # Not a daemon: engines such as vLLM start their own worker processes.
-        process = self._ctx.Process(target=runner_main, args=(child_conn, asdict(runner.spec), level),
-                                    name=f"beautyai-runner-{runner.name}", daemon=False)
+        process = self._ctx.Process(target=runner_main,
+                                    args=(child_conn, asdict(spec) if spec else None, self._log_level(), spare_engine),
+                                    name=name, daemon=False)
         try:
             process.start()
-        except Exception as exc:
-            child_conn.close()
+        except Exception:
             parent_conn.close()
-            with self._lock:
-                runner.status = "error"
-                runner.last_error = f"could not start runner: {exc.__class__.__name__}"
-            runner.ready.set_exception(EngineLoadError(runner.last_error))
-            return
-        child_conn.close()
-        runner.process, runner.conn, runner.pid = process, parent_conn, process.pid
+            raise
+        finally:
+            child_conn.close()
+        return process, parent_conn
+
+    @staticmethod
+    def _log_level() -> str:
+        return logging.getLevelName(logging.getLogger("models_app").getEffectiveLevel())
+
+    def _start(self, runner: _RunnerProcess) -> None:
+        spare = self._take_spare(runner.spec) if self.spares else None
+        if spare is not None:
+            process, conn = spare.process, spare.conn
+            process.name = f"beautyai-runner-{runner.name}"
+            runner.prestarted = True
+        else:
+            try:
+                process, conn = self._spawn(f"beautyai-runner-{runner.name}", runner.spec)
+            except Exception as exc:
+                with self._lock:
+                    runner.status = "error"
+                    runner.last_error = f"could not start runner: {exc.__class__.__name__}"
+                runner.ready.set_exception(EngineLoadError(runner.last_error))
+                return
+        runner.process, runner.conn, runner.pid = process, conn, process.pid
         if runner.stopping:
             # unload() ran while victims were being stopped; this runner is already forgotten.
             self._kill(runner)
-            parent_conn.close()
+            conn.close()
             if not runner.ready.done():
                 runner.ready.set_exception(EngineLoadError("load cancelled: model unloaded"))
             return
         runner.reader = threading.Thread(target=self._read, args=(runner,), daemon=True,
                                          name=f"runner-reader-{runner.name}")
         runner.reader.start()
+
+    # -- spares ------------------------------------------------------------
+
+    def _spare_conditions(self) -> tuple:
+        # A spare's libraries read the environment when imported (HF_HOME, CUDA_VISIBLE_DEVICES...),
+        # and its log level is fixed at start; a spare started under other conditions is not used.
+        # pytest rewrites PYTEST_CURRENT_TEST for every test phase and no library reads it.
+        environ = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+        return self._log_level(), environ
+
+    def _ensure_spare(self, engine: str) -> None:
+        with self._lock:
+            current = self._spares.get(engine)
+            if self._closing.is_set() or (current is not None and (current.process is None
+                                                                   or current.process.is_alive())):
+                return
+            spare = _Spare(engine, self._spare_conditions())
+            self._spares[engine] = spare
+        if current is not None:
+            logger.warning("the spare %s runner had stopped: %s", engine, describe_exit(current.process.exitcode))
+            self._discard(current)
+        try:
+            process, conn = self._spawn(f"beautyai-spare-{engine}", None, engine)
+        except Exception as exc:
+            with self._lock:
+                if self._spares.get(engine) is spare:
+                    del self._spares[engine]
+            logger.warning("could not start a spare %s runner: %s", engine, exc.__class__.__name__)
+            return
+        with self._lock:
+            spare.process, spare.conn = process, conn
+            kept = self._spares.get(engine) is spare
+        if kept:
+            logger.info("started a spare %s runner (pid %d)", engine, process.pid)
+        else:
+            # stop_spares() or a load emptied the slot while this process was starting.
+            self._discard(spare)
+
+    def _take_spare(self, spec: LoadSpec) -> _Spare | None:
+        """The spare for `spec`'s engine, told to load `spec`; None when there is none fit to use."""
+        with self._lock:
+            spare = self._spares.pop(spec.engine, None)
+        if spare is None or spare.process is None:
+            return None
+        if spare.conditions != self._spare_conditions():
+            logger.info("not using the spare %s runner: the environment or log level changed since it started",
+                        spec.engine)
+            self._discard(spare)
+            return None
+        idle_mb = process_memory_mb(spare.process.pid)
+        # A dead spare's pipe refuses the message (its end is closed), so a spare killed at any
+        # point before this falls back to a fresh runner.
+        if not spare.process.is_alive() or not self._send_load(spare, spec):
+            logger.warning("the spare %s runner had stopped: %s", spec.engine, describe_exit(spare.process.exitcode))
+            self._discard(spare)
+            return None
+        logger.info("loading %s in the spare %s runner (pid %d, %.0f MiB before the load)",
+                    spec.name, spec.engine, spare.process.pid, idle_mb)
+        return spare
+
+    @staticmethod
+    def _send_load(spare: _Spare, spec: LoadSpec) -> bool:
+        try:
+            spare.conn.send({"op": "load", "spec": asdict(spec)})
+            return True
+        except (OSError, EOFError, ValueError):
+            return False
+
+    def _discard(self, spare: _Spare) -> None:
+        self._kill(spare)
+        spare.conn.close()
+
+    def stop_spares(self) -> None:
+        """Stops the idle spares; the next load of each engine starts a fresh runner, then a new spare."""
+        with self._lock:
+            spares = [s for s in self._spares.values() if s.process is not None]
+            self._spares.clear()
+        for spare in spares:
+            self._discard(spare)
+
+    def spare_pids(self) -> dict[str, int]:
+        """Engine -> pid of its idle spare runner. Spares are not models: loaded() never lists them."""
+        with self._lock:
+            return {engine: s.process.pid for engine, s in self._spares.items() if s.process is not None}
 
     def _abort_load(self, runner: _RunnerProcess, message: str) -> None:
         with self._lock:
@@ -520,7 +647,7 @@ class EngineManager:
         runner.status = "unloaded"
 
     @staticmethod
-    def _kill(runner: _RunnerProcess) -> None:
+    def _kill(runner: _RunnerProcess | _Spare) -> None:
         process = runner.process
         if process is None:
             return
@@ -537,6 +664,7 @@ class EngineManager:
 
     def shutdown(self) -> None:
         self._closing.set()
+        self.stop_spares()
         with self._lock:
             names = list(self._runners)
         threads = [threading.Thread(target=self.unload, args=(n,)) for n in names]
@@ -565,7 +693,7 @@ class EngineManager:
         if runner is None:
             return RunnerInfo(name=name, status="unloaded", pid=None, memory_usage_mb=0.0, load_time_seconds=None,
                               loaded_at=None, last_used_at=None, active_requests=0, queue_depth=0,
-                              expires_at=None, last_error=None, model_id=None, engine=None)
+                              expires_at=None, last_error=None, model_id=None, engine=None, prestarted=False)
         with runner.lock:
             in_flight = len(runner.handles)
         alive = runner.status in ("loaded", "loading")
@@ -578,7 +706,7 @@ class EngineManager:
             active_requests=min(in_flight, runner.max_concurrency),
             queue_depth=max(0, in_flight - runner.max_concurrency),
             expires_at=runner.expires_at(self.default_keep_alive_s), last_error=runner.last_error,
-            model_id=runner.spec.model_id, engine=runner.spec.engine,
+            model_id=runner.spec.model_id, engine=runner.spec.engine, prestarted=runner.prestarted,
         )
 
     def status(self, name: str) -> RunnerInfo:

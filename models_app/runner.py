@@ -4,8 +4,11 @@ The web process never loads a model itself. A bad model file, an out-of-memory k
 a segfault inside a native library therefore takes down only this process, and the
 parent notices through the pipe closing.
 
+A spare runner starts without a model: it imports its engine's libraries, then waits for
+one {"op": "load", "spec": ...} message and from there on is an ordinary runner.
+
 Protocol (dicts, multiplexed by request id):
-  parent -> runner: generate, cancel, count_tokens, release_caches, shutdown
+  parent -> runner: load (a spare only, first), then generate, cancel, count_tokens, release_caches, shutdown
   runner -> parent: ready | load_error first, then started, delta, done, error, result, log
 """
 
@@ -142,7 +145,21 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(3)
 
 
-def runner_main(conn, spec_dict: dict, log_level: str) -> None:
+def _wait_as_spare(conn, engine: str) -> dict:
+    try:
+        get_engine_class(engine).preload()
+    except Exception:
+        # Only a head start is lost: load() imports the same libraries and reports a failure properly.
+        logging.getLogger(__name__).warning("preloading the %s engine failed", engine, exc_info=True)
+    try:
+        msg = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    return msg["spec"]
+
+
+def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str | None = None) -> None:
+    """Loads `spec_dict` and serves it; without a spec, a spare for `spare_engine` that waits for one."""
     send_lock = threading.Lock()
 
     def send(message):
@@ -155,6 +172,8 @@ def runner_main(conn, spec_dict: dict, log_level: str) -> None:
     logging.captureWarnings(True)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
 
+    if spec_dict is None:
+        spec_dict = _wait_as_spare(conn, spare_engine)
     spec = LoadSpec(**spec_dict)
     started = time.monotonic()
     try:

@@ -29,6 +29,7 @@ def get_manager():
                     max_loaded_models=settings.MAX_LOADED_MODELS,
                     default_keep_alive_s=settings.KEEP_ALIVE_SECONDS,
                     load_timeout_s=settings.LOAD_TIMEOUT_SECONDS,
+                    spares=settings.RUNNER_SPARES,
                 )
     return _manager
 

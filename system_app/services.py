@@ -447,6 +447,8 @@ def system_restart(*, force: bool) -> dict:
             drain_s = time.monotonic() - started
             with ThreadPoolExecutor(max_workers=max(1, len(previous))) as pool:
                 stopped = [name for name, done in zip(previous, pool.map(manager.unload, previous)) if done]
+            # A restart also picks up upgraded libraries: spares imported the old ones.
+            manager.stop_spares()
         else:
             drain_s, stopped = 0.0, []
         applied = _apply_settings(manager)

@@ -187,6 +187,14 @@ def _held_back(text: str, stops) -> int:
 class Engine(ABC):
     max_concurrency: int = 1
 
+    @classmethod
+    def preload(cls) -> None:
+        """Imports the heavy libraries load() needs, in a spare runner before any model is known.
+
+        Must not touch a device (no CUDA context): a spare may wait a long time, and only the
+        runner that loads a model may hold one.
+        """
+
     @abstractmethod
     def load(self, spec: LoadSpec) -> None: ...
 

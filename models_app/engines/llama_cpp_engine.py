@@ -43,6 +43,10 @@ class LlamaCppEngine(Engine):
         self._bos = ""
         self._eos = ""
 
+    @classmethod
+    def preload(cls) -> None:
+        import llama_cpp  # noqa: F401
+
     def load(self, spec: LoadSpec) -> None:
         path = locate_model(spec)
         if path.is_dir():

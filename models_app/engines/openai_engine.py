@@ -41,6 +41,10 @@ class OpenAIEngine(Engine):
         self._model = ""
         self._context_length = DEFAULT_CONTEXT_LENGTH
 
+    @classmethod
+    def preload(cls) -> None:
+        import httpx  # noqa: F401
+
     def load(self, spec: LoadSpec) -> None:
         try:
             import httpx

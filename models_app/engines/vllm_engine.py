@@ -70,6 +70,12 @@ class VLLMEngine(Engine):
         self._spec: LoadSpec | None = None
         self._max_len = 0
 
+    @classmethod
+    def preload(cls) -> None:
+        # Imports only: vLLM creates its CUDA context and worker processes in AsyncLLM.from_engine_args.
+        from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
+        from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
+
     def load(self, spec: LoadSpec) -> None:
         args = build_engine_args(spec)
         if importlib.util.find_spec("vllm") is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import psutil
 import pytest
 
 from models_app import runtime
@@ -25,9 +26,14 @@ def generate(max_tokens: int):
 def test_restart_stops_and_reloads_a_loaded_model_in_a_new_runner(api_as, load_model):
     load_model()
     old_pid = runtime.status(BUNDLED_LLAMA_CPP)["pid"]
+    old_spares = set(runtime.get_manager().spare_pids().values())
+    assert old_spares  # BEAUTYAI_RUNNER_SPARES is on by default
     data = assert_ok(api_as("admin").post("/system/restart"))["data"]
     state = runtime.status(BUNDLED_LLAMA_CPP)
     assert state["status"] == "loaded" and state["pid"] not in (None, old_pid)
+    # Spares hold the libraries imported before the restart: none of them is used or kept.
+    assert state["pid"] not in old_spares and not old_spares & set(runtime.get_manager().spare_pids().values())
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in old_spares)
     assert data["models_stopped"] == [BUNDLED_LLAMA_CPP]
     assert data["models_reloaded"] == [{"model_name": BUNDLED_LLAMA_CPP, "pid": state["pid"],
                                         "load_time_seconds": state["load_time_seconds"]}]
