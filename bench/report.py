@@ -235,7 +235,9 @@ def markdown(results: dict) -> str:
                          f"{fmt(lt['ratio'], 2)} |")
         lines += ["", "The engine's own load is measured in a warm worker process (imports done, first round "
                   "discarded); a fresh process also pays interpreter start and imports (torch, transformers or "
-                  "llama_cpp) — which a runner, being such a process, pays on every load."]
+                  "llama_cpp) — which a runner started for the load pays. With spare runners on (the "
+                  "default), every load of an engine after its first one runs in a spare whose imports are "
+                  "done; the platform's medians here are such loads (parts 1–2 loaded each engine first)."]
         lines += ["", "| engine | reported memory_usage_mb | runner RSS (psutil, outside) | max abs diff % |",
                   "|---|---|---|---|"]
         for engine, mem in p4["memory"].items():
