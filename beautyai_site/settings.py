@@ -125,6 +125,8 @@ def _database() -> dict:
         # Runners and request threads write at once; wait for the lock instead of failing.
         config.setdefault("OPTIONS", {})["timeout"] = 20
         config["CONN_MAX_AGE"] = 0
+        # Django's SQLite backend plus a per-process pool of open connections (see its docstring).
+        config["ENGINE"] = "beautyai_site.sqlite_pool"
         # A file, not memory, so that a server started by the tests can share the test database.
         config["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     return config

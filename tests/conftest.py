@@ -151,7 +151,7 @@ def live_server_url(django_db_setup, django_db_blocker):
     from django.db import connection
 
     settings_dict = connection.settings_dict
-    if settings_dict["ENGINE"].endswith("sqlite3"):
+    if connection.vendor == "sqlite":
         database_url = f"sqlite:///{settings_dict['NAME']}"
     else:
         auth = settings_dict["USER"] + (f":{settings_dict['PASSWORD']}" if settings_dict["PASSWORD"] else "")
