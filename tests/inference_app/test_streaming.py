@@ -14,10 +14,11 @@ from inference_app.models import ChatMessage
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def read_events(response, stop_after=None):
-    """Parses ``event:``/``data:`` pairs; stops early after ``stop_after`` delta events if given."""
+def read_events(response, stop_after=None, lines=None):
+    """Parses ``event:``/``data:`` pairs; stops early after ``stop_after`` delta events if given.
+    Pass one ``lines`` iterator to read a stream in several calls."""
     events, current = [], None
-    for line in response.iter_lines():
+    for line in lines if lines is not None else response.iter_lines():
         if line.startswith("event: "):
             current = line[len("event: "):]
         elif line.startswith("data: "):
@@ -117,3 +118,43 @@ def test_another_user_cannot_cancel_my_stream(server, make_user, client_for):
                     # 404 here; with Redis the unknown id is forwarded to the intruder's own sockets (202), never cancelled.
                     assert answer.status_code in (404, 202) and answer.json()["success"] is (answer.status_code == 202)
     assert events[-1]["generation_stats"]["finish_reason"] != "cancelled"
+
+
+def wait_for_audit(request_id, seconds=10):
+    from system_app.models import AuditEvent
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        event = AuditEvent.objects.filter(request_id=request_id).first()
+        if event is not None:
+            return event
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.parametrize("client_leaves", [False, True], ids=["stream ends", "client leaves"])
+def test_a_streamed_chat_is_audited_when_its_stream_closes_not_before_the_first_token(server, client_leaves):
+    from system_app.models import AuditEvent
+
+    url, headers = server
+    request_id = f"audit-stream-{int(client_leaves)}"
+    body = {"message": "Write a very long story about a dragon.", "stream": True,
+            "generation_config": {"temperature": 0.0, "max_tokens": 400 if client_leaves else 150}}
+    with httpx.stream("POST", f"{url}/inference/chat", json=body, headers={**headers, "X-Request-ID": request_id},
+                      timeout=120) as response:
+        lines = response.iter_lines()
+        events = read_events(response, stop_after=3, lines=lines)
+        # The first tokens are here and the stream is still open: its audit row is not written yet.
+        assert not AuditEvent.objects.filter(request_id=request_id).exists()
+        if not client_leaves:
+            events += read_events(response, lines=lines)
+            assert events[-1][0] == "done"
+    event = wait_for_audit(request_id)
+    assert event is not None
+    assert (event.method, event.route, event.status_code) == ("POST", "/inference/chat", 200)
+    # Stamped with the moment the stream was answered, before the reply was stored at its end.
+    reply = ChatMessage.objects.filter(session_id=events[0][1]["session_id"], role="assistant").first()
+    if reply is None:  # the client left: the cancelled reply is stored in the background
+        time.sleep(1)
+        reply = ChatMessage.objects.get(session_id=events[0][1]["session_id"], role="assistant")
+    assert event.created_at <= reply.created_at
