@@ -30,20 +30,18 @@ def _entry(key_hash: str) -> str:
 
 def find_key(raw_key: str) -> APIKey | None:
     """``APIKey.objects.find`` through the cache; unknown keys are not cached."""
-    ttl = settings.API_KEY_CACHE_SECONDS
-    if not ttl:
+    if not settings.API_KEY_CACHE_SECONDS:
         return APIKey.objects.find(raw_key)
-    entry = _entry(hash_key(raw_key))
-    key = _cache().get(entry)
+    key = _cache().get(_entry(hash_key(raw_key)))
     if key is None:
         key = APIKey.objects.find(raw_key)
         if key is not None:
-            _cache().set(entry, key, ttl)
+            remember(key)
     return key
 
 
 def remember(key: APIKey) -> None:
-    """Stores ``key`` again after a field of it changed in this request (``last_used_at``)."""
+    """Stores ``key``: after a lookup, and again after a field of it changed in this request (``last_used_at``)."""
     if settings.API_KEY_CACHE_SECONDS:
         _cache().set(_entry(key.key_hash), key, settings.API_KEY_CACHE_SECONDS)
 
@@ -56,8 +54,8 @@ def forget(key_hashes) -> None:
     transaction.on_commit(lambda: _cache().delete_many(entries))
 
 
-def forget_keys_of(user_ids) -> None:
-    forget(APIKey.objects.filter(user_id__in=list(user_ids)).values_list("key_hash", flat=True))
+def forget_keys_of(user_id) -> None:
+    forget(APIKey.objects.filter(user_id=user_id).values_list("key_hash", flat=True))
 
 
 def on_key_changed(sender, instance, **kwargs) -> None:
@@ -65,4 +63,4 @@ def on_key_changed(sender, instance, **kwargs) -> None:
 
 
 def on_user_changed(sender, instance, **kwargs) -> None:
-    forget_keys_of([instance.pk])
+    forget_keys_of(instance.pk)
