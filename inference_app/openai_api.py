@@ -191,10 +191,7 @@ def stream_response(completion: Completion, handle) -> StreamingHttpResponse:
                 yield _sse(chunk)
         yield _sse("[DONE]")
 
-    response = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return streaming.streaming_response(completion.builder, handle, body())
 
 
 def complete(request, parsed: dict, data: dict, *, kind: str):

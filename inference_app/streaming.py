@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 
 from channels.db import database_sync_to_async
 from django.db import close_old_connections
@@ -17,17 +18,61 @@ def sse(event_type: str, payload: dict) -> bytes:
     return f"event: {event_type}\ndata: {json.dumps(payload, ensure_ascii=False, allow_nan=False, default=str)}\n\n".encode()
 
 
-def record_in_background(builder: ReplyBuilder) -> None:
+def record_in_background(builder: ReplyBuilder, handle=None) -> None:
     """Stores the reply from a thread: after a disconnect the event loop task is being cancelled
-    and must not await the database; the thread finishes the write regardless."""
+    and must not await the database; the thread finishes the write regardless. With ``handle``,
+    the thread first reads the events nobody read (a cancelled runner ends at once)."""
 
     def run():
         try:
+            if handle is not None:
+                for event in handle:
+                    builder.on_event(event, handle.queue_time_ms)
             chat_record(builder)
         finally:
             close_old_connections()
 
     threading.Thread(target=run, name="chat-record", daemon=True).start()
+
+
+def _end_early(builder: ReplyBuilder, handle) -> None:
+    """A reply whose consumer stopped: the runner is told to cancel, the partial reply is stored as cancelled."""
+    if not handle.finished:
+        handle.cancel()
+        builder.cancelled_locally(reason="cancelled: client disconnected")
+    active.unregister(builder.plan.request_id)
+    if not builder.recorded:
+        record_in_background(builder)
+
+
+def _dropped_unstreamed(builder: ReplyBuilder, handle, streamed: list) -> None:
+    if streamed:
+        return
+    handle.cancel()
+    active.unregister(builder.plan.request_id)
+    record_in_background(builder, handle)
+
+
+def streaming_response(builder: ReplyBuilder, handle, body) -> StreamingHttpResponse:
+    """An event-stream response for ``body`` (an async iterator built on ``events_for``).
+
+    A client that leaves after the view returned but before the first byte makes Django cancel the
+    request task while the response is still unsent: its body never runs, and neither does the
+    cleanup in ``events_for``. The generation would then run to its token limit unseen, so the
+    same cleanup also runs when the response is dropped without having streamed.
+    """
+    streamed: list = []
+
+    async def marked():
+        streamed.append(True)
+        async for chunk in body:
+            yield chunk
+
+    response = StreamingHttpResponse(marked(), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the stream back
+    weakref.finalize(response, _dropped_unstreamed, builder, handle, streamed).atexit = False
+    return response
 
 
 async def events_for(builder: ReplyBuilder, handle):
@@ -45,12 +90,7 @@ async def events_for(builder: ReplyBuilder, handle):
                     await database_sync_to_async(chat_record)(builder)
                 yield item
     finally:
-        if not handle.finished:
-            handle.cancel()
-            builder.cancelled_locally(reason="cancelled: client disconnected")
-        active.unregister(builder.plan.request_id)
-        if not builder.recorded:
-            record_in_background(builder)
+        _end_early(builder, handle)
 
 
 def sse_response(builder: ReplyBuilder, handle) -> StreamingHttpResponse:
@@ -58,7 +98,4 @@ def sse_response(builder: ReplyBuilder, handle) -> StreamingHttpResponse:
         async for event_type, payload in events_for(builder, handle):
             yield sse(event_type, payload)
 
-    response = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the stream back
-    return response
+    return streaming_response(builder, handle, body())

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 
+from django.db import connection
 from django.utils import timezone
 
 from system_app.models import APIKey, AuditEvent
@@ -9,6 +12,7 @@ from system_app.models import APIKey, AuditEvent
 logger = logging.getLogger(__name__)
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+_take_lock = threading.Lock()
 
 
 def client_ip(request) -> str | None:
@@ -25,41 +29,73 @@ class AuditMiddleware:
     def __call__(self, request):
         response = self.get_response(request)
         if request.method in MUTATING or response.status_code in (401, 403):
+            try:
+                fields = self._fields(request, response)
+            except Exception:  # an audit failure must not turn a served request into an error
+                logger.exception("could not write an audit event")
+                return response
             if response.streaming:
-                # A stream's first byte (a chat's first token) must not wait for the insert: the row is
-                # written when the stream closes (ended or left by the client), stamped with this moment.
-                # Django runs a response's resource closers in close(); it offers no public hook.
-                answered_at = timezone.now()
-                response._resource_closers.append(lambda: self._record_safely(request, response, answered_at))
+                self._record_when_closed(response, fields)
             else:
-                self._record_safely(request, response)
+                self._record(fields)
         return response
 
-    @classmethod
-    def _record_safely(cls, request, response, created_at=None) -> None:
-        try:
-            cls._record(request, response, created_at or timezone.now())
-        except Exception:  # an audit failure must not turn a served request into an error
-            logger.exception("could not write an audit event")
+    @staticmethod
+    def _record_when_closed(response, fields: dict) -> None:
+        """A stream's first byte (a chat's first token) must not wait for the insert, so its row,
+        stamped with this moment, is written when the stream closes (ended or left by the client).
+
+        A client that leaves before the first byte makes Django drop the response without closing
+        it: then the row is written from a thread when the response is collected. Django runs a
+        response's resource closers in close() and offers no public hook for them.
+        """
+        pending = [fields]
+
+        def take():
+            with _take_lock:
+                return pending.pop() if pending else None
+
+        def on_close():
+            if (taken := take()) is not None:
+                AuditMiddleware._record(taken)
+
+        def on_drop():
+            if (taken := take()) is not None:
+                # Possibly on the event loop's thread, where the ORM may not run.
+                threading.Thread(target=AuditMiddleware._record, args=(taken,), kwargs={"close": True},
+                                 name="audit-record", daemon=True).start()
+
+        response._resource_closers.append(on_close)
+        weakref.finalize(response, on_drop).atexit = False
 
     @staticmethod
-    def _record(request, response, created_at) -> None:
+    def _fields(request, response) -> dict:
         match = getattr(request, "resolver_match", None)
         user = getattr(request, "user", None)
         user = user if user is not None and user.is_authenticated else None
         api_key = getattr(request, "auth", None)
         kwargs = match.kwargs if match else {}
-        AuditEvent.objects.create(
-            created_at=created_at,
-            user=user,
-            username=user.get_username() if user else "",
-            api_key=api_key if isinstance(api_key, APIKey) else None,
-            client_ip=client_ip(request),
-            method=request.method,
-            route=f"/{match.route}" if match and match.route else request.path[:255],
-            action=(match.url_name or "")[:100] if match else "",
-            target=str(next(iter(kwargs.values()), ""))[:255],
-            status_code=response.status_code,
-            error_code=getattr(response, "error_code", "") or "",
-            request_id=getattr(request, "request_id", ""),
-        )
+        return {
+            "created_at": timezone.now(),
+            "user": user,
+            "username": user.get_username() if user else "",
+            "api_key": api_key if isinstance(api_key, APIKey) else None,
+            "client_ip": client_ip(request),
+            "method": request.method,
+            "route": f"/{match.route}" if match and match.route else request.path[:255],
+            "action": (match.url_name or "")[:100] if match else "",
+            "target": str(next(iter(kwargs.values()), ""))[:255],
+            "status_code": response.status_code,
+            "error_code": getattr(response, "error_code", "") or "",
+            "request_id": getattr(request, "request_id", ""),
+        }
+
+    @staticmethod
+    def _record(fields: dict, close: bool = False) -> None:
+        try:
+            AuditEvent.objects.create(**fields)
+        except Exception:  # an audit failure must not turn a served request into an error
+            logger.exception("could not write an audit event")
+        finally:
+            if close:
+                connection.close()

@@ -54,3 +54,29 @@ def test_a_failed_write_cancels_the_generation_it_started(make_user, loaded_mode
     final = _final(captured[0])
     assert final.kind == "done" and final.stats.finish_reason == "cancelled"
     assert not ChatMessage.objects.filter(session_id=session.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_dropped_before_its_first_byte_cancels_its_generation_and_stores_the_reply(
+        make_user, loaded_model):
+    import gc
+    import time
+
+    from inference_app import active, streaming
+
+    user = make_user(superuser=True)
+    plan = _prepare(user, loaded_model, generation_config={"temperature": 0.0, "max_tokens": 400})
+    handle = services.chat_start(plan)
+    active.register(plan.request_id, user.pk, handle)
+    # What Django does when the client leaves before the response starts: the body never runs.
+    response = streaming.sse_response(services.ReplyBuilder(plan), handle)
+    del response
+    gc.collect()
+    deadline = time.monotonic() + 20
+    reply = None
+    while reply is None and time.monotonic() < deadline:
+        reply = ChatMessage.objects.filter(session_id=plan.session.id, role="assistant").first()
+        time.sleep(0.05)
+    assert reply is not None and reply.finish_reason == "cancelled"
+    assert reply.completion_tokens < 200
+    assert handle.finished and not active.cancel(plan.request_id, user.pk)

@@ -51,3 +51,52 @@ def test_admin_changes_are_audited(make_user, client):
     client.post("/admin/auth/group/add/", {"name": "testers"})
     event = AuditEvent.objects.filter(route__startswith="/admin/").get()
     assert event.method == "POST" and event.status_code == 302
+
+
+def _streamed_post(user, request_id):
+    from django.http import StreamingHttpResponse
+    from django.test import RequestFactory
+
+    from system_app.middleware import AuditMiddleware
+
+    request = RequestFactory().post("/inference/chat")
+    request.user, request.request_id = user, request_id
+    middleware = AuditMiddleware(lambda request: StreamingHttpResponse(iter([b"event: start\n\n"])))
+    return middleware(request)
+
+
+def _audited(request_id, seconds=5.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if AuditEvent.objects.filter(request_id=request_id).exists():
+            break
+        time.sleep(0.02)
+    return AuditEvent.objects.filter(request_id=request_id).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_is_audited_once_when_it_closes(make_user):
+    import gc
+
+    response = _streamed_post(make_user(), "stream-closed")
+    assert not AuditEvent.objects.exists()  # nothing written before the first byte
+    b"".join(response)
+    response.close()
+    assert AuditEvent.objects.filter(request_id="stream-closed").count() == 1
+    del response
+    gc.collect()
+    assert _audited("stream-closed", seconds=0.5) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_dropped_before_its_first_byte_is_still_audited(make_user):
+    import gc
+
+    # What Django does when the client leaves before the response starts: it never closes it.
+    response = _streamed_post(make_user(), "stream-dropped")
+    assert not AuditEvent.objects.exists()
+    del response
+    gc.collect()
+    assert _audited("stream-dropped") == 1
