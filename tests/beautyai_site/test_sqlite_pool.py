@@ -17,6 +17,12 @@ def wrapper_for(path):
     return ConnectionHandler({"default": {"ENGINE": "beautyai_site.sqlite_pool", "NAME": str(path)}})["default"]
 
 
+def scalar(conn, sql):
+    with conn.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+
+
 def raw_of(conn):
     conn.ensure_connection()
     return conn.connection
@@ -54,9 +60,7 @@ def test_a_closed_connection_is_reused_by_the_next_request_thread(db_file):
 
     def next_request():
         conn = wrapper_for(db_file)
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM item")
-            count = cursor.fetchone()[0]
+        count = scalar(conn, "SELECT count(*) FROM item")
         reused = conn.connection is raw
         conn.close()
         return reused, count
@@ -75,9 +79,7 @@ def test_an_open_transaction_is_rolled_back_before_the_connection_is_pooled(db_f
     again = wrapper_for(db_file)
     raw = raw_of(again)
     assert not raw.in_transaction
-    with again.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM item")
-        assert cursor.fetchone()[0] == 0
+    assert scalar(again, "SELECT count(*) FROM item") == 0
     again.close()
 
 
@@ -88,9 +90,7 @@ def test_foreign_keys_are_on_again_when_a_pooled_connection_is_handed_out(db_fil
     conn.close()
 
     again = wrapper_for(db_file)
-    with again.cursor() as cursor:
-        cursor.execute("PRAGMA foreign_keys")
-        assert cursor.fetchone()[0] == 1
+    assert scalar(again, "PRAGMA foreign_keys") == 1
     again.close()
 
 
