@@ -198,6 +198,7 @@ class ReplyBuilder:
         self.error: str | None = None
         self.queue_time_ms: float | None = None
         self.recorded = False
+        self.streamed = False  # events_for began: its own cleanup covers an early stop
         self.deltas = 0
         self.lock = threading.Lock()
 

@@ -35,22 +35,21 @@ def record_in_background(builder: ReplyBuilder, handle=None) -> None:
     threading.Thread(target=run, name="chat-record", daemon=True).start()
 
 
-def _end_early(builder: ReplyBuilder, handle) -> None:
-    """A reply whose consumer stopped: the runner is told to cancel, the partial reply is stored as cancelled."""
+def _end_early(builder: ReplyBuilder, handle, *, unread: bool = False) -> None:
+    """A reply whose consumer stopped: the runner is told to cancel, the partial reply is stored as
+    cancelled. ``unread``: nobody read the handle's events; the storing thread reads them first."""
     if not handle.finished:
         handle.cancel()
-        builder.cancelled_locally(reason="cancelled: client disconnected")
+        if not unread:
+            builder.cancelled_locally(reason="cancelled: client disconnected")
     active.unregister(builder.plan.request_id)
     if not builder.recorded:
-        record_in_background(builder)
+        record_in_background(builder, handle if unread else None)
 
 
-def _dropped_unstreamed(builder: ReplyBuilder, handle, streamed: list) -> None:
-    if streamed:
-        return
-    handle.cancel()
-    active.unregister(builder.plan.request_id)
-    record_in_background(builder, handle)
+def _dropped(builder: ReplyBuilder, handle) -> None:
+    if not builder.streamed:
+        _end_early(builder, handle, unread=True)
 
 
 def streaming_response(builder: ReplyBuilder, handle, body) -> StreamingHttpResponse:
@@ -59,19 +58,12 @@ def streaming_response(builder: ReplyBuilder, handle, body) -> StreamingHttpResp
     A client that leaves after the view returned but before the first byte makes Django cancel the
     request task while the response is still unsent: its body never runs, and neither does the
     cleanup in ``events_for``. The generation would then run to its token limit unseen, so the
-    same cleanup also runs when the response is dropped without having streamed.
+    same cleanup also runs when the response is collected without having streamed.
     """
-    streamed: list = []
-
-    async def marked():
-        streamed.append(True)
-        async for chunk in body:
-            yield chunk
-
-    response = StreamingHttpResponse(marked(), content_type="text/event-stream; charset=utf-8")
+    response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the stream back
-    weakref.finalize(response, _dropped_unstreamed, builder, handle, streamed).atexit = False
+    weakref.finalize(response, _dropped, builder, handle).atexit = False
     return response
 
 
@@ -81,6 +73,7 @@ async def events_for(builder: ReplyBuilder, handle):
     If the consumer stops early (client gone, socket closed), the runner is told to cancel and
     the partial reply is stored as cancelled.
     """
+    builder.streamed = True
     try:
         yield builder.start_event()
         async for event in handle:

@@ -12,7 +12,6 @@ from system_app.models import APIKey, AuditEvent
 logger = logging.getLogger(__name__)
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
-_take_lock = threading.Lock()
 
 
 def client_ip(request) -> str | None:
@@ -46,27 +45,23 @@ class AuditMiddleware:
         stamped with this moment, is written when the stream closes (ended or left by the client).
 
         A client that leaves before the first byte makes Django drop the response without closing
-        it: then the row is written from a thread when the response is collected. Django runs a
+        it: then the row is written from a thread (the event loop's thread may not use the ORM)
+        when the response is collected. Whichever comes first detaches the other. Django runs a
         response's resource closers in close() and offers no public hook for them.
         """
-        pending = [fields]
-
-        def take():
-            with _take_lock:
-                return pending.pop() if pending else None
+        dropped = weakref.finalize(response, AuditMiddleware._record_in_thread, fields)
+        dropped.atexit = False
 
         def on_close():
-            if (taken := take()) is not None:
-                AuditMiddleware._record(taken)
-
-        def on_drop():
-            if (taken := take()) is not None:
-                # Possibly on the event loop's thread, where the ORM may not run.
-                threading.Thread(target=AuditMiddleware._record, args=(taken,), kwargs={"close": True},
-                                 name="audit-record", daemon=True).start()
+            if dropped.detach() is not None:
+                AuditMiddleware._record(fields)
 
         response._resource_closers.append(on_close)
-        weakref.finalize(response, on_drop).atexit = False
+
+    @staticmethod
+    def _record_in_thread(fields: dict) -> None:
+        threading.Thread(target=AuditMiddleware._record, args=(fields,), kwargs={"close": True},
+                         name="audit-record", daemon=True).start()
 
     @staticmethod
     def _fields(request, response) -> dict:
