@@ -62,6 +62,9 @@ def machine_info() -> dict:
         info["git"] = {"commit": commit or None, "uncommitted_changes": dirty}
     except (OSError, subprocess.SubprocessError):
         info["git"] = None
+    if not (info["git"] or {}).get("commit") and os.environ.get("BENCH_GIT_COMMIT"):
+        # A copy of the tree without .git (the GPU machine): the commit comes from whoever copied it.
+        info["git"] = {"commit": os.environ["BENCH_GIT_COMMIT"], "uncommitted_changes": None}
     return info
 
 
