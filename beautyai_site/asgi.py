@@ -1,9 +1,13 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beautyai_site.settings")
-django_asgi = get_asgi_application()
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application() does before its handler
+
+from beautyai_site.request_threads import ReusingThreadsASGIHandler  # noqa: E402
+
+django_asgi = ReusingThreadsASGIHandler()
 
 # Imported after Django is set up: they touch models and settings.
 from channels.auth import AuthMiddlewareStack  # noqa: E402

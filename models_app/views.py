@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.exceptions import ValidationError as DRFValidationError
@@ -26,26 +28,39 @@ NAME = OpenApiParameter("model_name", str, OpenApiParameter.PATH)
 
 
 def parse(serializer_class, data):
+    if isinstance(data, dict) and not data:  # QueryDict is a dict; [] or "" or null must still be refused
+        # No parameters (the common listing call): the defaults, validated once per serializer.
+        return dict(_defaults(serializer_class))
     serializer = serializer_class(data=data)
     if not serializer.is_valid():
         raise DRFValidationError(serializer.errors)
     return serializer.validated_data
 
 
+@functools.cache
+def _defaults(serializer_class) -> dict:
+    """What ``serializer_class`` makes of no input; not cached when that is an error (a required field)."""
+    serializer = serializer_class(data={})
+    if not serializer.is_valid():
+        raise DRFValidationError(serializer.errors)
+    return dict(serializer.validated_data)
+
+
 SUMMARY_FIELDS = ("name", "model_id", "architecture", "engine", "quantization", "is_default")
 
 
-def model_summary(model, live: dict) -> dict:
-    state = live.get(model.name) or runtime.unloaded_status(model.name)
+def model_summary(row: dict, live: dict) -> dict:
+    """``row``: the SUMMARY_FIELDS of one entry, as ``.values()`` gives them."""
+    state = live.get(row["name"]) or runtime.unloaded_status(row["name"])
     return {
-        "model_name": model.name,
-        "model_id": model.model_id,
-        "architecture": model.architecture,
-        "engine": model.engine,
-        "quantization": model.quantization,
+        "model_name": row["name"],
+        "model_id": row["model_id"],
+        "architecture": row["architecture"],
+        "engine": row["engine"],
+        "quantization": row["quantization"],
         "status": state["status"],
         "memory_usage_mb": state["memory_usage_mb"],
-        "is_default": model.is_default,
+        "is_default": row["is_default"],
     }
 
 
@@ -85,8 +100,9 @@ class ModelViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[ModelListQuerySerializer], responses={200: ModelListResponseSerializer, **ERRORS})
     def list(self, request):
         query = parse(ModelListQuerySerializer, request.query_params)
-        # Only the columns of a summary: the JSON configuration columns cost most of the row's decoding.
-        visible = services.models_readable_by(request.user).order_by("name").only(*SUMMARY_FIELDS)
+        # Only the columns of a summary, as dicts: the JSON configuration columns cost most of a row's
+        # decoding, and building model instances cost more than the query.
+        visible = services.models_readable_by(request.user).order_by("name").values(*SUMMARY_FIELDS)
         page = list(visible[query["offset"]: query["offset"] + query["limit"]])
         # A first page shorter than the limit is the whole list: no second query to count it.
         short_first_page = query["offset"] == 0 and len(page) < query["limit"]

@@ -20,8 +20,18 @@ from system_app.models import APIKey, hash_key
 _PREFIX = "beautyai:apikey:"
 
 
+_shared = None
+
+
 def _cache():
-    return caches["api_keys"]
+    """One backend object for the whole process. ``caches[alias]`` is context-local, and under ASGI
+    every request is a new context, so it built a new backend per request (the file backend creates
+    its folder each time). Both backends used here are safe to share between threads: the file
+    backend writes through a temporary file and a rename, Redis clients keep a connection pool."""
+    global _shared
+    if _shared is None:
+        _shared = caches.create_connection("api_keys")
+    return _shared
 
 
 def _entry(key_hash: str) -> str:

@@ -27,8 +27,9 @@ IGNORED_LOGGERS = ("django.db.backends",)
 class BackgroundWriter:
     """A bounded queue of (model label, field dict) rows and one thread that bulk-inserts them."""
 
-    def __init__(self, *, batch_size: int = 500):
+    def __init__(self, *, batch_size: int = 500, linger_s: float = 0.05):
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -104,6 +105,10 @@ class BackgroundWriter:
                         return
                     continue
                 batch = [first]
+                if self.linger_s and not self._stop.is_set():
+                    # Rows arrive one per request: a short wait turns a commit per row (a journal file
+                    # created, synced and deleted: ~0.6 ms of CPU each on SQLite) into one per batch.
+                    time.sleep(self.linger_s)
                 while len(batch) < self.batch_size:
                     try:
                         batch.append(rows.get_nowait())

@@ -18,4 +18,9 @@ def _finite(value):
 
 class EnvelopeJSONRenderer(JSONRenderer):
     def render(self, data, accepted_media_type=None, renderer_context=None):
-        return super().render(_finite(data), accepted_media_type, renderer_context)
+        # Strict JSON (DRF's default) refuses NaN and Infinity with a ValueError; only then is the
+        # payload walked to replace them, so a normal response is encoded once and never copied.
+        try:
+            return super().render(data, accepted_media_type, renderer_context)
+        except ValueError:
+            return super().render(_finite(data), accepted_media_type, renderer_context)

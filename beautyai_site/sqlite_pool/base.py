@@ -7,10 +7,11 @@ more than the query itself). Django's answer for ASGI is a connection pool, whic
 PostgreSQL only; this backend is that pool for SQLite. ``check_same_thread`` is already off in
 Django's SQLite backend, so a connection may serve another thread once its first user is done.
 
-A connection is pooled only outside any transaction (an open one is rolled back first), with
-foreign keys switched back on when it is handed out again. The pool is keyed by the database
-file's identity (device, inode) and the process, so a test database recreated under the same
-name, or a forked child, never receives a connection to the old file.
+A connection is pooled only outside any transaction (an open one is rolled back first) and with
+foreign keys on (one whose checks were switched off is closed instead). The pool is keyed by the
+identity (device, inode) of the file the connection was opened on and by the process, so a test
+database recreated under the same name, or a forked child, never receives a connection to the old
+file.
 """
 
 from __future__ import annotations
@@ -70,24 +71,35 @@ def close_idle() -> None:
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    # The pool key of the open connection (the file it was opened on), and whether its foreign keys
+    # were switched off (schema changes do that) and not yet back on.
+    _open_key: tuple | None = None
+    _constraints_off = False
+
     def _pool_key(self) -> tuple | None:
         if self.is_in_memory_db():
             return None
         return _file_identity(self.settings_dict["NAME"])
 
     def get_new_connection(self, conn_params):
-        key = self._pool_key()
+        key = self._open_key = self._pool_key()
         raw = _take(key) if key is not None else None
-        if raw is None:
-            return super().get_new_connection(conn_params)
-        # disable_constraint_checking() may have been left on by the previous user.
-        raw.execute("PRAGMA foreign_keys = ON")
-        return raw
+        return raw if raw is not None else super().get_new_connection(conn_params)
+
+    def disable_constraint_checking(self):
+        self._constraints_off = True
+        return super().disable_constraint_checking()
+
+    def enable_constraint_checking(self):
+        super().enable_constraint_checking()
+        self._constraints_off = False
 
     def _close(self):
-        raw = self.connection
-        key = self._pool_key() if raw is not None else None
-        if key is None:
+        raw, key = self.connection, self._open_key
+        self._open_key = None
+        if raw is None or key is None or self._constraints_off:
+            # Never pooled with foreign keys off: the next user would silently lose the checks.
+            self._constraints_off = False
             return super()._close()
         try:
             if raw.in_transaction:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
@@ -41,6 +42,15 @@ def test_the_cache_is_keyed_by_the_hash_and_holds_no_password(make_user, client_
     cached = key_cache._cache().get(key_cache._entry(hash_key(client.raw_key)))
     assert cached is not None and cached.key_hash == hash_key(client.raw_key)
     assert "password" in cached.user.get_deferred_fields()
+
+
+def test_every_thread_shares_one_cache_backend():
+    # caches[alias] is per context, and each ASGI request is a new one: one backend serves them all.
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(key_cache._cache()))
+    thread.start()
+    thread.join()
+    assert seen == [key_cache._cache()] and seen[0] is key_cache._cache()
 
 
 def test_a_revoked_key_is_refused_at_once(make_user, client_for, registry):

@@ -123,6 +123,21 @@ def test_a_full_queue_drops_and_counts_without_blocking_the_caller():
         slow.stop()
 
 
+def test_rows_arriving_one_by_one_are_written_together_after_the_writers_short_wait():
+    batches = []
+    batched = BackgroundWriter(linger_s=0.3)
+    batched._write = lambda batch: batches.append(len(batch))
+    batched.start(queue_size=100)
+    try:
+        for _ in range(5):
+            assert batched.submit("system_app.RequestMetric", {})
+            time.sleep(0.01)  # one request's row at a time, as under load
+        assert batched.flush()
+    finally:
+        batched.stop()
+    assert batches == [5]
+
+
 def test_without_a_running_writer_rows_are_not_kept():
     idle = BackgroundWriter()
     assert idle.submit("system_app.LogRecord", {}) is False
