@@ -13,7 +13,8 @@ Options (environment):
   BENCH_SOAK_SECONDS          mixed-traffic soak in part 4 (default 600)
   BENCH_LOAD_CYCLES           load/unload cycles in part 4 (default 20)
   BENCH_MGMT_SECONDS          seconds per management-API measurement (default 3)
-  BENCH_TRANSFORMERS_THREADS  n_threads for the transformers entries, on both sides (default: torch's own)
+  BENCH_TRANSFORMERS_THREADS  n_threads for the transformers entries, on both sides (default: half the logical
+                              cores, as llama.cpp's own default; 0: torch's own, all physical cores)
   BENCH_RESULTS_DIR           where the outputs go (default bench/results)
 
 Writes <stamp>.json, <stamp>.md, <stamp>.png and latest.md. Targets are reported, not asserted:
@@ -64,7 +65,10 @@ def options_from_env() -> parts.Options:
         soak_seconds=float(os.environ.get("BENCH_SOAK_SECONDS") or 600),
         load_cycles=_int("BENCH_LOAD_CYCLES", 20),
         mgmt_seconds=float(os.environ.get("BENCH_MGMT_SECONDS") or 3),
-        transformers_threads=_int("BENCH_TRANSFORMERS_THREADS", 0, minimum=0) or None,
+        # Half the cores, like llama.cpp's default: the benchmark's own clients and the web process need
+        # the rest, and an engine spread over every core stalls whenever they run (its threads wait for
+        # the slowest one), which would charge the client's CPU to the platform.
+        transformers_threads=_int("BENCH_TRANSFORMERS_THREADS", max(1, (os.cpu_count() or 2) // 2), minimum=0) or None,
     )
 
 

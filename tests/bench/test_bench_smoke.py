@@ -43,6 +43,9 @@ def test_options_from_env(monkeypatch):
     monkeypatch.setenv("BENCH_SOAK_SECONDS", "60")
     opts = options_from_env()
     assert (opts.parts, opts.engines, opts.runs, opts.soak_seconds, opts.tokens) == ((1, 3), ("llama.cpp",), 2, 60.0, 128)
+    assert opts.transformers_threads == max(1, (os.cpu_count() or 2) // 2)  # half the cores, as llama.cpp
+    monkeypatch.setenv("BENCH_TRANSFORMERS_THREADS", "0")
+    assert options_from_env().transformers_threads is None  # torch's own choice
     monkeypatch.setenv("BENCH_ENGINES", "vllm")
     with pytest.raises(SystemExit):
         options_from_env()
