@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -29,8 +30,9 @@ NAME = OpenApiParameter("model_name", str, OpenApiParameter.PATH)
 
 def parse(serializer_class, data):
     if isinstance(data, dict) and not data:  # QueryDict is a dict; [] or "" or null must still be refused
-        # No parameters (the common listing call): the defaults, validated once per serializer.
-        return dict(_defaults(serializer_class))
+        # No parameters (the common listing call): the defaults, validated once per serializer; a deep
+        # copy, since a default may be a dict that the caller fills in.
+        return copy.deepcopy(_defaults(serializer_class))
     serializer = serializer_class(data=data)
     if not serializer.is_valid():
         raise DRFValidationError(serializer.errors)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from rest_framework.exceptions import ValidationError
 
 from models_app.models import ModelConfig
+from models_app.serializers import ModelListQuerySerializer, ModelUpdateRequestSerializer
+from models_app.views import parse
 from tests.envelope import assert_error, assert_ok
 
 pytestmark = pytest.mark.django_db
@@ -246,3 +249,16 @@ def test_validate_reports_configuration_problems(api_as, registry):
     data = assert_ok(api_as("model_read").post("/models/beta/validate"))["data"]
     assert data["valid"] is False
     assert any("quantization" in e for e in data["errors"])
+
+
+def test_parsing_no_input_gives_the_defaults_each_time_as_a_fresh_copy():
+    assert parse(ModelListQuerySerializer, {}) == {"limit": 100, "offset": 0}
+    first = parse(ModelUpdateRequestSerializer, {})
+    first["updates"]["engine"] = "llama.cpp"
+    assert parse(ModelUpdateRequestSerializer, {}) == {"updates": {}, "set_as_default": False}
+
+
+@pytest.mark.parametrize("empty", [[], "", None, 0])
+def test_parsing_an_empty_non_object_is_still_refused(empty):
+    with pytest.raises(ValidationError):
+        parse(ModelUpdateRequestSerializer, empty)
