@@ -8,7 +8,7 @@ per-thread cache objects were rebuilt (the file cache's ``makedirs`` each time),
 connection could not outlive its request whatever ``CONN_MAX_AGE`` said.
 
 Here a request borrows a single-thread executor from an idle list and gives it back when Django is
-done with it (asgiref 3.10+ accepts an executor that the caller owns). Reusing request threads is
+done with it (asgiref 3.13 added executors that the caller owns). Reusing request threads is
 what threaded WSGI servers do; Django still closes or checks database connections at each request's
 start and end (``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS``). An executor whose thread is still busy
 when its request ends (a client left while a view was running, and Django stopped waiting for it)

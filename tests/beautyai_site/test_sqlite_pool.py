@@ -83,29 +83,18 @@ def test_an_open_transaction_is_rolled_back_before_the_connection_is_pooled(db_f
     again.close()
 
 
-def test_a_connection_closed_with_foreign_keys_off_is_not_pooled(db_file):
-    conn = wrapper_for(db_file)
-    off_raw = raw_of(conn)
-    conn.disable_constraint_checking()
-    conn.close()
-    assert pool.idle_count(db_file) == 0
-
-    again = wrapper_for(db_file)
-    assert raw_of(again) is not off_raw
-    assert scalar(again, "PRAGMA foreign_keys") == 1
-    again.close()
-
-
-def test_a_connection_whose_foreign_keys_are_back_on_is_pooled(db_file):
+@pytest.mark.parametrize("switched_back_on", [False, True])
+def test_a_connection_is_pooled_only_with_its_foreign_keys_on(db_file, switched_back_on):
     conn = wrapper_for(db_file)
     raw = raw_of(conn)
     conn.disable_constraint_checking()
-    conn.enable_constraint_checking()
+    if switched_back_on:
+        conn.enable_constraint_checking()
     conn.close()
-    assert pool.idle_count(db_file) == 1
+    assert pool.idle_count(db_file) == int(switched_back_on)
 
     again = wrapper_for(db_file)
-    assert raw_of(again) is raw
+    assert (raw_of(again) is raw) == switched_back_on
     assert scalar(again, "PRAGMA foreign_keys") == 1
     again.close()
 
