@@ -84,7 +84,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params):
         key = self._open_key = self._pool_key()
         raw = _take(key) if key is not None else None
-        return raw if raw is not None else super().get_new_connection(conn_params)
+        if raw is None:
+            raw = super().get_new_connection(conn_params)
+            if key is None:
+                # The file did not exist before this connection created it.
+                self._open_key = self._pool_key()
+        return raw
 
     def disable_constraint_checking(self):
         self._constraints_off = True

@@ -83,6 +83,18 @@ def test_an_open_transaction_is_rolled_back_before_the_connection_is_pooled(db_f
     again.close()
 
 
+def test_the_connection_that_created_the_database_file_is_pooled_too(tmp_path):
+    path = tmp_path / "new.sqlite3"
+    conn = wrapper_for(path)
+    raw = raw_of(conn)
+    conn.close()
+    assert pool.idle_count(path) == 1
+    again = wrapper_for(path)
+    assert raw_of(again) is raw
+    again.close()
+    pool.close_idle()
+
+
 @pytest.mark.parametrize("switched_back_on", [False, True])
 def test_a_connection_is_pooled_only_with_its_foreign_keys_on(db_file, switched_back_on):
     conn = wrapper_for(db_file)

@@ -138,6 +138,33 @@ def test_rows_arriving_one_by_one_are_written_together_after_the_writers_short_w
     assert batches == [5]
 
 
+def test_a_backlog_that_fills_a_batch_is_written_without_the_wait():
+    release, lingered = threading.Event(), []
+    real_sleep = time.sleep
+    backlogged = BackgroundWriter(batch_size=3, linger_s=0.7)
+    writes = []
+
+    def write(batch):
+        writes.append(len(batch))
+        if len(writes) == 1:
+            release.wait(5)  # while the first batch is written, a backlog builds up
+
+    backlogged._write = write
+    with mock.patch.object(time, "sleep", side_effect=lambda s: lingered.append(s) if s == 0.7 else real_sleep(s)):
+        backlogged.start(queue_size=100)
+        try:
+            backlogged.submit("system_app.RequestMetric", {})
+            while not writes:
+                real_sleep(0.01)
+            for _ in range(9):
+                backlogged.submit("system_app.RequestMetric", {})
+            release.set()
+            assert backlogged.flush()
+        finally:
+            backlogged.stop()
+    assert writes == [1, 3, 3, 3] and lingered == [0.7]
+
+
 def test_without_a_running_writer_rows_are_not_kept():
     idle = BackgroundWriter()
     assert idle.submit("system_app.LogRecord", {}) is False
