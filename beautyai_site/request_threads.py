@@ -21,8 +21,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
+
+from beautyai_site import disconnect
 
 # Idle request threads kept; beyond that, threads end with their request (as in Django).
 MAX_IDLE = 32
@@ -84,8 +87,18 @@ class ReusingThreadsASGIHandler(ASGIHandler):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         executor = self.pool.take()
+        # Set before handle(): the tasks it creates and the threads that run the view copy this context.
+        disconnect.begin_request()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
         finally:
             self.pool.give_back(executor)
+
+    async def listen_for_disconnect(self, receive):
+        try:
+            return await super().listen_for_disconnect(receive)
+        except RequestAborted:
+            # Django cancels the request's task, which does not stop a sync view's thread.
+            disconnect.current().fire()
+            raise

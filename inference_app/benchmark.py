@@ -9,6 +9,8 @@ Metrics follow vLLM's ``benchmark_serving``, measured in the web process as a cl
 
 A benchmark runs in the request's own thread (Django runs each sync view in its own thread under
 ASGI), and the concurrent phase in a thread pool, so the event loop keeps serving other requests.
+Each run checks the caller's quota before it starts and records its usage when it ends; a client
+that leaves cancels the runs in flight, and the rest never start.
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from django.db import transaction
-
+from beautyai_site import disconnect
 from beautyai_site.api import errors
 from inference_app import services
-from inference_app.models import BenchmarkRun, UsageRecord
-from inference_app.usage import quota_check
+from inference_app.models import BenchmarkRun
+from inference_app.usage import quota_check, usage_record
 from models_app import runtime
 from models_app import services as registry
 
@@ -55,29 +55,33 @@ class TimedGeneration:
         return int((self.stats or {}).get("prompt_tokens") or 0)
 
 
-def generate_timed(model, messages: list[dict], params) -> TimedGeneration:
-    """Runs one generation to its end; a full queue raises RateLimitError before anything starts."""
+def generate_timed(model, messages: list[dict], params, client: disconnect.ClientGone | None = None) -> TimedGeneration:
+    """Runs one generation to its end; a full queue raises RateLimitError before anything starts.
+
+    The generation is cancelled if ``client`` (by default the current request's) leaves meanwhile.
+    """
     result = TimedGeneration()
     started = time.perf_counter()
-    handle = runtime.generate(model, messages, params, request_id=uuid.uuid4().hex)
+    handle = runtime.generate(model, messages, params)
     parts: list[str] = []
     last = None
-    for event in handle:
-        now = time.perf_counter()
-        if event.kind == "delta":
-            if not event.text:
-                continue
-            result.deltas += 1
-            if last is None:
-                result.ttft_ms = (now - started) * 1000.0
+    with (client or disconnect.current()).watch(handle.cancel):
+        for event in handle:
+            now = time.perf_counter()
+            if event.kind == "delta":
+                if not event.text:
+                    continue
+                result.deltas += 1
+                if last is None:
+                    result.ttft_ms = (now - started) * 1000.0
+                else:
+                    result.itl_ms.append((now - last) * 1000.0)
+                last = now
+                parts.append(event.text)
+            elif event.kind == "done":
+                result.stats = asdict(event.stats) if event.stats is not None else None
             else:
-                result.itl_ms.append((now - last) * 1000.0)
-            last = now
-            parts.append(event.text)
-        elif event.kind == "done":
-            result.stats = asdict(event.stats) if event.stats is not None else None
-        else:
-            result.error = event.message or "generation failed"
+                result.error = event.message or "generation failed"
     result.latency_ms = (time.perf_counter() - started) * 1000.0
     result.queue_time_ms = handle.queue_time_ms
     result.text = "".join(parts)
@@ -164,26 +168,45 @@ def phase_summary(runs: list[TimedGeneration], *, duration_s: float, concurrency
 
 # Phases -----------------------------------------------------------------------------------------
 
-def _attempt(model, messages, params) -> TimedGeneration:
-    """A run that could not start (full queue, model gone) is a failed run, not a failed benchmark."""
-    started = time.perf_counter()
-    try:
-        return generate_timed(model, messages, params)
-    except errors.APIError as exc:
-        return TimedGeneration(error=exc.message, latency_ms=(time.perf_counter() - started) * 1000.0)
+@dataclass
+class Attempts:
+    """Starts the runs of one benchmark: each checks the caller's quota first and records its usage
+    as soon as it ends, so a benchmark spends a quota like as many chats would, not past it."""
+
+    user: object
+    model: object
+    messages: list[dict]
+    params: object
+    api_key_id: int | None
+    client: disconnect.ClientGone
+
+    def __call__(self, _index: int = 0) -> TimedGeneration:
+        """A run that could not start (quota, full queue, model gone, client gone) is a failed run."""
+        if self.client.gone:
+            return TimedGeneration(error="cancelled: client disconnected")
+        started = time.perf_counter()
+        try:
+            quota_check(user=self.user, model=self.model)
+            run = generate_timed(self.model, self.messages, self.params, self.client)
+        except errors.APIError as exc:
+            return TimedGeneration(error=exc.message, latency_ms=(time.perf_counter() - started) * 1000.0)
+        if run.stats is not None:
+            usage_record(user=self.user, api_key_id=self.api_key_id, model_name=self.model.name,
+                         transport="benchmark", prompt_tokens=run.prompt_tokens, completion_tokens=run.output_tokens,
+                         duration_ms=run.stats.get("inference_time_ms") or 0.0)
+        return run
 
 
-def latency_phase(model, messages, params, *, num_runs: int) -> tuple[list[TimedGeneration], float]:
+def latency_phase(attempt: Attempts, *, num_runs: int) -> tuple[list[TimedGeneration], float]:
     started = time.perf_counter()
-    runs = [_attempt(model, messages, params) for _ in range(num_runs)]
+    runs = [attempt() for _ in range(num_runs)]
     return runs, time.perf_counter() - started
 
 
-def throughput_phase(model, messages, params, *, num_runs: int,
-                     concurrency: int) -> tuple[list[TimedGeneration], float]:
+def throughput_phase(attempt: Attempts, *, num_runs: int, concurrency: int) -> tuple[list[TimedGeneration], float]:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=min(concurrency, num_runs), thread_name_prefix="benchmark") as pool:
-        runs = list(pool.map(lambda _: _attempt(model, messages, params), range(num_runs)))
+        runs = list(pool.map(attempt, range(num_runs)))
     return runs, time.perf_counter() - started
 
 
@@ -212,38 +235,31 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
     messages, params = prepared_prompt(model=model, prompt=settings_used["prompt"],
                                        config={"max_tokens": max_tokens, "temperature": settings_used["temperature"]})
 
+    # Captured here: the throughput phase's pool threads do not share this request's context.
+    attempt = Attempts(user=user, model=model, messages=messages, params=params, api_key_id=api_key_id,
+                       client=disconnect.current())
     started = time.perf_counter()
     memory_before = runtime.status(model.name)["memory_usage_mb"]
     results: dict[str, list] = {}
     summary: dict[str, dict] = {}
-    every_run: list[TimedGeneration] = []
     if benchmark_type in ("latency", "comprehensive"):
-        runs, duration = latency_phase(model, messages, params, num_runs=settings_used["num_runs"])
+        runs, duration = latency_phase(attempt, num_runs=settings_used["num_runs"])
         results["latency"] = [run_result(i, run) for i, run in enumerate(runs)]
         summary["latency"] = phase_summary(runs, duration_s=duration, concurrency=1)
-        every_run += runs
     if benchmark_type in ("throughput", "comprehensive"):
-        runs, duration = throughput_phase(model, messages, params, num_runs=settings_used["num_runs"],
+        runs, duration = throughput_phase(attempt, num_runs=settings_used["num_runs"],
                                           concurrency=settings_used["concurrency"])
         results["throughput"] = [run_result(i, run) for i, run in enumerate(runs)]
         summary["throughput"] = phase_summary(runs, duration_s=duration, concurrency=settings_used["concurrency"])
-        every_run += runs
     if benchmark_type == "comprehensive":
         memory_after = runtime.status(model.name)["memory_usage_mb"]
         summary["memory"] = {"before_mb": memory_before, "after_mb": memory_after,
                              "delta_mb": round(memory_after - memory_before, 2)}
 
-    with transaction.atomic():
-        UsageRecord.objects.bulk_create(
-            UsageRecord(user=user, api_key_id=api_key_id, model_name=model.name, transport="benchmark",
-                        prompt_tokens=run.prompt_tokens, completion_tokens=run.output_tokens,
-                        duration_ms=(run.stats or {}).get("inference_time_ms") or 0.0)
-            for run in every_run if run.stats is not None
-        )
-        return BenchmarkRun.objects.create(
-            user=user, model=model, model_name=model.name, benchmark_type=benchmark_type, config=settings_used,
-            results=results, summary=summary, duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
-        )
+    return BenchmarkRun.objects.create(
+        user=user, model=model, model_name=model.name, benchmark_type=benchmark_type, config=settings_used,
+        results=results, summary=summary, duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
+    )
 
 
 def benchmark_dict(run: BenchmarkRun) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -19,7 +18,7 @@ from beautyai_site.api.auth import authenticate_api_key, bearer_token
 from beautyai_site.api.envelope import error_body
 from beautyai_site.api.exceptions import _as_api_error
 from beautyai_site.api.permissions import has_somewhere
-from inference_app import active, services, streaming
+from inference_app import active, limits, services, streaming
 from inference_app.serializers import ChatRequestSerializer
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -154,15 +153,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.tasks[request_id] = asyncio.ensure_future(self._run_chat(request_id, body))
 
     async def _run_chat(self, request_id: str, body: dict):
-        # The socket's request_id names the stream to the client; the server's own id keeps requests
-        # of different sockets apart in the runner and in the cancel registry.
-        server_id = uuid.uuid4().hex
+        # The socket's request_id names the stream to the client; the server's own id (made by
+        # chat_prepare) keeps requests of different sockets apart in the runner and in the cancel registry.
         try:
-            plan, handle = await sync_to_async(self._prepare, thread_sensitive=False)(body, server_id)
+            plan, handle = await sync_to_async(self._prepare, thread_sensitive=False)(body)
         except Exception as exc:  # every failure becomes an error event; the socket stays usable
             self.tasks.pop(request_id, None)
             await self._error(request_id, _as_api_error(exc) or errors.SystemError())
             return
+        server_id = plan.request_id
         self.handles[request_id] = self.by_server_id[server_id] = handle
         active.register(server_id, self.user.pk, handle)
         builder = services.ReplyBuilder(plan)
@@ -176,7 +175,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.by_server_id.pop(server_id, None)
             self.tasks.pop(request_id, None)
 
-    def _prepare(self, body: dict, server_id: str):
+    def _prepare(self, body: dict):
         from django.db import close_old_connections
 
         close_old_connections()
@@ -186,8 +185,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 raise DRFValidationError(serializer.errors)
             if not has_somewhere(self.user, "chat"):
                 raise errors.PermissionDeniedError("You do not have the 'chat' permission.")
-            plan = services.chat_prepare(user=self.user, data=serializer.validated_data, request_id=server_id,
-                                         transport="websocket", api_key_id=self.api_key_id)
+            limits.check_chat_rate(self.user)
+            plan = services.chat_prepare(user=self.user, data=serializer.validated_data, transport="websocket",
+                                         api_key_id=self.api_key_id)
             return plan, services.chat_start(plan)
         finally:
             close_old_connections()

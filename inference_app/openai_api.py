@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from beautyai_site.api import errors
 from beautyai_site.api.exceptions import envelope_exception_handler
 from beautyai_site.api.envelope import openai_error
-from inference_app import active, services, streaming
+from inference_app import active, limits, services, streaming
 from inference_app.tool_serializers import ChatCompletionRequestSerializer, CompletionRequestSerializer
 from inference_app.views import api_key_id
 from models_app import services as registry
@@ -196,8 +196,7 @@ def stream_response(completion: Completion, handle) -> StreamingHttpResponse:
 
 def complete(request, parsed: dict, data: dict, *, kind: str):
     """Runs one reply through the chat service and answers it as OpenAI would."""
-    plan = services.chat_prepare(user=request.user, data=data, request_id=request._request.request_id,
-                                 transport="openai", api_key_id=api_key_id(request))
+    plan = services.chat_prepare(user=request.user, data=data, transport="openai", api_key_id=api_key_id(request))
     handle = services.chat_start(plan)
     active.register(plan.request_id, request.user.pk, handle)
     builder = services.ReplyBuilder(plan)
@@ -213,6 +212,7 @@ def complete(request, parsed: dict, data: dict, *, kind: str):
 
 class ChatCompletionsView(OpenAIView):
     required_permissions = {"post": "chat"}
+    throttle_scope = limits.SCOPE
 
     @extend_schema(request=ChatCompletionRequestSerializer, responses={200: dict},
                    description="OpenAI-compatible chat completion; stream=true answers OpenAI's SSE chunks.")
@@ -225,6 +225,7 @@ class ChatCompletionsView(OpenAIView):
 
 class CompletionsView(OpenAIView):
     required_permissions = {"post": "chat"}
+    throttle_scope = limits.SCOPE
 
     @extend_schema(request=CompletionRequestSerializer, responses={200: dict},
                    description="OpenAI-compatible completion; the prompt is sent as one user message.")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from django.db import transaction
 
+from beautyai_site import disconnect
 from beautyai_site.api import errors
 from beautyai_site.api.permissions import has_on
 from inference_app import reasoning
@@ -109,9 +110,13 @@ def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[
     return systems + history + [last], dropped
 
 
-def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: str = "rest",
-                 api_key_id: int | None = None) -> ChatPlan:
-    """Checks access, resolves the session and model, loads on demand, builds the context, stores the user message."""
+def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int | None = None) -> ChatPlan:
+    """Checks access, resolves the session and model, loads on demand, builds the context, stores the user message.
+
+    The generation's id is made here, never taken from the client: it keys the runner's request
+    table and the cancel registry, so a client-chosen id (an ``X-Request-ID`` a proxy sets to a
+    constant, a guess) would join two users' generations.
+    """
     if not runtime.accepting_generations():
         raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
     session = session_get_for_user(user=user, session_id=data["session_id"]) if data.get("session_id") else None
@@ -137,7 +142,7 @@ def chat_prepare(*, user, data: dict, request_id: str | None = None, transport: 
         session = ChatSession(owner=user, model=model, model_name=model.name,
                               title=data["message"].strip()[:TITLE_CHARS])
     return ChatPlan(
-        request_id=request_id or uuid.uuid4().hex,
+        request_id=uuid.uuid4().hex,
         user=user,
         model=model,
         session=session,
@@ -173,7 +178,7 @@ def chat_start(plan: ChatPlan):
     returns, so a reply that fails later never loses it; when the write itself fails, the
     generation is cancelled and the error propagates.
     """
-    handle = runtime.generate(plan.model, plan.messages, plan.params, request_id=plan.request_id)
+    handle = runtime.generate(plan.model, plan.messages, plan.params)
     try:
         _store_user_turn(plan)
     except BaseException:
@@ -302,12 +307,16 @@ def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
 
 
 def chat_run_to_end(builder: ReplyBuilder, handle) -> None:
-    """Feeds a non-streamed reply's events to ``builder`` and stores the reply, even when iteration fails."""
+    """Feeds a non-streamed reply's events to ``builder`` and stores the reply, even when iteration fails.
+
+    A client that leaves meanwhile cancels the generation (the reply is stored as cancelled).
+    """
     from inference_app import active
 
     try:
-        for event in handle:
-            builder.on_event(event, handle.queue_time_ms)
+        with disconnect.current().watch(handle.cancel):
+            for event in handle:
+                builder.on_event(event, handle.queue_time_ms)
     finally:
         active.unregister(builder.plan.request_id)
         chat_record(builder)

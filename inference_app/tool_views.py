@@ -8,6 +8,7 @@ from rest_framework.permissions import IsAuthenticated
 
 from beautyai_site.api.envelope import ok
 from inference_app import benchmark, model_test, session_files, usage
+from inference_app.limits import GeneratingActionsThrottled
 from inference_app.models import BenchmarkRun
 from inference_app.tool_serializers import (
     BenchmarkConfigSerializer,
@@ -30,7 +31,7 @@ from models_app.views import parse
 ERRORS = {status: ErrorResponseSerializer for status in (400, 401, 403, 404, 409, 413, 429, 500, 503)}
 
 
-class ModelTestViewSet(viewsets.ViewSet):
+class ModelTestViewSet(GeneratingActionsThrottled, viewsets.ViewSet):
     required_permissions = {"run": "test"}
 
     @extend_schema(request=TestRequestSerializer, responses={200: TestResponseSerializer, **ERRORS})
@@ -44,7 +45,7 @@ class ModelTestViewSet(viewsets.ViewSet):
         return ok(request, **result)
 
 
-class BenchmarkViewSet(viewsets.ViewSet):
+class BenchmarkViewSet(GeneratingActionsThrottled, viewsets.ViewSet):
     required_permissions = {"run": "benchmark", "list": "benchmark"}
 
     @extend_schema(request=BenchmarkRequestSerializer, responses={200: BenchmarkResponseSerializer, **ERRORS},

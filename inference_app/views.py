@@ -10,7 +10,7 @@ from rest_framework import viewsets
 
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
-from inference_app import active, consumers, services, streaming
+from inference_app import active, consumers, limits, services, streaming
 from inference_app.serializers import ChatRequestSerializer, ChatResponseSerializer
 from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from models_app.views import parse
@@ -24,25 +24,20 @@ def api_key_id(request) -> int | None:
 
 class ChatViewSet(viewsets.ViewSet):
     required_permissions = {"chat": "chat", "cancel": "chat"}
-    throttle_scope = "chat"
+    throttle_scope = limits.SCOPE
 
     @extend_schema(request=ChatRequestSerializer, responses={200: ChatResponseSerializer, **ERRORS},
                    description="stream=true answers text/event-stream: start, delta, reasoning, done, error events.")
     def chat(self, request):
         data = parse(ChatRequestSerializer, request.data)
-        plan = services.chat_prepare(user=request.user, data=data, request_id=request._request.request_id,
-                                     transport="sse" if data["stream"] else "rest", api_key_id=api_key_id(request))
+        plan = services.chat_prepare(user=request.user, data=data, transport="sse" if data["stream"] else "rest",
+                                     api_key_id=api_key_id(request))
         handle = services.chat_start(plan)
         active.register(plan.request_id, request.user.pk, handle)
         builder = services.ReplyBuilder(plan)
         if data["stream"]:
             return streaming.sse_response(builder, handle)
-        try:
-            for event in handle:
-                builder.on_event(event, handle.queue_time_ms)
-        finally:
-            active.unregister(plan.request_id)
-            services.chat_record(builder)
+        services.chat_run_to_end(builder, handle)
         if builder.error is not None:
             raise errors.SystemError(f"Generation failed: {builder.error}",
                                      details={"session_id": str(plan.session.id), "request_id": plan.request_id})

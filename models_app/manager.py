@@ -49,6 +49,7 @@ from models_app.engines.base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    PromptError,
     estimate_memory_mb,
 )
 from models_app.runner import runner_main
@@ -539,6 +540,8 @@ class EngineManager:
                 logger.exception("unreadable message from runner %s", runner.name)
                 break
             kind = msg.get("type")
+            if kind in ("result", "error") and self._answer_call(runner, msg):
+                continue
             if kind in ("delta", "done", "error"):
                 self._dispatch(runner, msg)
             elif kind == "started":
@@ -546,11 +549,6 @@ class EngineManager:
                     handle = runner.handles.get(msg.get("id"))
                 if handle is not None:
                     handle._started()
-            elif kind == "result":
-                with runner.lock:
-                    call = runner.calls.pop(msg["id"], None)
-                if call is not None and not call.done():
-                    call.set_result(msg.get("value"))
             elif kind == "log":
                 self._log(runner.name, msg.get("level", "INFO"), msg.get("message", ""))
             elif kind == "ready":
@@ -567,6 +565,21 @@ class EngineManager:
             elif kind == "load_error":
                 load_error = (msg.get("message") or "model failed to load", msg.get("error_class") or "")
         self._on_exit(runner, load_error)
+
+    @staticmethod
+    def _answer_call(runner: _RunnerProcess, msg: dict) -> bool:
+        """Resolves the call ``msg`` answers; False when it answers no call (then it is a generation's)."""
+        with runner.lock:
+            call = runner.calls.pop(msg.get("id"), None)
+        if call is None:
+            return False
+        if not call.done():
+            if msg["type"] == "result":
+                call.set_result(msg.get("value"))
+            else:
+                error = PromptError if msg.get("code") == "prompt" else EngineError
+                call.set_exception(error(msg.get("message") or "runner call failed"))
+        return True
 
     def _dispatch(self, runner: _RunnerProcess, msg: dict) -> None:
         with runner.lock:
@@ -729,11 +742,15 @@ class EngineManager:
             return runner
 
     def generate(self, name: str, messages: list[dict], params: GenerationParams, *,
-                 request_id: str | None = None, max_queue: int | None = None) -> GenerationHandle:
+                 max_queue: int | None = None) -> GenerationHandle:
         """Submits a generation. With ``max_queue``, refuses at once (QueueFullError) when that many
-        requests already wait behind the running ones, instead of letting callers pile up."""
+        requests already wait behind the running ones, instead of letting callers pile up.
+
+        The id is made here and only here: it keys the runner's request table, where two
+        generations sharing one id would receive each other's tokens and one would never end.
+        """
         runner = self._loaded_runner(name)
-        handle = GenerationHandle(runner, request_id or uuid.uuid4().hex)
+        handle = GenerationHandle(runner, uuid.uuid4().hex)
         with runner.lock:
             if max_queue is not None and self._queue_full(runner, max_queue):
                 raise QueueFullError(name, max(0, len(runner.handles) - runner.max_concurrency), max_queue)

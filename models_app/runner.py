@@ -10,6 +10,10 @@ one {"op": "load", "spec": ...} message and from there on is an ordinary runner.
 Protocol (dicts, multiplexed by request id):
   parent -> runner: load (a spare only, first), then generate, cancel, count_tokens, release_caches, shutdown
   runner -> parent: ready | load_error first, then started, delta, done, error, result, log
+
+Every message with an id gets an answer under that id: a generation ends with done or error, a
+call (count_tokens, release_caches, or an op this runner does not know) with result or error.
+An error's ``code`` says whose fault it is: "prompt" (the messages; the caller's input), "engine".
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ import time
 from dataclasses import asdict, fields
 
 from models_app.engines import get_engine_class
-from models_app.engines.base import EngineError, GenerationParams, GenerationStats, LoadSpec, scrub_paths
+from models_app.engines.base import EngineError, GenerationParams, GenerationStats, LoadSpec, PromptError, scrub_paths
 
 _PARAM_FIELDS = {f.name for f in fields(GenerationParams)}
 _PARENT_POLL_S = 1.0
+
+
+def error_reply(req_id, exc: BaseException) -> dict:
+    if isinstance(exc, EngineError):
+        return {"type": "error", "id": req_id, "code": "prompt" if isinstance(exc, PromptError) else "engine",
+                "message": str(exc)}
+    return {"type": "error", "id": req_id, "code": "engine",
+            "message": f"{exc.__class__.__name__}: {scrub_paths(str(exc))}"}
 
 
 class _PipeLogHandler(logging.Handler):
@@ -84,11 +96,11 @@ class _Runner:
                 elif item:
                     self.send({"type": "delta", "id": req_id, "text": item})
         except EngineError as exc:
-            self.send({"type": "error", "id": req_id, "message": str(exc)})
+            self.send(error_reply(req_id, exc))
         except Exception as exc:
             logging.getLogger(__name__).exception("generation failed")
-            self.send({"type": "error", "id": req_id,
-                       "message": f"generation failed: {exc.__class__.__name__}: {scrub_paths(str(exc))}"})
+            reply = error_reply(req_id, exc)
+            self.send({**reply, "message": f"generation failed: {reply['message']}"})
         finally:
             with self.events_lock:
                 self.cancel_events.pop(req_id, None)
@@ -96,11 +108,8 @@ class _Runner:
     def _call(self, req_id: str, fn):
         try:
             self.send({"type": "result", "id": req_id, "value": fn()})
-        except EngineError as exc:
-            self.send({"type": "error", "id": req_id, "message": str(exc)})
         except Exception as exc:
-            self.send({"type": "error", "id": req_id,
-                       "message": f"{exc.__class__.__name__}: {scrub_paths(str(exc))}"})
+            self.send(error_reply(req_id, exc))
 
     def handle(self, msg: dict) -> bool:
         """Dispatch one parent message; False means stop serving."""
@@ -123,6 +132,9 @@ class _Runner:
             threading.Thread(target=self._call, args=(msg["id"], lambda: self.engine.release_caches()), daemon=True).start()
         elif op == "shutdown":
             return False
+        else:
+            # The caller waits for an answer under this id; silence would hold it until its timeout.
+            self.send({"type": "error", "id": msg.get("id"), "code": "engine", "message": f"unknown runner op: {op!r}"})
         return True
 
     def stop(self, timeout: float = 5.0) -> None:

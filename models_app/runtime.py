@@ -253,10 +253,12 @@ def context_length(name: str) -> int | None:
 
 
 def count_tokens(name: str, messages: list[dict]) -> int:
-    from models_app.engines.base import EngineError
+    from models_app.engines.base import EngineError, PromptError
 
     try:
         return get_manager().count_tokens(name, messages)
+    except PromptError as exc:
+        raise errors.ValidationError(f"messages: {exc}", details={"fields": {"messages": [str(exc)]}}) from None
     except EngineError as exc:
         raise errors.ConflictError(f"Model '{name}' is not available: {exc}") from None
 
@@ -288,14 +290,13 @@ def check_queue(model) -> None:
                                     details={"model_name": model.name, "max_queue": limit})
 
 
-def generate(model, messages: list[dict], params, *, request_id: str):
+def generate(model, messages: list[dict], params):
     """Submits a generation; answers 429 at once when the model's queue is full."""
     from models_app.engines.base import EngineError
     from models_app.manager import QueueFullError
 
     try:
-        return get_manager().generate(model.name, messages, params, request_id=request_id,
-                                      max_queue=max_queue(model))
+        return get_manager().generate(model.name, messages, params, max_queue=max_queue(model))
     except QueueFullError as exc:
         raise errors.RateLimitError(
             f"Model '{model.name}' is busy: its queue is full.",

@@ -109,6 +109,23 @@ def bundled_model(db):
     return services.registry_add(name=BUNDLED, config=config, set_as_default=True)
 
 
+@pytest.fixture(scope="session")
+def safetensors_dir(tmp_path_factory):
+    """The bundled model as a Hugging Face safetensors folder (converted once per test run)."""
+    from models_app.engines.bundled import ensure_safetensors_folder
+
+    return ensure_safetensors_folder(tmp_path_factory.mktemp("hf") / "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def strict_template_dir(safetensors_dir, tmp_path_factory):
+    """The safetensors folder with a chat template that refuses two user turns in a row."""
+    from tests.model_files import ALTERNATING_ONLY_TEMPLATE, folder_with_template
+
+    return folder_with_template(safetensors_dir, tmp_path_factory.mktemp("strict") / "smollm2-strict",
+                                ALTERNATING_ONLY_TEMPLATE)
+
+
 @pytest.fixture
 def loaded_model(bundled_model):
     from models_app import runtime
@@ -127,64 +144,20 @@ def _stop_runners_at_the_end():
         manager.shutdown()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def live_server_url(django_db_setup, django_db_blocker):
     """A real daphne serving this checkout against the test database, for streams and disconnects.
 
     Tests that use it need ``transactional_db`` so that what they create is committed and visible.
     """
-    import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from django.conf import settings
 
-    import httpx
-    from django.db import connection
+    from tests.servers import start_server, stop_server
 
-    settings_dict = connection.settings_dict
-    if connection.vendor == "sqlite":
-        database_url = f"sqlite:///{settings_dict['NAME']}"
-    else:
-        auth = settings_dict["USER"] + (f":{settings_dict['PASSWORD']}" if settings_dict["PASSWORD"] else "")
-        database_url = (f"postgres://{auth}@{settings_dict['HOST'] or '127.0.0.1'}:"
-                        f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}")
-    port = _free_port()
     # No sampler or log writer: their rows would race the flushes between transactional tests.
     # A short slow-reader limit keeps tests/resilience/test_slow_reader.py quick; clients that read
     # drain in milliseconds, so no other test comes near it.
-    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "beautyai_site.settings",
-           "PYTHONUNBUFFERED": "1", "BEAUTYAI_BACKGROUND_TASKS": "0", "BEAUTYAI_WS_SLOW_READER_SECONDS": "2"}
-    root = Path(__file__).resolve().parents[1]
-    from django.conf import settings
-
-    log = open(settings.DATA_DIR / "live-server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(port),
-         "beautyai_site.asgi:application"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/no-such-page", timeout=1)
-            break
-        except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the live server did not start; see {settings.DATA_DIR / 'live-server.log'}")
-            time.sleep(0.2)
+    process, url = start_server(settings.DATA_DIR / "live-server.log",
+                                env={"BEAUTYAI_BACKGROUND_TASKS": "0", "BEAUTYAI_WS_SLOW_READER_SECONDS": "2"})
     yield url
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_server(process)

@@ -32,6 +32,11 @@ class EngineUnavailableError(EngineLoadError):
     """library not installed or hardware missing; message says which"""
 
 
+class PromptError(EngineError):
+    """The request's messages cannot become a prompt (the chat template refused them, or its output
+    is too large): the caller's input is at fault, not the model, so the platform answers 400."""
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     name: str
@@ -266,14 +271,14 @@ def render_chat_template(template: str, messages, *, bos_token: str = "", eos_to
                                        add_generation_prompt=add_generation_prompt, **extra):
             size += len(chunk)
             if size > MAX_RENDERED_PROMPT_CHARS:
-                raise EngineError("chat template output is too large")
+                raise PromptError("chat template output is too large")
             parts.append(chunk)
     except SecurityError as exc:
         raise EngineError("chat template tried an unsafe operation and was blocked") from exc
     except _TemplateRaised as exc:
-        raise EngineError(f"chat template rejected the conversation: {exc}") from exc
+        raise PromptError(f"chat template rejected the conversation: {exc}") from exc
     except TemplateError as exc:
-        raise EngineError(f"chat template error: {exc.__class__.__name__}: {exc}") from exc
+        raise PromptError(f"chat template error: {exc.__class__.__name__}: {exc}") from exc
     except EngineError:
         raise
     except Exception as exc:

@@ -50,6 +50,7 @@ from .base import (
     inspect_gguf,
     locate_model,
     make_stats,
+    PromptError,
     prompt_segments,
     render_chat_template,
     resolve_sampling,
@@ -216,7 +217,8 @@ class TransformersEngine(Engine):
                 return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                            **extra)
             except Exception as exc:
-                raise EngineError(f"chat template error: {exc.__class__.__name__}: {scrub_paths(str(exc))}") from None
+                # transformers renders the template itself; whatever it raises is about these messages.
+                raise PromptError(f"chat template error: {exc.__class__.__name__}: {scrub_paths(str(exc))}") from None
         return render_chat_template(CHATML_TEMPLATE, messages, add_generation_prompt=True, **extra)
 
     def _encode(self, messages, enable_thinking=None):

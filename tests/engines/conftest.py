@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from models_app.engines.base import GenerationParams, LoadSpec
-from models_app.engines.bundled import bundled_gguf_path, ensure_safetensors_folder
+from models_app.engines.bundled import bundled_gguf_path
 from models_app.manager import EngineManager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,11 +32,6 @@ GREEDY = GenerationParams(max_tokens=24, temperature=0)
 @pytest.fixture(scope="session")
 def gguf_path() -> Path:
     return bundled_gguf_path()
-
-
-@pytest.fixture(scope="session")
-def safetensors_dir(tmp_path_factory) -> Path:
-    return ensure_safetensors_folder(tmp_path_factory.mktemp("hf") / "smollm2-135m")
 
 
 def llama_spec(gguf: Path, name: str = "smol-gguf", **parameters) -> LoadSpec:

@@ -204,7 +204,7 @@ def test_a_full_queue_answers_429_at_once_and_stores_nothing(api_as, loaded_mode
     loaded_model.parameters = {**loaded_model.parameters, "max_queue": 0}
     loaded_model.save()
     busy = runtime.generate(loaded_model, [{"role": "user", "content": "Write a long story."}],
-                            GenerationParams(max_tokens=200, temperature=0), request_id="occupier")
+                            GenerationParams(max_tokens=200, temperature=0))
     try:
         before = (ChatSession.objects.count(), ChatMessage.objects.count())
         error = assert_error(chat(api_as("chat"), "Hi"), 429, "RateLimitError")
@@ -213,3 +213,28 @@ def test_a_full_queue_answers_429_at_once_and_stores_nothing(api_as, loaded_mode
     finally:
         busy.cancel()
         list(busy)
+
+
+@pytest.mark.slow
+def test_a_conversation_the_chat_template_refuses_answers_400_with_its_message_at_once(
+        api_as, settings, strict_template_dir):
+    import time
+
+    from models_app import runtime, services
+
+    settings.MODEL_ROOTS = [strict_template_dir.parent]
+    model = services.registry_add(name="strict", config={"model_id": str(strict_template_dir),
+                                                         "engine": "transformers", "dtype": "float32"})
+    runtime.load(model)
+    try:
+        client = api_as("chat")
+        started = time.monotonic()
+        response = chat(client, "Hello again", model_name="strict",
+                        chat_history=[{"role": "user", "content": "Hello"}])
+        elapsed = time.monotonic() - started
+    finally:
+        runtime.unload("strict")
+    body = assert_error(response, 400, "ValidationError")
+    assert "Conversation roles must alternate" in body["error_message"]
+    assert elapsed < 2.0  # not the runner call's 60 s timeout
+    assert not ChatSession.objects.exists() and not ChatMessage.objects.exists()

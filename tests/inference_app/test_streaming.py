@@ -10,22 +10,9 @@ import httpx
 import pytest
 
 from inference_app.models import ChatMessage
+from tests.servers import read_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def read_events(response, stop_after=None, lines=None):
-    """Parses ``event:``/``data:`` pairs; stops early after ``stop_after`` delta events if given.
-    Pass one ``lines`` iterator to read a stream in several calls."""
-    events, current = [], None
-    for line in lines if lines is not None else response.iter_lines():
-        if line.startswith("event: "):
-            current = line[len("event: "):]
-        elif line.startswith("data: "):
-            events.append((current, json.loads(line[len("data: "):])))
-            if stop_after and sum(1 for kind, _ in events if kind == "delta") >= stop_after:
-                break
-    return events
 
 
 @pytest.fixture

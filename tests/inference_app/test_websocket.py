@@ -247,3 +247,19 @@ async def test_the_cancel_route_reaches_a_socket_in_another_process_through_redi
     assert event["generation_stats"]["tokens_generated"] < 200
     await ws.disconnect()
     channel_layers.backends.clear()
+
+
+async def test_websocket_chats_count_toward_the_chat_rate(chat_key, monkeypatch):
+    from django.core.cache import cache
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"chat": "1/minute"})
+    cache.clear()  # user ids restart with each test database; the counters in the cache may not
+    ws = await connect(chat_key)
+    await ws.send_json_to(chat_message("r1", "Hi", max_tokens=2))
+    assert (await collect(ws, "r1"))[-1]["type"] == "done"
+    await ws.send_json_to(chat_message("r2", "Hi", max_tokens=2))
+    event = (await collect(ws, "r2"))[-1]
+    assert event["type"] == "error" and event["error_code"] == "RateLimitError"
+    assert event["error_details"]["retry_after_seconds"] > 0
+    await ws.disconnect()

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -26,6 +23,7 @@ from system_app.logging import writer
 from system_app.models import APIKey, LogRecord, ResourceSample
 from system_app.sampler import Sampler
 from tests.envelope import assert_error, assert_ok
+from tests.servers import start_server, stop_server
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 CLUSTERS = Path("/etc/postgresql")
@@ -67,46 +65,14 @@ def database_down():
         connection.close()
 
 
-def database_url_of_the_test_database() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"]) + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
-    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(transactional_db, tmp_path):
     """daphne serving the project on the test database; its output is in tmp_path/daphne.log."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url_of_the_test_database(), "HF_HUB_OFFLINE": "1"}
-    with open(tmp_path / "daphne.log", "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(port),
-             "beautyai_site.asgi:application"],
-            cwd=settings.BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_server(tmp_path / "daphne.log", timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "daphne.log").read_text()
-                time.sleep(0.1)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process, timeout=10)
 
 
 def test_requests_during_an_outage_answer_503_and_the_server_recovers_by_itself(server, make_user):
