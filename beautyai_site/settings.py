@@ -252,6 +252,12 @@ if env_bool("BEAUTYAI_BEHIND_PROXY", False):
 # Models and engines.
 HF_HOME = Path(env_str("HF_HOME", str(Path.home() / ".cache" / "huggingface"))).resolve()
 os.environ.setdefault("HF_HOME", str(HF_HOME))
+# Downloads go over plain HTTP(S), where huggingface_hub reports progress through our hook, resumes
+# with ranges and can be cancelled between chunks; its Xet transfer path runs in native threads that
+# offer neither. Set HF_HUB_DISABLE_XET=0 to prefer Xet (progress and cancel then become coarse).
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+# Download jobs running at once per web process; more wait queued.
+MAX_DOWNLOADS = int(env_number("BEAUTYAI_MAX_DOWNLOADS", 2, minimum=1, integer=True))
 MODEL_ROOTS = [Path(p).resolve() for p in env_list("BEAUTYAI_MODEL_ROOTS", [])] or None  # None: the defaults
 _available_mb = psutil.virtual_memory().available / 2**20
 # Default budget: 80% of the RAM available at start (the rest stays for the OS, the web process and page cache).

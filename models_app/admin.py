@@ -7,8 +7,8 @@ from guardian.admin import GuardedModelAdmin
 
 from beautyai_site.api import errors
 from beautyai_site.api.permissions import has_global
-from models_app import runtime, services
-from models_app.models import ModelConfig
+from models_app import downloads, runtime, services
+from models_app.models import ModelConfig, ModelDownload
 
 
 class ModelConfigForm(forms.ModelForm):
@@ -33,11 +33,12 @@ class ModelConfigForm(forms.ModelForm):
 @admin.register(ModelConfig)
 class ModelConfigAdmin(GuardedModelAdmin):
     form = ModelConfigForm
-    list_display = ("name", "engine", "quantization", "model_id", "is_default", "live_status", "updated_at")
+    list_display = ("name", "engine", "quantization", "model_id", "is_default", "live_status", "files",
+                    "updated_at")
     list_filter = ("engine", "quantization", "is_default")
     search_fields = ("name", "model_id", "description")
     readonly_fields = ("is_default", "created_at", "updated_at")
-    actions = ["load_models", "unload_models", "validate_models", "make_default"]
+    actions = ["load_models", "unload_models", "download_models", "validate_models", "make_default"]
 
     # The registry uses the contract's permissions instead of Django's add/change/delete/view.
     def has_view_permission(self, request, obj=None):
@@ -64,6 +65,11 @@ class ModelConfigAdmin(GuardedModelAdmin):
         if state["status"] == "loaded":
             return f"loaded · {state['memory_usage_mb']:.0f} MB"
         return state["status"]
+
+    @admin.display(description="files")
+    def files(self, obj):
+        return downloads.download_statuses([{"name": obj.name, "model_id": obj.model_id, "engine": obj.engine,
+                                             "quantization": obj.quantization}])[obj.name]
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -94,6 +100,14 @@ class ModelConfigAdmin(GuardedModelAdmin):
     def unload_models(self, request, queryset):
         self._each(request, queryset, "unloaded:", lambda m: runtime.unload(m.name))
 
+    @admin.action(description="Download selected models from the hub", permissions=["load"])
+    def download_models(self, request, queryset):
+        def start(model):
+            job, created = downloads.download_start(model=model, user=request.user)
+            return f"{'started' if created else 'already running'} ({job.bytes_total} bytes)"
+
+        self._each(request, queryset, "download", start)
+
     @admin.action(description="Validate selected models", permissions=["view"])
     def validate_models(self, request, queryset):
         def check(model):
@@ -108,3 +122,49 @@ class ModelConfigAdmin(GuardedModelAdmin):
             self.message_user(request, "Select exactly one model to make default.", messages.ERROR)
             return
         self._each(request, queryset, "default:", lambda m: services.registry_set_default(model=m).is_default)
+
+
+@admin.register(ModelDownload)
+class ModelDownloadAdmin(admin.ModelAdmin):
+    """Download jobs: read-only rows (the jobs write them), with a cancel action."""
+
+    list_display = ("model_name", "status", "progress", "bytes_done", "bytes_total", "files", "revision",
+                    "requested_by", "created_at", "finished_at")
+    list_filter = ("status",)
+    search_fields = ("model_name", "repo_id")
+    actions = ["cancel_downloads"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in ModelDownload._meta.fields]
+
+    def has_view_permission(self, request, obj=None):
+        return has_global(request.user, "model_read")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_load_permission(self, request):
+        return has_global(request.user, "model_load")
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        return f"{obj.bytes_done / obj.bytes_total:.0%}" if obj.bytes_total else "–"
+
+    @admin.display(description="files")
+    def files(self, obj):
+        return f"{obj.files_done}/{obj.files_total}"
+
+    @admin.action(description="Cancel selected downloads (partial files kept)", permissions=["load"])
+    def cancel_downloads(self, request, queryset):
+        for job in queryset.select_related("model"):
+            if not job.active:
+                self.message_user(request, f"{job.model_name}: not running ({job.status})", messages.WARNING)
+                continue
+            downloads.download_cancel(model=job.model)
+            self.message_user(request, f"{job.model_name}: download cancelled", messages.INFO)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -65,3 +66,55 @@ class ModelConfig(models.Model):
     @property
     def generation_defaults(self) -> dict:
         return {f: getattr(self, f) for f in self.GENERATION_FIELDS if getattr(self, f) is not None}
+
+
+class ModelDownload(models.Model):
+    """One job fetching a registry entry's files from the Hugging Face hub (models_app.downloads runs it).
+
+    At most one job per model is active (queued, downloading or verifying), which the database
+    enforces, so two users who start the same download get the same job.
+    """
+
+    QUEUED, DOWNLOADING, VERIFYING, DONE, FAILED, CANCELLED = (
+        "queued", "downloading", "verifying", "done", "failed", "cancelled")
+    STATUSES = (QUEUED, DOWNLOADING, VERIFYING, DONE, FAILED, CANCELLED)
+    ACTIVE = (QUEUED, DOWNLOADING, VERIFYING)
+
+    model = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="downloads")
+    model_name = models.CharField(max_length=128)
+    repo_id = models.CharField(max_length=500)
+    revision = models.CharField(max_length=100, default="main")
+    status = models.CharField(max_length=16, choices=[(s, s) for s in STATUSES], default=QUEUED)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    files_done = models.PositiveIntegerField(default=0)
+    files_total = models.PositiveIntegerField(default=0)
+    speed_bytes_per_second = models.FloatField(default=0.0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # The files and commit chosen when the job was created; a resumed job fetches exactly these.
+    plan = models.JSONField(default=dict, blank=True)
+    load_when_done = models.BooleanField(default=False)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="model_downloads")
+    # host:pid:start time of the process running it; a job whose process is gone is resumed.
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        default_permissions = ()
+        constraints = [
+            models.UniqueConstraint(fields=["model"], condition=models.Q(status__in=("queued", "downloading", "verifying")),
+                                    name="one_active_download_per_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} ({self.status})"
+
+    @property
+    def active(self) -> bool:
+        return self.status in self.ACTIVE

@@ -133,6 +133,10 @@ def load(model, *, force_reload: bool = False) -> dict:
     from models_app.manager import MemoryBudgetError
 
     check_model_location(model.model_id)
+    from models_app import downloads
+
+    if not downloads.files_present(model):
+        raise downloads.missing_files_error(model)
     try:
         info = get_manager().load(load_spec(model), force_reload=force_reload)
     except MemoryBudgetError as exc:

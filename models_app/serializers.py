@@ -124,6 +124,23 @@ class ModelListQuerySerializer(StrictSerializer):
 
 class ModelLoadRequestSerializer(StrictSerializer):
     force_reload = StrictBooleanField(required=False, default=False)
+    # Files missing: download them first, then load (the answer is 202 with the download job).
+    download = StrictBooleanField(required=False, default=False)
+
+
+class DownloadRequestSerializer(StrictSerializer):
+    revision = StrictCharField(max_length=100, required=False)
+
+    def validate_revision(self, value: str) -> str:
+        from models_app.hub import REVISION
+
+        if not REVISION.match(value):
+            raise serializers.ValidationError("a branch, tag or commit name (letters, digits, . _ / -)")
+        return value
+
+
+class DownloadCancelQuerySerializer(StrictSerializer):
+    discard = StrictQueryBooleanField(required=False, default=False)
 
 
 class ModelDeleteQuerySerializer(StrictSerializer):

@@ -13,4 +13,6 @@ urlpatterns = [
     path("models/<str:model_name>/unload", ModelViewSet.as_view({"post": "unload"}), name="model-unload"),
     path("models/<str:model_name>/status", ModelViewSet.as_view({"get": "status"}), name="model-status"),
     path("models/<str:model_name>/validate", ModelViewSet.as_view({"post": "validate"}), name="model-validate"),
+    path("models/<str:model_name>/download", ModelViewSet.as_view(
+        {"post": "download", "get": "download_status", "delete": "download_cancel"}), name="model-download"),
 ]

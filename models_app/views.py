@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
+import json
+
+from channels.db import database_sync_to_async
+from django.http import StreamingHttpResponse
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.exceptions import ValidationError as DRFValidationError
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
+from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
-from models_app import runtime, services
+from models_app import downloads, runtime, services
+from models_app.models import ModelDownload
 from models_app.serializers import (
+    DownloadCancelQuerySerializer,
+    DownloadRequestSerializer,
     EnvelopeSerializer,
     ErrorResponseSerializer,
     ModelAddRequestSerializer,
@@ -51,7 +62,7 @@ def _defaults(serializer_class) -> dict:
 SUMMARY_FIELDS = ("name", "model_id", "architecture", "engine", "quantization", "is_default")
 
 
-def model_summary(row: dict, live: dict) -> dict:
+def model_summary(row: dict, live: dict, download_status: str) -> dict:
     """``row``: the SUMMARY_FIELDS of one entry, as ``.values()`` gives them."""
     state = live.get(row["name"]) or runtime.unloaded_status(row["name"])
     return {
@@ -63,11 +74,13 @@ def model_summary(row: dict, live: dict) -> dict:
         "status": state["status"],
         "memory_usage_mb": state["memory_usage_mb"],
         "is_default": row["is_default"],
+        "download_status": download_status,
     }
 
 
 def model_detail(model) -> dict:
     state = runtime.status(model.name)
+    latest = downloads.download_latest(model)
     return {
         "model_name": model.name,
         "model_config": services.model_config_dict(model),
@@ -76,6 +89,10 @@ def model_detail(model) -> dict:
         "memory_usage_mb": state["memory_usage_mb"],
         "load_time_seconds": state["load_time_seconds"],
         "runtime": state,
+        "download_status": downloads.download_statuses([{"name": model.name, "model_id": model.model_id,
+                                                          "engine": model.engine,
+                                                          "quantization": model.quantization}])[model.name],
+        "download": downloads.download_dict(latest) if latest is not None else None,
         "created_at": model.created_at,
         "updated_at": model.updated_at,
     }
@@ -94,6 +111,9 @@ class ModelViewSet(viewsets.ViewSet):
         "status": "model_read",
         "validate": "model_read",
         "set_default": "model_write",
+        "download": "model_load",
+        "download_status": "model_load",
+        "download_cancel": "model_load",
     }
 
     def _model(self, name: str, permission: str):
@@ -110,7 +130,8 @@ class ModelViewSet(viewsets.ViewSet):
         short_first_page = query["offset"] == 0 and len(page) < query["limit"]
         total = len(page) if short_first_page else visible.count()
         live = runtime.statuses()
-        return ok(request, models=[model_summary(m, live) for m in page], total_count=total)
+        fetched = downloads.download_statuses(page)
+        return ok(request, models=[model_summary(m, live, fetched[m["name"]]) for m in page], total_count=total)
 
     @extend_schema(request=ModelAddRequestSerializer, responses={201: ModelAddResponseSerializer, **ERRORS})
     def create(self, request):
@@ -155,6 +176,9 @@ class ModelViewSet(viewsets.ViewSet):
     def load(self, request, model_name: str):
         model = self._model(model_name, "model_load")
         parsed = parse(ModelLoadRequestSerializer, request.data)
+        if parsed["download"] and not downloads.files_present(model):
+            job, _ = downloads.download_start(model=model, user=request.user, load_when_done=True)
+            return ok(request, status=202, data=downloads.download_dict(job))
         state = runtime.load(model, force_reload=parsed["force_reload"])
         return ok(
             request,
@@ -191,3 +215,72 @@ class ModelViewSet(viewsets.ViewSet):
             "is_default": True,
             "previous_default": previous.name if previous else None,
         })
+
+    # Downloads ----------------------------------------------------------------------------------
+
+    def get_renderers(self):
+        if getattr(self, "action", None) == "download_status":
+            return [*super().get_renderers(), EventStreamRenderer()]
+        return super().get_renderers()
+
+    @extend_schema(parameters=[NAME], request=DownloadRequestSerializer, responses={202: EnvelopeSerializer, **ERRORS},
+                   description="Starts fetching the entry's files from the Hugging Face hub (HF_ENDPOINT); 409 with "
+                               "the running job if one is already running.")
+    def download(self, request, model_name: str):
+        model = self._model(model_name, "model_load")
+        parsed = parse(DownloadRequestSerializer, request.data)
+        job, created = downloads.download_start(model=model, user=request.user, revision=parsed.get("revision"))
+        if not created:
+            raise errors.ConflictError(f"A download of Model '{model.name}' is already running.",
+                                       details={"download": downloads.download_dict(job)})
+        return ok(request, status=202, data=downloads.download_dict(job))
+
+    @extend_schema(parameters=[NAME], responses={200: EnvelopeSerializer, **ERRORS},
+                   description="The latest download job; with Accept: text/event-stream, progress events until it ends.")
+    def download_status(self, request, model_name: str):
+        model = self._model(model_name, "model_load")
+        job = downloads.download_latest(model)
+        if job is None:
+            raise errors.NotFoundError(f"Model '{model.name}' has never been downloaded by this server.")
+        if isinstance(request.accepted_renderer, EventStreamRenderer):
+            return progress_stream(job.pk)
+        return ok(request, data=downloads.download_dict(job))
+
+    @extend_schema(parameters=[NAME, DownloadCancelQuerySerializer], request=None,
+                   responses={200: EnvelopeSerializer, **ERRORS})
+    def download_cancel(self, request, model_name: str):
+        model = self._model(model_name, "model_load")
+        query = parse(DownloadCancelQuerySerializer, request.query_params)
+        job = downloads.download_cancel(model=model, discard=query["discard"])
+        return ok(request, data=downloads.download_dict(job))
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets ``Accept: text/event-stream`` through content negotiation; the view streams itself."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return JSONRenderer().render(data, accepted_media_type, renderer_context)
+
+
+def progress_stream(job_id: int) -> StreamingHttpResponse:
+    """``progress`` events when a job's row changes, until it ends (polled: any process may run it)."""
+
+    async def events():
+        last = None
+        while True:
+            job = await database_sync_to_async(ModelDownload.objects.select_related("requested_by").get)(pk=job_id)
+            data = downloads.download_dict(job)
+            if data != last:
+                yield f"event: progress\ndata: {json.dumps(data, cls=DRFJSONEncoder)}\n\n".encode()
+                last = data
+            if not job.active:
+                return
+            await asyncio.sleep(downloads.PROGRESS_INTERVAL_S)
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

@@ -26,8 +26,8 @@ from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
 from beautyai_site.api import errors
-from models_app import runtime
-from models_app.models import ModelConfig
+from models_app import downloads, runtime
+from models_app.models import ModelConfig, ModelDownload
 from models_app.engines.base import is_hub_id
 from models_app.services import default_model
 from system_app import conf, probes
@@ -298,12 +298,27 @@ def cache_clear(*, model_name: str | None, force: bool) -> dict:
     Without a model name and without force, repos in use are kept and listed. Deletion goes through
     huggingface_hub's delete strategy on whole repos, which removes folders inside the cache only.
     """
-    cache, repos = _cached_repos()
     if model_name is not None:
         model = ModelConfig.objects.filter(name=model_name).first()
         if model is None:
             raise errors.ModelNotFoundError(f"Model '{model_name}' not found in the registry.")
+        # Held while the files go: a download of this model cannot start meanwhile, nor run now.
+        with downloads.exclusive(model):
+            if ModelDownload.objects.filter(model=model, status__in=ModelDownload.ACTIVE).exists():
+                raise errors.ConflictError(f"Model '{model_name}' is being downloaded; cancel the download first.")
+            return _cache_clear(model=model, force=force)
+    return _cache_clear(model=None, force=force)
+
+
+def _cache_clear(*, model: ModelConfig | None, force: bool) -> dict:
+    cache, repos = _cached_repos()
+    model_name = model.name if model is not None else None
+    if model is not None:
         repos = [repo for repo in repos if _uses(model.model_id, repo)]
+    else:
+        # Repos being downloaded into are never cleared under a running job.
+        downloading = set(ModelDownload.objects.filter(status__in=ModelDownload.ACTIVE).values_list("repo_id", flat=True))
+        repos = [repo for repo in repos if repo.repo_id not in downloading]
     runners = _runners()
     users = {repo.repo_path: sorted(info.name for info in runners if _uses(info.model_id, repo)) for repo in repos}
     busy = [repo for repo in repos if users[repo.repo_path]]

@@ -351,12 +351,22 @@ def locate_model(spec: LoadSpec) -> Path:
     try:
         from huggingface_hub import hf_hub_download, snapshot_download
         # A single GGUF file is enough for llama.cpp; everything else needs the whole snapshot.
+        revision = spec.parameters.get("revision") or None
         if filename and spec.engine == "llama.cpp":
-            return Path(os.path.realpath(hf_hub_download(model_id, filename, local_files_only=True)))
-        return Path(os.path.realpath(snapshot_download(model_id, local_files_only=True)))
+            return Path(os.path.realpath(hf_hub_download(model_id, filename, revision=revision, local_files_only=True)))
+        return Path(os.path.realpath(snapshot_download(model_id, revision=revision, local_files_only=True)))
     except Exception as exc:
         raise EngineLoadError(
             f"model {model_id} is not in the local Hugging Face cache (downloads are disabled)") from exc
+
+
+def gguf_matching(names: list[str], quantization: str) -> list[str]:
+    """The GGUF file names of a repo or folder that a quantisation picks (``qwen3-8b-q4_k_m.gguf`` for
+    Q4_K_M; split files such as ``-00001-of-00002`` come together); the only GGUF when none names it."""
+    ggufs = sorted(n for n in names if n.lower().endswith(".gguf"))
+    wanted = quantization.lower()
+    chosen = [n for n in ggufs if wanted != "none" and wanted in n.rsplit("/", 1)[-1].lower()]
+    return chosen or (ggufs if len(ggufs) == 1 else [])
 
 
 def is_hub_id(model_id: str) -> bool:

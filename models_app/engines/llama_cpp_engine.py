@@ -17,6 +17,7 @@ from .base import (
     locate_model,
     make_stats,
     prompt_segments,
+    gguf_matching,
     render_chat_template,
     resolve_sampling,
     TextStream,
@@ -52,7 +53,11 @@ class LlamaCppEngine(Engine):
         if path.is_dir():
             name = spec.parameters.get("filename") or spec.parameters.get("gguf_file")
             if not name:
-                raise EngineLoadError("llama.cpp needs a .gguf file; set the `filename` parameter for a folder")
+                # A downloaded GGUF repo holds the file its quantisation names (the first part, if split).
+                matching = gguf_matching([p.name for p in path.iterdir()], spec.quantization)
+                if not matching:
+                    raise EngineLoadError("llama.cpp needs a .gguf file; set the `filename` parameter for a folder")
+                name = matching[0]
             path = path / name
         info = inspect_gguf(path)
         try:

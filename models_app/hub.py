@@ -1,0 +1,361 @@
+"""A registry entry's files from the Hugging Face hub into the local cache: plan, fetch, verify, promote.
+
+No Django here; ``models_app.downloads`` runs this for a ``ModelDownload`` row.
+
+Files are fetched by huggingface_hub's own client (``hf_hub_download`` with ``local_dir``) into a
+staging folder beside the cache, ``<HF_HOME>/.beautyai-staging/<repo folder>/<commit>/`` (outside
+``hub/``, whose every folder huggingface_hub's cache scan takes for a repo). The
+client keeps partial files there (``.incomplete``) and resumes them with HTTP ranges, so a cancel, a
+network error or a server restart costs no bytes already fetched. The client checks sizes, not
+hashes: a file is moved into the cache (``blobs/<etag>``, ``snapshots/<commit>/<path>``,
+``refs/<revision>``, the layout the engines read offline) only once it is complete and its sha256
+(LFS files) or git blob sha1 (other files) matches what the hub declared (THREATS C13).
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from models_app.engines.base import gguf_matching
+
+STAGING = ".beautyai-staging"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# Branch and tag names as git allows them, without "..", so a revision is always a path under refs/.
+REVISION = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+_CHUNK = 1024 * 1024
+
+# What a transformers entry needs: weights, config, tokenizer and chat template. Pickled weights
+# (.bin, .pt, .pth, .pkl) run code when loaded; they come only when the entry allows them.
+TRANSFORMERS_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py.lock")
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+
+class HubError(Exception):
+    """A download cannot go on; the message is safe to show (no local paths)."""
+
+
+class DownloadCancelled(Exception):
+    pass
+
+
+def safe_repo_path(path: str) -> bool:
+    """A file path from the hub becomes a path under the cache: relative, no "..", no odd characters."""
+    parts = PurePosixPath(path).parts
+    return (bool(parts) and not path.startswith("/") and "\\" not in path and "\x00" not in path
+            and not any(part in ("..", ".") for part in parts))
+
+
+@dataclass(frozen=True)
+class HubFile:
+    path: str
+    size: int
+    git_sha1: str
+    sha256: str | None = None  # LFS files only
+
+    @property
+    def etag(self) -> str:
+        """The file's blob name in huggingface_hub's cache."""
+        return self.sha256 or self.git_sha1
+
+
+@dataclass(frozen=True)
+class Plan:
+    repo_id: str
+    revision: str
+    commit: str
+    files: tuple[HubFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> dict:
+        return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
+                "files": [asdict(f) for f in self.files]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        return cls(repo_id=data["repo_id"], revision=data["revision"], commit=data["commit"],
+                   files=tuple(HubFile(**f) for f in data["files"]))
+
+
+def cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def repo_dir(repo_id: str, cache: Path | None = None) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return (cache or cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def staging_root(repo_id: str, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()).parent / STAGING / repo_dir(repo_id, Path(".")).name
+
+
+def staging_dir(plan: Plan, cache: Path | None = None) -> Path:
+    return staging_root(plan.repo_id, cache) / plan.commit
+
+
+# Choosing files --------------------------------------------------------------------------------
+
+def select_files(files: list[HubFile], *, engine: str, quantization: str, parameters: dict) -> list[HubFile]:
+    """The files an entry needs; HubError naming the field when the repo has none that fit."""
+    filename = parameters.get("filename") or parameters.get("gguf_file")
+    if engine == "llama.cpp" or filename:
+        if filename:
+            chosen = [f for f in files if f.path == filename]
+            if not chosen:
+                raise HubError(f"parameters.filename: the repository has no file {filename!r}")
+            return chosen
+        # Only files at the top of the repo: the engine looks for the GGUF in the snapshot folder itself.
+        names = set(gguf_matching([f.path for f in files if "/" not in f.path], quantization))
+        chosen = [f for f in files if f.path in names]
+        if not chosen:
+            raise HubError(f"quantization: the repository has no GGUF file matching {quantization!r}")
+        return chosen
+    patterns = TRANSFORMERS_PATTERNS + (PICKLE_PATTERNS if parameters.get("allow_pickle_weights") is True else ())
+    chosen = [f for f in files if any(fnmatch.fnmatch(PurePosixPath(f.path).name, p) for p in patterns)]
+    if not any(f.path.endswith("config.json") for f in chosen):
+        raise HubError("model_id: the repository has no config.json; it is not a transformers model")
+    return chosen
+
+
+def plan_download(repo_id: str, *, revision: str, engine: str, quantization: str, parameters: dict,
+                  token: str | None) -> Plan:
+    """Asks the hub (HF_ENDPOINT) which commit ``revision`` is and which files the entry needs."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    if not REVISION.match(revision):
+        raise HubError("revision: a branch, tag or commit name (letters, digits, . _ / -)")
+    api = HfApi(token=token)
+    try:
+        commit = api.model_info(repo_id, revision=revision).sha
+        tree = api.list_repo_tree(repo_id, revision=commit, recursive=True)
+        files = [HubFile(path=e.path, size=int(e.size or 0), git_sha1=e.blob_id,
+                         sha256=e.lfs.sha256 if e.lfs else None)
+                 for e in tree if isinstance(e, RepoFile)]
+    except Exception as exc:
+        raise HubError(describe_hub_error(exc, repo_id)) from None
+    if not commit or not _COMMIT.match(commit):
+        raise HubError("the hub answered without a commit for this revision")
+    if not all(safe_repo_path(f.path) for f in files):
+        raise HubError("the hub listed a file path that cannot be stored safely")
+    chosen = select_files(files, engine=engine, quantization=quantization, parameters=parameters)
+    return Plan(repo_id=repo_id, revision=revision, commit=commit, files=tuple(chosen))
+
+
+def describe_hub_error(exc: Exception, repo_id: str) -> str:
+    from huggingface_hub import errors as hub_errors
+
+    if isinstance(exc, hub_errors.GatedRepoError):
+        return f"model_id: {repo_id} is gated; name a token variable in parameters.hf_token_env"
+    if isinstance(exc, hub_errors.RepositoryNotFoundError):
+        return f"model_id: the hub has no repository {repo_id} (or it is private and no token was given)"
+    if isinstance(exc, hub_errors.RevisionNotFoundError):
+        return "revision: the hub has no such revision of this repository"
+    if isinstance(exc, hub_errors.EntryNotFoundError):
+        return "a file of the repository is missing on the hub"
+    if isinstance(exc, hub_errors.HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return f"the hub answered HTTP {status}" if status else "the hub request failed"
+    return f"the hub could not be reached ({exc.__class__.__name__})"
+
+
+# Where files are -------------------------------------------------------------------------------
+
+def cached_blob(plan: Plan, file: HubFile, cache: Path | None = None) -> Path:
+    return repo_dir(plan.repo_id, cache) / "blobs" / file.etag
+
+
+def is_cached(plan: Plan, file: HubFile, cache: Path | None = None) -> bool:
+    """In the cache already, complete, and linked into this commit's snapshot."""
+    blob = cached_blob(plan, file, cache)
+    link = repo_dir(plan.repo_id, cache) / "snapshots" / plan.commit / file.path
+    return blob.is_file() and blob.stat().st_size == file.size and link.exists()
+
+
+def partial_bytes(plan: Plan, cache: Path | None = None) -> int:
+    """Bytes already fetched into the staging folder (finished and partial files)."""
+    root = staging_dir(plan, cache)
+    if not root.is_dir():
+        return 0
+    # Finished files, and the client's .incomplete files in its .cache folder (not its metadata or locks).
+    return sum(p.stat().st_size for p in root.rglob("*")
+               if p.is_file() and (p.name.endswith(".incomplete") or ".cache" not in p.relative_to(root).parts))
+
+
+def bytes_needed(plan: Plan, cache: Path | None = None) -> int:
+    missing = sum(f.size for f in plan.files if not is_cached(plan, f, cache))
+    return max(0, missing - partial_bytes(plan, cache))
+
+
+def free_bytes(cache: Path | None = None) -> int:
+    """Free space where downloaded bytes land (the staging folder's file system)."""
+    path = (cache or cache_dir()).parent
+    path.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(path).free
+
+
+def snapshot_present(repo_id: str, *, revision: str | None, engine: str, quantization: str,
+                     parameters: dict, cache: Path | None = None) -> bool:
+    """Whether the entry's files are in the cache, from the file system alone (no hub request)."""
+    root = repo_dir(repo_id, cache)
+    revision = revision or "main"
+    if _COMMIT.match(revision):
+        commit = revision
+    else:
+        try:
+            commit = (root / "refs" / revision).read_text().strip()
+        except (OSError, ValueError):
+            return False
+    snapshot = root / "snapshots" / commit
+    if not snapshot.is_dir():
+        return False
+    filename = parameters.get("filename") or parameters.get("gguf_file")
+    if filename:
+        return (snapshot / filename).is_file()
+    if engine == "llama.cpp":
+        return bool(gguf_matching([p.name for p in snapshot.iterdir()], quantization))
+    return (snapshot / "config.json").is_file()
+
+
+def discard_staging(repo_id: str, cache: Path | None = None) -> None:
+    shutil.rmtree(staging_root(repo_id, cache), ignore_errors=True)
+
+
+# Fetching ----------------------------------------------------------------------------------------
+
+def _progress_class(on_bytes: Callable[[int], None]):
+    class Progress:
+        """What huggingface_hub's http_get drives as its progress bar (any class that is not a tqdm is
+        called with tqdm's keyword arguments). Raising from ``update`` aborts the transfer; the
+        client leaves the partial file for the next attempt."""
+
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n: int = 1) -> None:
+            on_bytes(int(n))
+
+        def close(self) -> None:
+            pass
+
+    return Progress
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_sha1_of(path: Path) -> str:
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, file: HubFile) -> None:
+    actual = sha256_of(path) if file.sha256 else git_sha1_of(path)
+    if actual != file.etag or path.stat().st_size != file.size:
+        raise HubError(f"{file.path}: the downloaded file does not match the hash the hub declared")
+
+
+def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_file_done: Callable[[HubFile], None],
+          on_verifying: Callable[[], None], cancelled: Callable[[], bool]) -> None:
+    """Downloads every file of ``plan`` not in the cache yet, verifies all, then promotes them.
+
+    ``on_bytes`` gets each chunk's size as it arrives (it may raise DownloadCancelled to stop);
+    files already cached count as done at once.
+    """
+    from huggingface_hub import hf_hub_download
+
+    staging = staging_dir(plan)
+    staging.mkdir(parents=True, exist_ok=True)
+    progress = _progress_class(on_bytes)
+    staged: list[HubFile] = []
+    for file in plan.files:
+        if cancelled():
+            raise DownloadCancelled()
+        if is_cached(plan, file):
+            on_bytes(file.size)
+            on_file_done(file)
+            continue
+        try:
+            hf_hub_download(plan.repo_id, file.path, revision=plan.commit, local_dir=staging, token=token,
+                            tqdm_class=progress)
+        except DownloadCancelled:
+            raise
+        except Exception as exc:
+            raise HubError(f"{file.path}: {describe_hub_error(exc, plan.repo_id)}") from None
+        staged.append(file)
+        on_file_done(file)
+    on_verifying()
+    for file in staged:
+        path = staging / file.path
+        try:
+            verify(path, file)
+        except HubError:
+            # Nothing of a bad file is kept: the next attempt fetches it from the start.
+            path.unlink(missing_ok=True)
+            raise
+    promote(plan, staged)
+
+
+def _move_whole(source: Path, target: Path) -> None:
+    """``target`` appears complete or not at all, also across file systems (HF_HUB_CACHE elsewhere)."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        incoming = target.with_name(f".{target.name}.incoming")
+        shutil.copyfile(source, incoming)
+        os.replace(incoming, target)
+        source.unlink()
+
+
+def promote(plan: Plan, files: list[HubFile], cache: Path | None = None) -> None:
+    """Moves verified files from staging into the cache layout huggingface_hub reads."""
+    root = repo_dir(plan.repo_id, cache)
+    staging = staging_dir(plan, cache)
+    snapshot = root / "snapshots" / plan.commit
+    for file in files:
+        blob = root / "blobs" / file.etag
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        _move_whole(staging / file.path, blob)
+        link = snapshot / file.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        temporary = link.with_name(f".{link.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(os.path.relpath(blob, link.parent))
+        os.replace(temporary, link)
+    if plan.revision != plan.commit:
+        ref = root / "refs" / plan.revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        temporary = ref.with_name(f".{ref.name}.tmp")
+        temporary.write_text(plan.commit)
+        os.replace(temporary, ref)
+    shutil.rmtree(staging, ignore_errors=True)
