@@ -42,7 +42,8 @@ def manager_if_started():
 def allowed_model_roots() -> list[Path]:
     if settings.MODEL_ROOTS:
         return list(settings.MODEL_ROOTS)
-    roots = [settings.DATA_DIR, settings.HF_HOME]
+    # Not DATA_DIR itself: it holds the database, the secret key, logs and caches.
+    roots = [settings.DATA_DIR / "models", settings.HF_HOME]
     try:
         from models_app.engines.bundled import bundled_gguf_path
 
@@ -181,7 +182,7 @@ def clear_hub_cache(model_id: str) -> int:
 def inspect(model) -> dict:
     """Checks without loading: engine installed, files resolvable, GGUF header, template, quantisation, memory."""
     from models_app.engines import engine_available
-    from models_app.engines.base import EngineError, estimate_memory_mb, inspect_gguf, resolve_model_path
+    from models_app.engines.base import EngineError, estimate_memory_mb, gguf_file_for, inspect_gguf, resolve_model_path
 
     found_errors: list[str] = []
     warnings: list[str] = []
@@ -197,7 +198,7 @@ def inspect(model) -> dict:
             found_errors.append(f"model_id: {exc}")
             path = None
         if path is not None:
-            gguf = _gguf_file(path, spec)
+            gguf = gguf_file_for(spec, path)
             if gguf is not None:
                 try:
                     header = inspect_gguf(gguf)
@@ -222,15 +223,6 @@ def inspect(model) -> dict:
                     f"memory: needs about {estimated:.0f} MB, budget is {settings.MEMORY_BUDGET_MB:.0f} MB"
                 )
     return {"errors": found_errors, "warnings": warnings, "estimated_memory_mb": estimated}
-
-
-def _gguf_file(path: Path, spec) -> Path | None:
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return path
-    name = spec.parameters.get("gguf_file") or spec.parameters.get("filename")
-    if path.is_dir() and isinstance(name, str) and name.endswith(".gguf") and "/" not in name and ".." not in name:
-        return path / name
-    return None
 
 
 # Generation ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    gguf_file_for,
     inspect_gguf,
     locate_model,
     make_stats,
@@ -48,12 +49,9 @@ class LlamaCppEngine(Engine):
         import llama_cpp  # noqa: F401
 
     def load(self, spec: LoadSpec) -> None:
-        path = locate_model(spec)
-        if path.is_dir():
-            name = spec.parameters.get("filename") or spec.parameters.get("gguf_file")
-            if not name:
-                raise EngineLoadError("llama.cpp needs a .gguf file; set the `filename` parameter for a folder")
-            path = path / name
+        path = gguf_file_for(spec, locate_model(spec))
+        if path is None:
+            raise EngineLoadError("llama.cpp needs a .gguf file; set the `filename` parameter for a folder")
         info = inspect_gguf(path)
         try:
             import llama_cpp

@@ -6,6 +6,7 @@ These tests never touch Django; run them with `-p no:django`.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def gguf_path() -> Path:
 @pytest.fixture(scope="session")
 def safetensors_dir(tmp_path_factory) -> Path:
     return ensure_safetensors_folder(tmp_path_factory.mktemp("hf") / "smollm2-135m")
+
+
+def linked(gguf: Path, path: Path) -> Path:
+    """``path`` as a second name of ``gguf``: a hard link (resolving it keeps this name), else a copy."""
+    try:
+        os.link(gguf, path)
+    except OSError:
+        shutil.copyfile(gguf, path)
+    return path
 
 
 def llama_spec(gguf: Path, name: str = "smol-gguf", **parameters) -> LoadSpec:
