@@ -129,9 +129,11 @@ def is_loaded(name: str) -> bool:
     return status(name)["status"] == "loaded"
 
 
-def load(model, *, force_reload: bool = False) -> dict:
+def load(model, *, force_reload: bool = False, user=None) -> dict:
+    """Loads ``model``; a refusal for memory names only the loaded models ``user`` may read (none without a user)."""
     from models_app.engines.base import EngineLoadError
     from models_app.manager import MemoryBudgetError
+    from models_app.services import only_readable
 
     check_model_location(model.model_id)
     try:
@@ -139,7 +141,8 @@ def load(model, *, force_reload: bool = False) -> dict:
     except MemoryBudgetError as exc:
         raise errors.ConflictError(
             str(exc),
-            details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb, "loaded_models": exc.loaded_models},
+            details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb,
+                     "loaded_models": only_readable(user, exc.loaded_models)},
         ) from None
     except EngineLoadError as exc:
         if str(exc).startswith("load cancelled"):

@@ -26,6 +26,21 @@ def models_readable_by(user):
     return get_objects_for_user(user, full_name("model_read"), klass=ModelConfig, accept_global_perms=True)
 
 
+def model_names_readable_by(user) -> frozenset[str] | None:
+    """The names of the models ``user`` may read; None when that is every model (global model_read)."""
+    if has_global(user, "model_read"):
+        return None
+    if not (user and user.is_authenticated):
+        return frozenset()
+    return frozenset(models_readable_by(user).values_list("name", flat=True))
+
+
+def only_readable(user, names) -> list[str]:
+    """Those of ``names`` that ``user`` may read, in order: status lists and error details name no other model."""
+    readable = model_names_readable_by(user)
+    return [name for name in names if readable is None or name in readable]
+
+
 def model_get_for_user(*, user, name: str, permission: str = "model_read") -> ModelConfig:
     """The entry ``name`` if ``user`` holds ``permission`` on it.
 

@@ -155,7 +155,7 @@ class ModelViewSet(viewsets.ViewSet):
     def load(self, request, model_name: str):
         model = self._model(model_name, "model_load")
         parsed = parse(ModelLoadRequestSerializer, request.data)
-        state = runtime.load(model, force_reload=parsed["force_reload"])
+        state = runtime.load(model, force_reload=parsed["force_reload"], user=request.user)
         return ok(
             request,
             model_name=model.name,
