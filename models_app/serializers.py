@@ -101,7 +101,8 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
             bad("base_url (http:// or https://) is required for the openai engine")
         env_name = parameters.get("api_key_env")
         if env_name is not None and not api_key_env_allowed(env_name):
-            bad(f"api_key_env must be the NAME of an environment variable starting with {API_KEY_ENV_PREFIX}, not a key")
+            bad(f"api_key_env must be the NAME of an environment variable starting with {API_KEY_ENV_PREFIX}, "
+                "not a key")
     elif "base_url" in parameters:
         bad(f"base_url is only for the openai engine, not {engine}")
 

@@ -66,7 +66,8 @@ class SystemViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[CacheClearQuerySerializer], request=None, responses=ANSWER)
     def cache_clear(self, request):
         query = parse(CacheClearQuerySerializer, request.query_params)
-        return ok(request, data=services.cache_clear(model_name=query["model_name"], force=query["force"], user=request.user))
+        return ok(request, data=services.cache_clear(model_name=query["model_name"], force=query["force"],
+                                                     user=request.user))
 
     @extend_schema(responses=ANSWER)
     def resources(self, request):

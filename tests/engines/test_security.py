@@ -163,7 +163,8 @@ def remote_server():
 
 
 def _remote_spec(base_url: str, key_env: str) -> LoadSpec:
-    return LoadSpec(name="remote", engine="openai", model_id="m", parameters={"base_url": base_url, "api_key_env": key_env})
+    return LoadSpec(name="remote", engine="openai", model_id="m",
+                    parameters={"base_url": base_url, "api_key_env": key_env})
 
 
 @pytest.mark.parametrize("variable", ["DJANGO_SECRET_KEY", "DATABASE_URL"])

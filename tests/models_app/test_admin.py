@@ -64,7 +64,8 @@ def test_a_non_admin_may_edit_a_remote_model_without_touching_its_remote_setting
     assert (model.description, model.parameters) == ("now described", REMOTE)
 
 
-@pytest.mark.parametrize("variable", ["DJANGO_SECRET_KEY", "DATABASE_URL", "BEAUTYAI_REMOTE_KEY_", "beautyai_remote_key_x"])
+@pytest.mark.parametrize("variable", ["DJANGO_SECRET_KEY", "DATABASE_URL", "BEAUTYAI_REMOTE_KEY_",
+                                      "beautyai_remote_key_x"])
 def test_the_admin_refuses_an_api_key_env_without_the_documented_prefix(staff, variable):
     response = staff("model_write", "admin").post(ADD, form("remote", parameters={**REMOTE, "api_key_env": variable}))
     assert response.status_code == 200

@@ -158,7 +158,8 @@ def test_the_data_dir_is_not_a_model_root_only_its_models_folder(api_as, setting
     error = assert_error(client.post("/models/", body, format="json"), 400, "ValidationError")
     assert "model_id" in error["error_message"] and str(tmp_path) not in str(error)
     assert not ModelConfig.objects.filter(name="leak").exists()
-    body = {"model_name": "kept", "model_config": {"model_id": str(tmp_path / "models" / "x.gguf"), "engine": "llama.cpp"}}
+    inside_models = str(tmp_path / "models" / "x.gguf")
+    body = {"model_name": "kept", "model_config": {"model_id": inside_models, "engine": "llama.cpp"}}
     assert_ok(client.post("/models/", body, format="json"), 201)
 
 

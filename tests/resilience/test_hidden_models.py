@@ -26,7 +26,8 @@ VISIBLE = "visible-a"
 def two_loaded_models(settings, tmp_path):
     settings.HF_HOME = tmp_path / "hf"
     repo = make_hub_repo(tmp_path / "hf" / "hub", "test-org/shared", {"model.gguf": bundled_gguf_path()})
-    config = {**bundled_entries()[BUNDLED_LLAMA_CPP], "model_id": str(next((repo / "snapshots").iterdir()) / "model.gguf")}
+    snapshot_file = next((repo / "snapshots").iterdir()) / "model.gguf"
+    config = {**bundled_entries()[BUNDLED_LLAMA_CPP], "model_id": str(snapshot_file)}
     models = {name: services.registry_add(name=name, config=config) for name in (HIDDEN, VISIBLE)}
     try:
         for model in models.values():

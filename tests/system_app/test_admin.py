@@ -16,7 +16,7 @@ CHANGELIST = "/admin/system_app/apikey/"
 
 @pytest.fixture
 def staff(make_user):
-    """``staff(["add_apikey"], "admin")`` → (user, client) for a staff user with those API-key and contract permissions."""
+    """``staff(["add_apikey"], "admin")`` → (user, client): a staff user with those key and contract permissions."""
 
     def make(key_permissions: list[str], *codenames: str):
         user = make_user(*codenames)

@@ -108,7 +108,8 @@ def test_a_key_without_global_model_read_scrapes_only_its_models_series(make_use
     user = make_user("system_status")
     grant(user, "model_read", registry["alpha"])
     families = scrape(client_for(user))
-    labelled = {item.labels["model"] for family in families.values() for item in family.samples if "model" in item.labels}
+    labelled = {item.labels["model"] for family in families.values()
+                for item in family.samples if "model" in item.labels}
     assert labelled == {"alpha"}
     assert value(families, "beautyai_generated_tokens", "beautyai_generated_tokens_total", model="alpha") >= 3
 
