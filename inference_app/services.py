@@ -49,8 +49,9 @@ def _pick_model(*, user, model_name: str | None, session: ChatSession | None) ->
     if session is not None and session.model is not None:
         return registry.model_get_for_user(user=user, name=session.model.name, permission="chat")
     default = registry.default_model()
-    if default is None:
-        raise errors.ModelNotFoundError("No model_name given and no default model is set.")
+    # A default the caller may not see is answered like no default: its name is not theirs to learn.
+    if default is None or not (has_on(user, "model_read", default) or has_on(user, "chat", default)):
+        raise errors.ModelNotFoundError("No model_name given and no default model is available.")
     return registry.model_get_for_user(user=user, name=default.name, permission="chat")
 
 

@@ -18,11 +18,14 @@ class ModelConfigForm(forms.ModelForm):
         model = ModelConfig
         fields = "__all__"
 
+    user = None  # set per request by ModelConfigAdmin.get_form
+
     def clean(self):
         cleaned = super().clean()
         config = {k: v for k, v in cleaned.items() if k in services.ModelConfigSerializer().fields}
+        instance = self.instance if self.instance.pk else None
         try:
-            services.validated_config(config)
+            services.validated_config(config, instance=instance, user=self.user)
         except DRFValidationError as exc:
             raise forms.ValidationError(str(exc.detail)) from None
         except errors.APIError as exc:
@@ -58,6 +61,11 @@ class ModelConfigAdmin(GuardedModelAdmin):
 
     def has_write_permission(self, request):
         return has_global(request.user, "model_write")
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.user = request.user  # get_form builds a new class on every call, so this stays per request
+        return form
 
     @admin.display(description="status")
     def live_status(self, obj):

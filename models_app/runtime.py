@@ -42,7 +42,8 @@ def manager_if_started():
 def allowed_model_roots() -> list[Path]:
     if settings.MODEL_ROOTS:
         return list(settings.MODEL_ROOTS)
-    roots = [settings.DATA_DIR, settings.HF_HOME]
+    # Not DATA_DIR itself: it holds the database, the secret key, logs and caches.
+    roots = [settings.DATA_DIR / "models", settings.HF_HOME]
     try:
         from models_app.engines.bundled import bundled_gguf_path
 
@@ -128,9 +129,11 @@ def is_loaded(name: str) -> bool:
     return status(name)["status"] == "loaded"
 
 
-def load(model, *, force_reload: bool = False) -> dict:
+def load(model, *, force_reload: bool = False, user=None) -> dict:
+    """Loads ``model``; a refusal for memory names only the loaded models ``user`` may read (none without a user)."""
     from models_app.engines.base import EngineLoadError
     from models_app.manager import MemoryBudgetError
+    from models_app.services import only_readable
 
     check_model_location(model.model_id)
     from models_app import downloads
@@ -142,7 +145,8 @@ def load(model, *, force_reload: bool = False) -> dict:
     except MemoryBudgetError as exc:
         raise errors.ConflictError(
             str(exc),
-            details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb, "loaded_models": exc.loaded_models},
+            details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb,
+                     "loaded_models": only_readable(user, exc.loaded_models)},
         ) from None
     except EngineLoadError as exc:
         if str(exc).startswith("load cancelled"):
@@ -185,7 +189,7 @@ def clear_hub_cache(model_id: str) -> int:
 def inspect(model) -> dict:
     """Checks without loading: engine installed, files resolvable, GGUF header, template, quantisation, memory."""
     from models_app.engines import engine_available
-    from models_app.engines.base import EngineError, estimate_memory_mb, inspect_gguf, resolve_model_path
+    from models_app.engines.base import EngineError, estimate_memory_mb, gguf_file_for, inspect_gguf, resolve_model_path
 
     found_errors: list[str] = []
     warnings: list[str] = []
@@ -201,7 +205,7 @@ def inspect(model) -> dict:
             found_errors.append(f"model_id: {exc}")
             path = None
         if path is not None:
-            gguf = _gguf_file(path, spec)
+            gguf = gguf_file_for(spec, path)
             if gguf is not None:
                 try:
                     header = inspect_gguf(gguf)
@@ -226,15 +230,6 @@ def inspect(model) -> dict:
                     f"memory: needs about {estimated:.0f} MB, budget is {settings.MEMORY_BUDGET_MB:.0f} MB"
                 )
     return {"errors": found_errors, "warnings": warnings, "estimated_memory_mb": estimated}
-
-
-def _gguf_file(path: Path, spec) -> Path | None:
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return path
-    name = spec.parameters.get("gguf_file") or spec.parameters.get("filename")
-    if path.is_dir() and isinstance(name, str) and name.endswith(".gguf") and "/" not in name and ".." not in name:
-        return path / name
-    return None
 
 
 # Generation ------------------------------------------------------------------------------------

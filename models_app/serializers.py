@@ -12,9 +12,9 @@ from beautyai_site.api.fields import (
     StrictQueryBooleanField,
     StrictSerializer,
 )
+from models_app.engines.openai_engine import API_KEY_ENV_PREFIX, api_key_env_allowed
 from models_app.models import DTYPES, ENGINE_QUANTIZATIONS, ENGINES, GGUF_TYPES, MODEL_NAME_PATTERN
 
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 MAX_NEW_TOKENS_LIMIT = 32768
 
 
@@ -100,8 +100,9 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
         if not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url):
             bad("base_url (http:// or https://) is required for the openai engine")
         env_name = parameters.get("api_key_env")
-        if env_name is not None and (not isinstance(env_name, str) or not _ENV_NAME.match(env_name)):
-            bad("api_key_env must be the NAME of an environment variable, not a key")
+        if env_name is not None and not api_key_env_allowed(env_name):
+            bad(f"api_key_env must be the NAME of an environment variable starting with {API_KEY_ENV_PREFIX}, "
+                "not a key")
     elif "base_url" in parameters:
         bad(f"base_url is only for the openai engine, not {engine}")
 

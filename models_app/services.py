@@ -26,6 +26,21 @@ def models_readable_by(user):
     return get_objects_for_user(user, full_name("model_read"), klass=ModelConfig, accept_global_perms=True)
 
 
+def model_names_readable_by(user) -> frozenset[str] | None:
+    """The names of the models ``user`` may read; None when that is every model (global model_read)."""
+    if has_global(user, "model_read"):
+        return None
+    if not (user and user.is_authenticated):
+        return frozenset()
+    return frozenset(models_readable_by(user).values_list("name", flat=True))
+
+
+def only_readable(user, names) -> list[str]:
+    """Those of ``names`` that ``user`` may read, in order: status lists and error details name no other model."""
+    readable = model_names_readable_by(user)
+    return [name for name in names if readable is None or name in readable]
+
+
 def model_get_for_user(*, user, name: str, permission: str = "model_read") -> ModelConfig:
     """The entry ``name`` if ``user`` holds ``permission`` on it.
 
@@ -46,19 +61,28 @@ def default_model() -> ModelConfig | None:
 
 # Configuration validation ------------------------------------------------------------------------
 
-def validated_config(data: dict, *, instance: ModelConfig | None = None, partial: bool = False) -> dict:
+# A base URL makes this server send requests wherever it points (SSRF), and api_key_env picks which
+# key goes with them: only admins may set or change either.
+REMOTE_PARAMETERS = ("base_url", "api_key_env")
+
+
+def validated_config(data: dict, *, instance: ModelConfig | None = None, partial: bool = False, user=None) -> dict:
+    """The registry's rules, shared by the API, the admin and registry imports.
+
+    ``user`` is the person making the change (None for the server's own imports and bootstrap).
+    """
     serializer = ModelConfigSerializer(instance=instance, data=data, partial=partial)
     if not serializer.is_valid():
         raise DRFValidationError(serializer.errors)
     config = dict(serializer.validated_data)
     runtime.check_model_location(config.get("model_id", instance.model_id if instance else ""))
+    if user is not None and "parameters" in config and not has_global(user, "admin"):
+        old = (instance.parameters or {}) if instance is not None else {}
+        new = config["parameters"] or {}
+        changed = [key for key in REMOTE_PARAMETERS if new.get(key) is not None and new.get(key) != old.get(key)]
+        if changed:
+            raise errors.PermissionDeniedError(f"Only administrators may set a remote {' or '.join(changed)}.")
     return config
-
-
-def _require_admin_for_remote(user, config: dict) -> None:
-    # A base URL makes this server send requests wherever it points (SSRF); only admins may set one.
-    if user is not None and "base_url" in (config.get("parameters") or {}) and not has_global(user, "admin"):
-        raise errors.PermissionDeniedError("Only administrators may set a remote base_url.")
 
 
 # Services --------------------------------------------------------------------------------------
@@ -74,8 +98,7 @@ def registry_set_default(*, model: ModelConfig) -> ModelConfig:
 
 
 def registry_add(*, name: str, config: dict, set_as_default: bool = False, user=None) -> ModelConfig:
-    config = validated_config(config)
-    _require_admin_for_remote(user, config)
+    config = validated_config(config, user=user)
     try:
         with transaction.atomic():
             model = ModelConfig.objects.create(name=name, **config)
@@ -90,8 +113,7 @@ def registry_update(*, model: ModelConfig, updates: dict, set_as_default: bool =
     """Applies a partial update; returns the entry, whether a loaded copy needs a reload, and the changed fields."""
     if "model_name" in updates or "name" in updates:
         raise errors.ValidationError("updates: a model cannot be renamed; add a new entry instead")
-    config = validated_config(updates, instance=model, partial=True) if updates else {}
-    _require_admin_for_remote(user, config)
+    config = validated_config(updates, instance=model, partial=True, user=user) if updates else {}
     changed = [field for field, value in config.items() if getattr(model, field) != value]
     with transaction.atomic():
         for field in changed:

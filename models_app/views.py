@@ -179,7 +179,7 @@ class ModelViewSet(viewsets.ViewSet):
         if parsed["download"] and not downloads.files_present(model):
             job, _ = downloads.download_start(model=model, user=request.user, load_when_done=True)
             return ok(request, status=202, data=downloads.download_dict(job))
-        state = runtime.load(model, force_reload=parsed["force_reload"])
+        state = runtime.load(model, force_reload=parsed["force_reload"], user=request.user)
         return ok(
             request,
             model_name=model.name,

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from beautyai_site.api.permissions import has_global
 from system_app import key_cache
 from system_app.models import APIKey, AuditEvent, LogRecord
 
@@ -20,6 +22,13 @@ class APIKeyAdmin(admin.ModelAdmin):
         # A key is issued and revoked, never edited: editing could not change its secret anyway.
         return obj is None and super().has_change_permission(request, obj)
 
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        # A key acts as its user: a staff member issuing one for somebody else would become them.
+        if db_field.name == "user" and not has_global(request.user, "admin"):
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def save_model(self, request, obj, form, change):
         if change:
             return
@@ -30,7 +39,7 @@ class APIKeyAdmin(admin.ModelAdmin):
             request, f"New API key (shown once, copy it now): {raw}", messages.WARNING
         )
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request, queryset):
         active = queryset.filter(revoked_at__isnull=True)
         hashes = list(active.values_list("key_hash", flat=True))

@@ -10,6 +10,9 @@ Series (all prefixed ``beautyai_``):
   models_loaded                                       gauge, at scrape time
   background_rows_dropped_total                       counter, log records and request metrics the
                                                       background writer had to drop
+
+A caller with a key but without the global model_read permission gets only the series labelled
+with models it may read.
 """
 
 from __future__ import annotations
@@ -77,5 +80,20 @@ class RuntimeCollector:
 registry.register(RuntimeCollector())
 
 
-def exposition() -> bytes:
-    return generate_latest(registry)
+class _ReadableOnly:
+    """The registry's families without the samples labelled with a model outside ``readable``."""
+
+    def __init__(self, readable: frozenset[str]):
+        self.readable = readable
+
+    def collect(self):
+        for family in registry.collect():
+            # registry.collect() builds new families on every call, so trimming them in place is safe.
+            family.samples = [sample for sample in family.samples
+                              if "model" not in sample.labels or sample.labels["model"] in self.readable]
+            yield family
+
+
+def exposition(*, readable: frozenset[str] | None = None) -> bytes:
+    """The text format; with ``readable``, series of other models are left out (their names with them)."""
+    return generate_latest(registry if readable is None else _ReadableOnly(readable))

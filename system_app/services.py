@@ -26,10 +26,17 @@ from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
 from beautyai_site.api import errors
+from beautyai_site.api.permissions import has_global
 from models_app import downloads, runtime
 from models_app.models import ModelConfig, ModelDownload
 from models_app.engines.base import is_hub_id
-from models_app.services import default_model
+from models_app.services import (
+    default_model,
+    model_get_for_user,
+    model_names_readable_by,
+    models_readable_by,
+    only_readable,
+)
 from system_app import conf, probes
 from system_app.logging import writer
 from system_app.models import LogRecord, RequestMetric, ResourceSample
@@ -52,6 +59,12 @@ def _runners() -> list:
     """RunnerInfo of every loaded or loading model; empty while nothing has started the manager."""
     manager = runtime.manager_if_started()
     return manager.loaded() if manager is not None else []
+
+
+def _readable_runners(user) -> list:
+    """The runners of the models ``user`` may read: a status body never names another model."""
+    readable = model_names_readable_by(user)
+    return [info for info in _runners() if readable is None or info.name in readable]
 
 
 def _runner_memory(runners: list) -> list[dict]:
@@ -86,14 +99,18 @@ def _gpu_device(reading: probes.GpuReading) -> dict:
 
 # Status, memory, resources ---------------------------------------------------------------------
 
-def system_status(*, detailed: bool) -> dict:
-    """SystemStatusResponse's four blocks. Without a GPU: gpu_available false, gpu_name null, figures 0."""
+def system_status(*, detailed: bool, user) -> dict:
+    """SystemStatusResponse's four blocks. Without a GPU: gpu_available false, gpu_name null, figures 0.
+
+    Models appear only when ``user`` may read them (the default model included).
+    """
     memory = psutil.virtual_memory()
     readings = probes.gpus()
     gpu = probes.gpu_summary(readings)
-    runners = _runners()
+    runners = _readable_runners(user)
     loaded = sorted(info.name for info in runners if info.status == "loaded")
     default = default_model()
+    shown_default = only_readable(user, [default.name] if default else [])
     gpu_info = {
         "gpu_available": gpu.available,
         "gpu_name": gpu.name,
@@ -101,7 +118,8 @@ def system_status(*, detailed: bool) -> dict:
         "gpu_utilization_percent": gpu.utilization_percent,
         "gpu_count": gpu.count,
     }
-    model_info = {"loaded_models": loaded, "total_loaded": len(loaded), "default_model": default.name if default else None}
+    model_info = {"loaded_models": loaded, "total_loaded": len(loaded),
+                  "default_model": shown_default[0] if shown_default else None}
     if detailed:
         gpu_info["devices"] = [_gpu_device(reading) for reading in readings]
         model_info["runners"] = _runner_memory(runners)
@@ -125,8 +143,8 @@ def system_status(*, detailed: bool) -> dict:
     }
 
 
-def memory_status() -> dict:
-    """System, GPU and web-process memory, and each runner's. ``used`` is total minus available."""
+def memory_status(*, user) -> dict:
+    """System, GPU and web-process memory, and each readable model's runner. ``used`` is total minus available."""
     memory = psutil.virtual_memory()
     gpu = probes.gpu_summary(probes.gpus())
     process = probes.process_memory()
@@ -145,7 +163,7 @@ def memory_status() -> dict:
             "usage_percent": gpu.memory_percent,
         },
         "process_memory": {"pid": os.getpid(), "rss_mb": mb(process.rss_bytes), "vms_mb": mb(process.vms_bytes)},
-        "runners": _runner_memory(_runners()),
+        "runners": _runner_memory(_readable_runners(user)),
     }
 
 
@@ -195,11 +213,11 @@ def _memory_snapshot() -> dict:
     }
 
 
-def memory_clear(*, force: bool) -> dict:
+def memory_clear(*, force: bool, user) -> dict:
     """Collects garbage here, asks every runner to release its caches; with ``force``, unloads idle models.
 
     "Idle" is read just before the unload, so a generation that starts in between is cancelled by
-    it; an operator who passes force accepts that.
+    it; an operator who passes force accepts that. The lists name only models ``user`` may read.
     """
     before = _memory_snapshot()
     collected = gc.collect()
@@ -217,8 +235,8 @@ def memory_clear(*, force: bool) -> dict:
     return {
         "force": force,
         "gc_collected_objects": collected,
-        "caches_released": released,
-        "models_unloaded": unloaded,
+        "caches_released": only_readable(user, released),
+        "models_unloaded": only_readable(user, unloaded),
         "memory_before": before,
         "memory_after": after,
         "freed_mb": {
@@ -234,6 +252,11 @@ def memory_clear(*, force: bool) -> dict:
 def hub_cache_dir() -> Path:
     # Read at call time: HF_HOME can be overridden (tests), and huggingface_hub's own constant is fixed at import.
     return Path(settings.HF_HOME) / "hub"
+
+
+def _cache_location(user) -> str:
+    """The cache folder; its absolute path (which names the server's home or layout) for admins only."""
+    return str(hub_cache_dir()) if has_global(user, "admin") else "$HF_HOME/hub"
 
 
 def _cached_repos():
@@ -261,7 +284,7 @@ def _uses(model_id: str | None, repo) -> bool:
     return Path(os.path.realpath(model_id)).is_relative_to(repo.repo_path.resolve())
 
 
-def cache_status(*, detailed: bool) -> dict:
+def cache_status(*, detailed: bool, user) -> dict:
     _, repos = _cached_repos()
     stamps = [repo.last_modified for repo in repos]
     total = sum(repo.size_on_disk for repo in repos)
@@ -269,13 +292,13 @@ def cache_status(*, detailed: bool) -> dict:
         "total_cache_size_gb": gb(total),
         "total_cache_size_bytes": total,
         "cache_entries": len(repos),
-        "cache_location": str(hub_cache_dir()),
+        "cache_location": _cache_location(user),
         "oldest_entry": iso(min(stamps)) if stamps else None,
         "newest_entry": iso(max(stamps)) if stamps else None,
     }
     if detailed:
-        registry = list(ModelConfig.objects.values_list("name", "model_id"))
-        runners = _runners()
+        registry = list(models_readable_by(user).values_list("name", "model_id"))
+        runners = _readable_runners(user)
         data["repos"] = [{
             "repo_id": repo.repo_id,
             "repo_type": repo.repo_type,
@@ -292,33 +315,32 @@ def cache_status(*, detailed: bool) -> dict:
     return data
 
 
-def cache_clear(*, model_name: str | None, force: bool) -> dict:
+def cache_clear(*, model_name: str | None, force: bool, user) -> dict:
     """Removes ``model_name``'s repo, or every repo; a repo a loaded model reads from only with ``force``.
 
     Without a model name and without force, repos in use are kept and listed. Deletion goes through
     huggingface_hub's delete strategy on whole repos, which removes folders inside the cache only.
+    A model ``user`` may not read is named neither in the answer nor in an error, and cannot be
+    chosen by name (404, as if missing). A repo being downloaded into is never cleared.
     """
     if model_name is not None:
-        model = ModelConfig.objects.filter(name=model_name).first()
-        if model is None:
-            raise errors.ModelNotFoundError(f"Model '{model_name}' not found in the registry.")
-        # Held while the files go: a download of this model cannot start meanwhile, nor run now.
+        model = model_get_for_user(user=user, name=model_name)
+        # Held while the files go: a download of this model cannot start meanwhile.
         with downloads.exclusive(model):
             if ModelDownload.objects.filter(model=model, status__in=ModelDownload.ACTIVE).exists():
                 raise errors.ConflictError(f"Model '{model_name}' is being downloaded; cancel the download first.")
-            return _cache_clear(model=model, force=force)
-    return _cache_clear(model=None, force=force)
+            return _cache_clear(model=model, force=force, user=user)
+    return _cache_clear(model=None, force=force, user=user)
 
 
-def _cache_clear(*, model: ModelConfig | None, force: bool) -> dict:
+def _cache_clear(*, model: ModelConfig | None, force: bool, user) -> dict:
     cache, repos = _cached_repos()
-    model_name = model.name if model is not None else None
     if model is not None:
         repos = [repo for repo in repos if _uses(model.model_id, repo)]
     else:
-        # Repos being downloaded into are never cleared under a running job.
         downloading = set(ModelDownload.objects.filter(status__in=ModelDownload.ACTIVE).values_list("repo_id", flat=True))
         repos = [repo for repo in repos if repo.repo_id not in downloading]
+    model_name = model.name if model is not None else None
     runners = _runners()
     users = {repo.repo_path: sorted(info.name for info in runners if _uses(info.model_id, repo)) for repo in repos}
     busy = [repo for repo in repos if users[repo.repo_path]]
@@ -326,7 +348,8 @@ def _cache_clear(*, model: ModelConfig | None, force: bool) -> dict:
         if model_name is not None:
             raise errors.ConflictError(
                 f"Model '{model_name}' is loaded; unload it first or pass force=true.",
-                details={"loaded_models": sorted({name for repo in busy for name in users[repo.repo_path]})},
+                details={"loaded_models": only_readable(
+                    user, sorted({name for repo in busy for name in users[repo.repo_path]}))},
             )
         repos = [repo for repo in repos if not users[repo.repo_path]]
     unloaded = []
@@ -346,12 +369,12 @@ def _cache_clear(*, model: ModelConfig | None, force: bool) -> dict:
         "model_name": model_name,
         "force": force,
         "removed_repos": [repo.repo_id for repo in repos],
-        "kept_repos": [] if force else [{"repo_id": repo.repo_id, "loaded_models": users[repo.repo_path]}
-                                         for repo in busy],
-        "models_unloaded": unloaded,
+        "kept_repos": [] if force else [
+            {"repo_id": repo.repo_id, "loaded_models": only_readable(user, users[repo.repo_path])} for repo in busy],
+        "models_unloaded": only_readable(user, unloaded),
         "freed_bytes": freed,
         "freed_gb": gb(freed),
-        "cache_location": str(hub_cache_dir()),
+        "cache_location": _cache_location(user),
     }
 
 

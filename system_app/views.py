@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from beautyai_site.api.envelope import ok
 from beautyai_site.api.permissions import ContractPermission
 from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
+from models_app.services import model_names_readable_by
 from models_app.views import parse
 from system_app import conf, metrics, services
 from system_app.middleware import client_ip
@@ -45,27 +46,28 @@ class SystemViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[DetailedQuerySerializer], responses={200: SystemStatusResponseSerializer, **ERRORS})
     def status(self, request):
         query = parse(DetailedQuerySerializer, request.query_params)
-        return ok(request, **services.system_status(detailed=query["detailed"]))
+        return ok(request, **services.system_status(detailed=query["detailed"], user=request.user))
 
     @extend_schema(responses=ANSWER)
     def memory(self, request):
         parse(NoQuerySerializer, request.query_params)
-        return ok(request, data=services.memory_status())
+        return ok(request, data=services.memory_status(user=request.user))
 
     @extend_schema(parameters=[ForceQuerySerializer], request=None, responses=ANSWER)
     def memory_clear(self, request):
         query = parse(ForceQuerySerializer, request.query_params)
-        return ok(request, data=services.memory_clear(force=query["force"]))
+        return ok(request, data=services.memory_clear(force=query["force"], user=request.user))
 
     @extend_schema(parameters=[DetailedQuerySerializer], responses=ANSWER)
     def cache(self, request):
         query = parse(DetailedQuerySerializer, request.query_params)
-        return ok(request, data=services.cache_status(detailed=query["detailed"]))
+        return ok(request, data=services.cache_status(detailed=query["detailed"], user=request.user))
 
     @extend_schema(parameters=[CacheClearQuerySerializer], request=None, responses=ANSWER)
     def cache_clear(self, request):
         query = parse(CacheClearQuerySerializer, request.query_params)
-        return ok(request, data=services.cache_clear(model_name=query["model_name"], force=query["force"]))
+        return ok(request, data=services.cache_clear(model_name=query["model_name"], force=query["force"],
+                                                     user=request.user))
 
     @extend_schema(responses=ANSWER)
     def resources(self, request):
@@ -123,4 +125,7 @@ class MetricsView(APIView):
 
     @extend_schema(responses={(200, "text/plain"): str, **ERRORS})
     def get(self, request):
-        return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+        # A key without global model_read sees only its models' series; an anonymous scrape got in
+        # through METRICS_ALLOWED_IPS, the operator's own Prometheus, which sees everything.
+        readable = model_names_readable_by(request.user) if request.user.is_authenticated else None
+        return HttpResponse(metrics.exposition(readable=readable), content_type=CONTENT_TYPE_LATEST)

@@ -402,6 +402,27 @@ def resolve_model_path(spec: LoadSpec, allowed_roots: list[Path]) -> Path:
     return path
 
 
+def gguf_file_for(spec: LoadSpec, path: Path) -> Path | None:
+    """The GGUF file ``spec`` reads at ``path`` (its located model), or None when it reads none.
+
+    llama.cpp reads nothing but GGUF, so any file given to it is one whatever its name, and the
+    header check decides: a suffix cannot smuggle a file past inspect_gguf or the memory estimate.
+    The other engines take a single file as GGUF by its suffix (and refuse other files at load).
+    """
+    name = spec.parameters.get("gguf_file") or spec.parameters.get("filename")
+    if path.is_dir():
+        if name:
+            return path / name
+        if spec.engine == "llama.cpp":
+            # A downloaded GGUF repo holds the file its quantisation names (the first part, if split).
+            matching = gguf_matching([p.name for p in path.iterdir()], spec.quantization)
+            return path / matching[0] if matching else None
+        return None
+    if spec.engine == "llama.cpp" or path.suffix.lower() == ".gguf":
+        return path
+    return None
+
+
 GGUF_MAGIC = b"GGUF"
 
 
@@ -526,12 +547,7 @@ def estimate_memory_mb(spec: LoadSpec) -> float:
         path = locate_model(spec)
     except EngineError:
         return overhead
-    gguf_name = spec.parameters.get("gguf_file") or spec.parameters.get("filename")
-    gguf_path = None
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        gguf_path = path
-    elif gguf_name and path.is_dir():
-        gguf_path = path / gguf_name
+    gguf_path = gguf_file_for(spec, path)
     if gguf_path is not None:
         try:
             size = gguf_path.stat().st_size

@@ -13,11 +13,11 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    gguf_file_for,
     inspect_gguf,
     locate_model,
     make_stats,
     prompt_segments,
-    gguf_matching,
     render_chat_template,
     resolve_sampling,
     TextStream,
@@ -49,16 +49,9 @@ class LlamaCppEngine(Engine):
         import llama_cpp  # noqa: F401
 
     def load(self, spec: LoadSpec) -> None:
-        path = locate_model(spec)
-        if path.is_dir():
-            name = spec.parameters.get("filename") or spec.parameters.get("gguf_file")
-            if not name:
-                # A downloaded GGUF repo holds the file its quantisation names (the first part, if split).
-                matching = gguf_matching([p.name for p in path.iterdir()], spec.quantization)
-                if not matching:
-                    raise EngineLoadError("llama.cpp needs a .gguf file; set the `filename` parameter for a folder")
-                name = matching[0]
-            path = path / name
+        path = gguf_file_for(spec, locate_model(spec))
+        if path is None:
+            raise EngineLoadError("llama.cpp needs a .gguf file; set the `filename` parameter for a folder")
         info = inspect_gguf(path)
         try:
             import llama_cpp

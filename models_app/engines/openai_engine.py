@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
@@ -22,7 +23,15 @@ from .base import (
 )
 
 DEFAULT_CONTEXT_LENGTH = 4096
+# A registry entry names the variable that holds its key; only variables with this prefix may be
+# named, so no entry can send DJANGO_SECRET_KEY, DATABASE_URL or the like to a remote server.
+API_KEY_ENV_PREFIX = "BEAUTYAI_REMOTE_KEY_"
+_API_KEY_ENV = re.compile(rf"^{API_KEY_ENV_PREFIX}[A-Z0-9_]{{1,100}}$")
 CHARS_PER_TOKEN = 4  # rough English average; the API has no portable tokenize endpoint
+
+
+def api_key_env_allowed(name) -> bool:
+    return isinstance(name, str) and bool(_API_KEY_ENV.match(name))
 
 
 def _host(base_url: str) -> str:
@@ -57,6 +66,9 @@ class OpenAIEngine(Engine):
         headers = {}
         key_env = p.get("api_key_env")
         if key_env:
+            # Checked here too: an entry saved before the rule existed must not leak a server secret.
+            if not api_key_env_allowed(key_env):
+                raise EngineLoadError(f"api_key_env must name a variable starting with {API_KEY_ENV_PREFIX}")
             key = os.environ.get(key_env)
             if not key:
                 raise EngineLoadError(f"environment variable {key_env} (API key) is not set")

@@ -6,6 +6,7 @@ These tests never touch Django; run them with `-p no:django`.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +33,15 @@ GREEDY = GenerationParams(max_tokens=24, temperature=0)
 @pytest.fixture(scope="session")
 def gguf_path() -> Path:
     return bundled_gguf_path()
+
+
+def linked(gguf: Path, path: Path) -> Path:
+    """``path`` as a second name of ``gguf``: a hard link (resolving it keeps this name), else a copy."""
+    try:
+        os.link(gguf, path)
+    except OSError:
+        shutil.copyfile(gguf, path)
+    return path
 
 
 def llama_spec(gguf: Path, name: str = "smol-gguf", **parameters) -> LoadSpec:

@@ -8,7 +8,7 @@ import pytest
 
 from models_app.engines.base import EngineLoadError, LoadSpec, inspect_gguf
 
-from .conftest import llama_spec, runner_children
+from .conftest import linked, llama_spec, runner_children
 
 
 def _missing(tmp_path, gguf):
@@ -53,6 +53,21 @@ def test_bad_gguf_fails_to_load_with_a_reason_and_no_runner_left(manager, tmp_pa
     assert str(tmp_path) not in str(err.value)
     assert manager.status("bad").status == "error"
     assert runner_children() == []
+
+
+@pytest.mark.parametrize("name", ["weights.bin", "model", "x.gguf"])
+def test_llama_cpp_refuses_a_file_without_a_gguf_header_whatever_its_name(manager, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"PK\x03\x04" + os.urandom(4096))
+    with pytest.raises(EngineLoadError, match=f"not a valid GGUF file: {name} has no GGUF header"):
+        manager.load(llama_spec(path, name="named"))
+    assert runner_children() == []
+
+
+@pytest.mark.parametrize("name", ["weights.bin", "model"])
+def test_llama_cpp_loads_a_gguf_whatever_its_name(manager, tmp_path, gguf_path, name):
+    info = manager.load(llama_spec(linked(gguf_path, tmp_path / name), name="renamed"))
+    assert info.status == "loaded" and manager.context_length("renamed") == 512
 
 
 def test_folder_without_config_json_is_refused_by_transformers(manager, tmp_path):

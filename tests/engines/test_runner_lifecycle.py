@@ -14,7 +14,7 @@ import pytest
 from models_app.engines.base import EngineError, GenerationParams
 from models_app.manager import EngineManager, MemoryBudgetError
 
-from .conftest import FRANCE, GREEDY, JAPAN, STORY, collect, llama_spec, runner_children
+from .conftest import FRANCE, GREEDY, JAPAN, STORY, collect, linked, llama_spec, runner_children
 
 LONG = GenerationParams(max_tokens=400, temperature=0)
 
@@ -140,6 +140,20 @@ def test_tiny_memory_budget_refuses_with_needed_and_available(gguf_path):
         assert runner_children() == []
     finally:
         mgr.shutdown()
+
+
+def test_the_memory_budget_counts_a_gguf_file_whatever_its_name(gguf_path, tmp_path):
+    mgr = EngineManager(memory_budget_mb=10, max_loaded_models=2, default_keep_alive_s=60)
+    needed = {}
+    try:
+        for name in ("model.gguf", "model.bin", "model"):
+            with pytest.raises(MemoryBudgetError) as err:
+                mgr.load(llama_spec(linked(gguf_path, tmp_path / name), name=name.replace(".", "-")))
+            needed[name] = err.value.needed_mb
+    finally:
+        mgr.shutdown()
+    assert needed["model.gguf"] > gguf_path.stat().st_size / (1024 * 1024)
+    assert needed["model.bin"] == needed["model"] == needed["model.gguf"]
 
 
 def test_least_recently_used_idle_model_is_evicted_for_a_new_one(gguf_path):

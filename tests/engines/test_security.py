@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from models_app.engines.base import EngineError, EngineLoadError, LoadSpec, render_chat_template, resolve_model_path
+from models_app.engines.openai_engine import OpenAIEngine
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -131,3 +134,52 @@ def test_a_user_cannot_forge_a_system_turn_with_special_tokens_in_transformers(s
         assert _special_token_count(tokenize, forged, "<|im_start|>") == _special_token_count(tokenize, plain, "<|im_start|>")
     finally:
         engine.close()
+
+
+@pytest.fixture
+def remote_server():
+    """A local OpenAI-like server that answers /models and records the Authorization header of every request."""
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = b'{"data": [{"id": "m"}]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    server.shutdown()
+    server.server_close()
+
+
+def _remote_spec(base_url: str, key_env: str) -> LoadSpec:
+    return LoadSpec(name="remote", engine="openai", model_id="m",
+                    parameters={"base_url": base_url, "api_key_env": key_env})
+
+
+@pytest.mark.parametrize("variable", ["DJANGO_SECRET_KEY", "DATABASE_URL"])
+def test_the_openai_engine_never_sends_a_variable_without_the_remote_key_prefix(remote_server, monkeypatch, variable):
+    base_url, seen = remote_server
+    monkeypatch.setenv(variable, "server-secret")
+    with pytest.raises(EngineLoadError, match="BEAUTYAI_REMOTE_KEY_"):
+        OpenAIEngine().load(_remote_spec(base_url, variable))
+    assert seen == []
+
+
+def test_the_openai_engine_sends_a_key_named_with_the_prefix(remote_server, monkeypatch):
+    base_url, seen = remote_server
+    monkeypatch.setenv("BEAUTYAI_REMOTE_KEY_UPSTREAM", "remote-key")
+    engine = OpenAIEngine()
+    engine.load(_remote_spec(base_url, "BEAUTYAI_REMOTE_KEY_UPSTREAM"))
+    engine.close()
+    assert seen == ["Bearer remote-key"]

@@ -77,6 +77,16 @@ def test_the_chat_object_permission_covers_one_model(make_user, client_for, gran
     assert_error(chat(client, "Hi", model_name=other.name), 404, "ModelNotFoundError")
 
 
+def test_a_default_model_the_caller_may_not_see_is_not_named(make_user, client_for, grant, registry):
+    user = make_user()
+    grant(user, "chat", registry["beta"])  # alpha is the default
+    response = chat(client_for(user), "Hi")
+    assert assert_error(response, 404, "ModelNotFoundError")["error_message"] == (
+        "No model_name given and no default model is available.")
+    assert "alpha" not in response.content.decode()
+    assert not ChatSession.objects.exists()
+
+
 def test_chat_needs_authentication_and_the_chat_permission(anon, api_as, loaded_model):
     assert_error(chat(anon, "Hi"), 401, "AuthenticationError")
     assert_error(chat(api_as("model_read"), "Hi"), 403, "PermissionDeniedError")

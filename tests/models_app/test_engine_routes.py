@@ -149,6 +149,36 @@ def test_a_local_model_id_outside_the_roots_is_refused(api_as, model_id):
     assert not ModelConfig.objects.filter(name="outside").exists()
 
 
+@pytest.mark.parametrize("inside", ["secret_key", "beautyai.sqlite3", "cache/api-keys"])
+def test_the_data_dir_is_not_a_model_root_only_its_models_folder(api_as, settings, tmp_path, inside):
+    settings.DATA_DIR, settings.MODEL_ROOTS = tmp_path, None
+    (tmp_path / "secret_key").write_text("not for models")
+    client = api_as("model_write")
+    body = {"model_name": "leak", "model_config": {"model_id": str(tmp_path / inside), "engine": "llama.cpp"}}
+    error = assert_error(client.post("/models/", body, format="json"), 400, "ValidationError")
+    assert "model_id" in error["error_message"] and str(tmp_path) not in str(error)
+    assert not ModelConfig.objects.filter(name="leak").exists()
+    inside_models = str(tmp_path / "models" / "x.gguf")
+    body = {"model_name": "kept", "model_config": {"model_id": inside_models, "engine": "llama.cpp"}}
+    assert_ok(client.post("/models/", body, format="json"), 201)
+
+
+def test_validate_reads_the_gguf_header_of_a_llama_cpp_file_whatever_its_name(api_as, registry, settings, tmp_path):
+    from models_app.engines.bundled import bundled_gguf_path
+
+    settings.MODEL_ROOTS = [tmp_path]
+    (tmp_path / "notes.bin").write_bytes(b"not a gguf at all")
+    os.link(bundled_gguf_path(), tmp_path / "weights")
+    services.registry_add(name="junk", config={"model_id": str(tmp_path / "notes.bin"), "engine": "llama.cpp"})
+    services.registry_add(name="renamed", config={"model_id": str(tmp_path / "weights"), "engine": "llama.cpp",
+                                                  "quantization": "Q8_0"})
+    client = api_as("model_read")
+    junk = assert_ok(client.post("/models/junk/validate"))["data"]
+    assert junk["valid"] is False and any("notes.bin has no GGUF header" in e for e in junk["errors"])
+    renamed = assert_ok(client.post("/models/renamed/validate"))["data"]
+    assert renamed["valid"] is False and any("the file is Q4_1" in e for e in renamed["errors"])
+
+
 def test_a_symlink_escaping_the_roots_is_refused(api_as, settings, tmp_path):
     root = tmp_path / "root"
     root.mkdir()

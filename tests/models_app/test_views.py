@@ -204,6 +204,25 @@ def test_only_admins_may_point_a_model_at_a_remote_url(api_as, registry):
     assert_ok(api_as("model_write", "admin").post("/models/", body, format="json"), 201)
 
 
+@pytest.mark.parametrize("variable", ["DJANGO_SECRET_KEY", "DATABASE_URL", "HOME", "BEAUTYAI_REMOTE_KEY_"])
+def test_it_refuses_an_api_key_env_without_the_documented_prefix(api_as, registry, variable):
+    parameters = {"base_url": "http://127.0.0.1:9/v1", "api_key_env": variable}
+    body = {**NEW_MODEL, "model_config": {"model_id": "m", "engine": "openai", "parameters": parameters}}
+    error = assert_error(api_as("model_write", "admin").post("/models/", body, format="json"), 400, "ValidationError")
+    assert "api_key_env" in error["error_message"] and "BEAUTYAI_REMOTE_KEY_" in error["error_message"]
+    assert not ModelConfig.objects.filter(name="gamma").exists()
+
+
+def test_only_admins_may_change_which_key_a_remote_model_sends(api_as, registry):
+    remote = {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "BEAUTYAI_REMOTE_KEY_A"}
+    ModelConfig.objects.create(name="remote", model_id="m", engine="openai", parameters=remote)
+    same = {"updates": {"parameters": remote, "description": "kept"}}
+    assert_ok(api_as("model_write").put("/models/remote", same, format="json"))
+    other = {"updates": {"parameters": {**remote, "api_key_env": "BEAUTYAI_REMOTE_KEY_B"}}}
+    assert_error(api_as("model_write").put("/models/remote", other, format="json"), 403, "PermissionDeniedError")
+    assert ModelConfig.objects.get(name="remote").parameters == remote
+
+
 def test_update_applies_partial_changes_and_reports_them(api_as, registry):
     client = api_as("model_write")
     data = assert_ok(client.put("/models/alpha", {"updates": {"temperature": 0.3, "max_new_tokens": 64}}, format="json"))["data"]

@@ -29,9 +29,16 @@ def cached_model(hf_home, load_model):
 
 def test_a_missing_cache_folder_is_an_empty_cache(api_as, settings, tmp_path):
     settings.HF_HOME = tmp_path / "never-created"
-    data = assert_ok(api_as("system_status").get("/system/cache"))["data"]
+    data = assert_ok(api_as("system_status", "admin").get("/system/cache"))["data"]
     assert data == {"total_cache_size_gb": 0.0, "total_cache_size_bytes": 0, "cache_entries": 0,
                     "cache_location": str(tmp_path / "never-created" / "hub"), "oldest_entry": None, "newest_entry": None}
+
+
+def test_only_admins_see_the_absolute_cache_location(api_as, hf_home):
+    assert assert_ok(api_as("system_status").get("/system/cache"))["data"]["cache_location"] == "$HF_HOME/hub"
+    assert assert_ok(api_as("cache_clear").post("/system/cache/clear"))["data"]["cache_location"] == "$HF_HOME/hub"
+    cleared = assert_ok(api_as("cache_clear", "admin").post("/system/cache/clear"))["data"]
+    assert cleared["cache_location"] == str(hf_home / "hub")
 
 
 def test_the_cache_reports_size_entries_and_ages_of_its_repos(api_as, hf_home):
@@ -40,7 +47,7 @@ def test_the_cache_reports_size_entries_and_ages_of_its_repos(api_as, hf_home):
     for path in old.rglob("*"):
         os.utime(path, (1_600_000_000, 1_600_000_000), follow_symlinks=False)
     ModelConfig.objects.create(name="old-model", model_id="org/old", engine="transformers")
-    data = assert_ok(api_as("system_status").get("/system/cache?detailed=true"))["data"]
+    data = assert_ok(api_as("system_status", "model_read").get("/system/cache?detailed=true"))["data"]
     assert data["cache_entries"] == 2
     assert data["total_cache_size_bytes"] == len(WEIGHTS) + len(CONFIG)
     assert data["oldest_entry"] == "2020-09-13T12:26:40.000Z"
@@ -55,7 +62,7 @@ def test_clearing_a_models_entry_removes_its_repo_and_reports_the_freed_bytes(ap
     target = make_hub_repo(hf_home / "hub", "org/target", {"model.safetensors": WEIGHTS, "config.json": CONFIG})
     other = make_hub_repo(hf_home / "hub", "org/other", {"config.json": CONFIG})
     ModelConfig.objects.create(name="target", model_id="org/target", engine="transformers")
-    data = assert_ok(api_as("cache_clear").post("/system/cache/clear?model_name=target"))["data"]
+    data = assert_ok(api_as("cache_clear", "model_read").post("/system/cache/clear?model_name=target"))["data"]
     assert data["removed_repos"] == ["org/target"]
     assert data["freed_bytes"] == len(WEIGHTS) + len(CONFIG)
     assert not target.exists() and other.exists()
@@ -64,7 +71,7 @@ def test_clearing_a_models_entry_removes_its_repo_and_reports_the_freed_bytes(ap
 def test_clearing_everything_keeps_the_repo_of_a_loaded_model(api_as, hf_home, cached_model):
     repo, _ = cached_model
     unused = make_hub_repo(hf_home / "hub", "org/unused", {"model.safetensors": WEIGHTS})
-    data = assert_ok(api_as("cache_clear").post("/system/cache/clear"))["data"]
+    data = assert_ok(api_as("cache_clear", "model_read").post("/system/cache/clear"))["data"]
     assert data["removed_repos"] == ["org/unused"] and data["freed_bytes"] == len(WEIGHTS)
     assert data["kept_repos"] == [{"repo_id": "test-org/smol-gguf", "loaded_models": ["cached-smol"]}]
     assert repo.exists() and not unused.exists()
@@ -73,7 +80,8 @@ def test_clearing_everything_keeps_the_repo_of_a_loaded_model(api_as, hf_home, c
 
 def test_clearing_a_loaded_models_entry_without_force_is_a_conflict(api_as, cached_model):
     repo, _ = cached_model
-    body = assert_error(api_as("cache_clear").post("/system/cache/clear?model_name=cached-smol"), 409, "ConflictError")
+    client = api_as("cache_clear", "model_read")
+    body = assert_error(client.post("/system/cache/clear?model_name=cached-smol"), 409, "ConflictError")
     assert body["error_details"] == {"loaded_models": ["cached-smol"]}
     assert repo.exists() and runtime.is_loaded("cached-smol")
 
@@ -81,7 +89,8 @@ def test_clearing_a_loaded_models_entry_without_force_is_a_conflict(api_as, cach
 def test_force_unloads_the_model_then_removes_its_entry(api_as, cached_model):
     repo, _ = cached_model
     size = bundled_gguf_path().stat().st_size
-    data = assert_ok(api_as("cache_clear").post("/system/cache/clear?model_name=cached-smol&force=true"))["data"]
+    client = api_as("cache_clear", "model_read")
+    data = assert_ok(client.post("/system/cache/clear?model_name=cached-smol&force=true"))["data"]
     assert data["models_unloaded"] == ["cached-smol"] and data["removed_repos"] == ["test-org/smol-gguf"]
     assert data["freed_bytes"] == size
     assert not repo.exists() and not runtime.is_loaded("cached-smol")
@@ -94,7 +103,7 @@ def test_an_unknown_model_name_answers_404(api_as, hf_home):
 
 def test_a_model_without_a_cache_entry_clears_nothing(api_as, hf_home, registry):
     kept = make_hub_repo(hf_home / "hub", "org/kept", {"config.json": CONFIG})
-    data = assert_ok(api_as("cache_clear").post("/system/cache/clear?model_name=alpha"))["data"]
+    data = assert_ok(api_as("cache_clear", "model_read").post("/system/cache/clear?model_name=alpha"))["data"]
     assert data["removed_repos"] == [] and data["freed_bytes"] == 0
     assert kept.exists()
 

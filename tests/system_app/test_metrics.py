@@ -79,7 +79,7 @@ def test_an_unknown_method_is_counted_as_other_so_clients_cannot_add_labels(api_
 
 @pytest.mark.django_db
 def test_generations_count_tokens_and_time_to_first_token_by_model(api_as):
-    client = api_as("system_status")
+    client = api_as("system_status", "model_read")
     before = scrape(client)
     record_generation("metrics-test-model", 42, 125.0)
     record_generation("metrics-test-model", 8, None)
@@ -93,12 +93,32 @@ def test_generations_count_tokens_and_time_to_first_token_by_model(api_as):
 @pytest.mark.django_db
 def test_a_loaded_model_appears_in_the_gauges(api_as, load_model):
     load_model()
-    families = scrape(api_as("system_status"))
+    families = scrape(api_as("system_status", "model_read"))
     assert value(families, "beautyai_models_loaded", "beautyai_models_loaded") == 1
     assert value(families, "beautyai_model_active_requests", "beautyai_model_active_requests",
                  model=BUNDLED_LLAMA_CPP) == 0
     assert value(families, "beautyai_model_memory_bytes", "beautyai_model_memory_bytes",
                  model=BUNDLED_LLAMA_CPP) > 50 * 1024 * 1024
+
+
+@pytest.mark.django_db
+def test_a_key_without_global_model_read_scrapes_only_its_models_series(make_user, client_for, grant, registry):
+    record_generation("alpha", 3, 10.0)
+    record_generation("beta", 3, 10.0)
+    user = make_user("system_status")
+    grant(user, "model_read", registry["alpha"])
+    families = scrape(client_for(user))
+    labelled = {item.labels["model"] for family in families.values()
+                for item in family.samples if "model" in item.labels}
+    assert labelled == {"alpha"}
+    assert value(families, "beautyai_generated_tokens", "beautyai_generated_tokens_total", model="alpha") >= 3
+
+
+@pytest.mark.django_db
+def test_an_allowlisted_scraper_without_a_key_sees_every_models_series(anon, settings):
+    settings.METRICS_ALLOWED_IPS = ["127.0.0.1"]
+    record_generation("any-model", 3, 10.0)
+    assert value(scrape(anon), "beautyai_generated_tokens", "beautyai_generated_tokens_total", model="any-model") >= 3
 
 
 @pytest.mark.django_db

@@ -59,7 +59,7 @@ def test_every_system_route_answers_200_with_its_permission(api_as, hf_home, met
 
 
 def test_status_reports_versions_memory_gpu_and_models_from_the_host(api_as, registry):
-    body = assert_ok(api_as("system_status").get("/system/status"))
+    body = assert_ok(api_as("system_status", "model_read").get("/system/status"))
     memory = psutil.virtual_memory()
     assert body["data"] is None
     system = body["system_info"]
@@ -85,7 +85,7 @@ def test_status_reports_versions_memory_gpu_and_models_from_the_host(api_as, reg
 def test_status_and_memory_report_each_runner_by_pid_when_a_model_is_loaded(api_as, load_model):
     load_model()
     pid = runtime.status(BUNDLED_LLAMA_CPP)["pid"]
-    client = api_as("system_status")
+    client = api_as("system_status", "model_read")
     body = assert_ok(client.get("/system/status?detailed=true"))
     assert body["model_info"]["loaded_models"] == [BUNDLED_LLAMA_CPP]
     assert body["model_info"]["total_loaded"] == 1

@@ -1,0 +1,236 @@
+"""Model downloads from a hub: huggingface_hub's real client against the local hub-compatible server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from models_app import downloads, hub, runtime, services
+from models_app.models import ModelDownload
+from tests.envelope import assert_error, assert_ok
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_REPO = "test-org/smollm2-gguf"
+HF_REPO = "test-org/smollm2"
+MB = 1_000_000
+
+
+def wait_for(condition, timeout: float = 60, message: str = "condition not met"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
+
+
+def job_of(name: str) -> ModelDownload:
+    return ModelDownload.objects.filter(model_name=name).first()
+
+
+def finished(name: str, timeout: float = 120) -> ModelDownload:
+    job = wait_for(lambda: (j := job_of(name)) is not None and not j.active and j, timeout, "the download never ended")
+    assert downloads.workers.wait_idle(30)
+    return job
+
+
+@pytest.fixture
+def gguf_entry(hub_server):
+    return services.registry_add(name="smol-hub", config={
+        "model_id": GGUF_REPO, "engine": "llama.cpp", "quantization": "Q4_1", "parameters": {"n_ctx": 512}})
+
+
+@pytest.fixture
+def loader(make_user, client_for):
+    return client_for(make_user("model_load", "model_read", "chat"))
+
+
+def start(client, name="smol-hub", **body):
+    return client.post(f"/models/{name}/download", body, format="json")
+
+
+def test_a_downloaded_model_loads_and_chats(hub_server, gguf_entry, loader):
+    assert assert_ok(loader.get("/models/"))["models"][0]["download_status"] == "missing"
+    job = assert_ok(start(loader), 202)["data"]
+    assert job["status"] in ("queued", "downloading") and job["bytes_total"] == hub_server.size(GGUF_REPO, GGUF)
+    assert finished("smol-hub").status == "done"
+    detail = assert_ok(loader.get("/models/smol-hub"))["data"]
+    assert detail["download_status"] == "present" and detail["download"]["bytes_done"] == job["bytes_total"]
+    assert_ok(loader.post("/models/smol-hub/load", {}, format="json"))
+    try:
+        reply = assert_ok(loader.post("/inference/chat", {"model_name": "smol-hub", "message": "Name the capital city of France.",
+                                                          "generation_config": {"temperature": 0, "max_tokens": 16}},
+                                      format="json"))
+        assert "Paris" in reply["response"]
+    finally:
+        runtime.unload("smol-hub")
+
+
+def test_progress_events_are_monotonic_and_end_with_done(hub_server, gguf_entry, loader):
+    hub_server.throttle(40 * MB)
+    assert_ok(start(loader), 202)
+    response = loader.get("/models/smol-hub/download", HTTP_ACCEPT="text/event-stream")
+    assert response["Content-Type"].startswith("text/event-stream")
+    events = [json.loads(line[len("data: "):]) for line in b"".join(response.streaming_content).decode().splitlines()
+              if line.startswith("data: ")]
+    done = [event["bytes_done"] for event in events]
+    assert done == sorted(done) and len(set(done)) >= 3
+    assert events[-1]["status"] == "done" and events[-1]["bytes_done"] == events[-1]["bytes_total"]
+
+
+def test_a_cancelled_download_resumes_where_it_stopped(hub_server, gguf_entry, loader):
+    size = hub_server.size(GGUF_REPO, GGUF)
+    hub_server.throttle(20 * MB)
+    assert_ok(start(loader), 202)
+    wait_for(lambda: job_of("smol-hub").bytes_done > 10 * MB, message="no progress")
+    cancelled = assert_ok(loader.delete("/models/smol-hub/download"))["data"]
+    assert cancelled["status"] == "cancelled"
+    assert downloads.workers.wait_idle(30)
+    first_part = hub_server.bytes_served[GGUF]
+    assert 0 < first_part < size
+    assert assert_ok(loader.get("/models/smol-hub"))["data"]["download_status"] == "missing"
+    hub_server.throttle(None)
+    assert_ok(start(loader), 202)
+    assert finished("smol-hub").status == "done"
+    # Resumed with a range, not restarted: about the file's size went over the wire in all.
+    assert hub_server.bytes_served[GGUF] <= size + 2 * MB
+    assert any("Range" in headers for _, _, headers in hub_server.requests)
+    assert downloads.files_present(gguf_entry)
+
+
+def test_a_corrupted_byte_fails_the_job_and_nothing_is_promoted(hub_server, gguf_entry, loader):
+    hub_server.corrupt(GGUF, 12345)
+    assert_ok(start(loader), 202)
+    job = finished("smol-hub")
+    assert job.status == "failed" and "does not match the hash" in job.error
+    assert not downloads.files_present(gguf_entry)
+    blobs = hub.repo_dir(GGUF_REPO) / "blobs"
+    assert not blobs.exists() or not any(blobs.iterdir())
+    assert assert_ok(loader.get("/models/smol-hub"))["data"]["download_status"] == "failed"
+    assert_error(loader.post("/models/smol-hub/load", {}, format="json"), 409, "ConflictError")
+
+
+def test_too_little_disk_space_is_refused_before_anything_starts(hub_server, gguf_entry, loader, monkeypatch):
+    monkeypatch.setattr(hub, "free_bytes", lambda cache=None: 1000)
+    body = assert_error(start(loader), 409, "ConflictError")
+    assert body["error_details"]["needed_bytes"] == hub_server.size(GGUF_REPO, GGUF)
+    assert body["error_details"]["free_bytes"] == 1000
+    assert not ModelDownload.objects.exists()
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"model_id": "test-org/no-such-repo", "engine": "llama.cpp", "quantization": "Q4_1"}, "model_id"),
+    ({"model_id": GGUF_REPO, "engine": "llama.cpp", "quantization": "Q4_1",
+      "parameters": {"filename": "missing.gguf"}}, "parameters.filename"),
+    ({"model_id": GGUF_REPO, "engine": "llama.cpp", "quantization": "Q8_0"}, "quantization"),
+])
+def test_a_missing_repo_or_file_answers_400_naming_the_field(hub_server, loader, config, field):
+    services.registry_add(name="broken", config=config)
+    body = assert_error(start(loader, name="broken"), 400, "ValidationError")
+    assert body["error_message"].startswith(f"{field}:")
+    assert not ModelDownload.objects.exists()
+
+
+def test_two_users_starting_the_same_download_get_the_same_job(hub_server, gguf_entry, make_user, client_for):
+    hub_server.throttle(20 * MB)
+    clients = [client_for(make_user("model_load", "model_read")) for _ in range(2)]
+    answers = [None, None]
+
+    def go(n):
+        from django.db import connection
+
+        answers[n] = start(clients[n])
+        connection.close()
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(answer.status_code for answer in answers) == [202, 409]
+    ids = {(a.json()["data"] or a.json()["error_details"]["download"])["download_id"] for a in answers}
+    assert len(ids) == 1 and ModelDownload.objects.count() == 1
+    assert_ok(clients[0].delete("/models/smol-hub/download"))
+    assert downloads.workers.wait_idle(30)
+
+
+def test_a_viewer_cannot_start_a_download_and_a_stranger_does_not_see_the_model(hub_server, gguf_entry, api_as):
+    assert_error(start(api_as("model_read")), 403, "PermissionDeniedError")
+    assert_error(start(api_as("chat")), 404, "ModelNotFoundError")
+    assert not ModelDownload.objects.exists()
+
+
+def test_a_local_entry_has_nothing_to_download(hub_server, bundled_model, loader):
+    assert_error(start(loader, name=bundled_model.name), 400, "ValidationError")
+    assert assert_ok(loader.get(f"/models/{bundled_model.name}"))["data"]["download_status"] == "present"
+
+
+def test_loading_a_missing_model_answers_409_and_download_true_downloads_then_loads(hub_server, gguf_entry, loader):
+    body = assert_error(loader.post("/models/smol-hub/load", {}, format="json"), 409, "ConflictError")
+    assert body["error_details"]["download_required"] is True
+    job = assert_ok(loader.post("/models/smol-hub/load", {"download": True}, format="json"), 202)["data"]
+    assert job["load_when_done"] is True
+    try:
+        assert finished("smol-hub").status == "done"
+        assert runtime.status("smol-hub")["status"] == "loaded"
+    finally:
+        runtime.unload("smol-hub")
+
+
+def test_a_cache_clear_waits_for_no_download_and_marks_the_model_missing(hub_server, gguf_entry, make_user, client_for):
+    client = client_for(make_user("model_load", "model_read", "system_manage"))
+    hub_server.throttle(20 * MB)
+    assert_ok(start(client), 202)
+    wait_for(lambda: job_of("smol-hub").bytes_done > 0)
+    assert_error(client.post("/system/cache/clear", {"model_name": "smol-hub"}, format="json"), 409, "ConflictError")
+    hub_server.throttle(None)
+    assert finished("smol-hub").status == "done"
+    listed = assert_ok(client.get("/system/cache?detailed=true"))["data"]
+    assert GGUF_REPO in [repo["repo_id"] for repo in listed["repos"]]
+    assert_ok(client.post("/system/cache/clear", {"model_name": "smol-hub"}, format="json"))
+    assert assert_ok(client.get("/models/smol-hub"))["data"]["download_status"] == "missing"
+
+
+def test_a_transformers_entry_fetches_weights_config_and_tokenizer_but_no_pickles(hub_server, loader):
+    services.registry_add(name="smol-hf", config={"model_id": HF_REPO, "engine": "transformers", "dtype": "float32"})
+    job = assert_ok(start(loader, name="smol-hf"), 202)["data"]
+    fetched = {f["path"] for f in job_of("smol-hf").plan["files"]}
+    assert "config.json" in fetched and any(p.endswith(".safetensors") for p in fetched)
+    assert "tokenizer_config.json" in fetched and "pytorch_model.bin" not in fetched
+    assert job["files_total"] == len(fetched)
+    assert finished("smol-hf").status == "done"
+    assert assert_ok(loader.get("/models/smol-hf"))["data"]["download_status"] == "present"
+
+
+def test_pull_model_prints_progress_lines_and_fails_with_a_nonzero_exit(hub_server, gguf_entry, capsys):
+    from io import StringIO
+
+    out = StringIO()
+    call_command("pull_model", "smol-hub", stdout=out)
+    assert "smol-hub: done" in out.getvalue() and "%" in out.getvalue()
+    services.registry_add(name="nowhere", config={"model_id": "test-org/no-such-repo", "engine": "llama.cpp",
+                                                  "quantization": "Q4_1"})
+    with pytest.raises(CommandError) as failure:
+        call_command("pull_model", "nowhere", stdout=StringIO())
+    assert failure.value.returncode != 0
+
+
+def test_ctrl_c_during_a_pull_cancels_it_and_keeps_the_partial_file(hub_server, gguf_entry):
+    hub_server.throttle(20 * MB)
+
+    def interrupt(job):
+        if job.bytes_done > 5 * MB:
+            raise KeyboardInterrupt
+
+    job = downloads.pull(gguf_entry, on_progress=interrupt)
+    assert job.status == "cancelled"
+    plan = hub.Plan.from_json(job.plan)
+    assert 0 < hub.partial_bytes(plan) < plan.total_bytes
