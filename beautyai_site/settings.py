@@ -124,6 +124,9 @@ def _database() -> dict:
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # Runners and request threads write at once; wait for the lock instead of failing.
         config.setdefault("OPTIONS", {})["timeout"] = 20
+        # A transaction that reads first and writes later cannot wait for the write lock (SQLite answers
+        # "database is locked" at once, to avoid a deadlock); taking it at BEGIN makes it wait instead.
+        config["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
         config["CONN_MAX_AGE"] = 0
         # Django's SQLite backend plus a per-process pool of open connections (see its docstring).
         config["ENGINE"] = "beautyai_site.sqlite_pool"

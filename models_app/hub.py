@@ -2,11 +2,11 @@
 
 No Django here; ``models_app.downloads`` runs this for a ``ModelDownload`` row.
 
-Files are fetched by huggingface_hub's own client (``hf_hub_download`` with ``local_dir``) into a
+Files are fetched by huggingface_hub's own client (its metadata request and HTTP download) into a
 staging folder beside the cache, ``<HF_HOME>/.beautyai-staging/<repo folder>/<commit>/`` (outside
-``hub/``, whose every folder huggingface_hub's cache scan takes for a repo). The
-client keeps partial files there (``.incomplete``) and resumes them with HTTP ranges, so a cancel, a
-network error or a server restart costs no bytes already fetched. The client checks sizes, not
+``hub/``, whose every folder huggingface_hub's cache scan takes for a repo). Partial files
+(``.part``) stay there and are resumed with HTTP ranges, so a cancel, a network error or a server
+restart costs no bytes already fetched. The client checks sizes, not
 hashes: a file is moved into the cache (``blobs/<etag>``, ``snapshots/<commit>/<path>``,
 ``refs/<revision>``, the layout the engines read offline) only once it is complete and its sha256
 (LFS files) or git blob sha1 (other files) matches what the hub declared (THREATS C13).
@@ -23,6 +23,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
+from urllib.parse import urlsplit
 
 from models_app.engines.base import gguf_matching
 
@@ -191,9 +192,7 @@ def partial_bytes(plan: Plan, cache: Path | None = None) -> int:
     root = staging_dir(plan, cache)
     if not root.is_dir():
         return 0
-    # Finished files, and the client's .incomplete files in its .cache folder (not its metadata or locks).
-    return sum(p.stat().st_size for p in root.rglob("*")
-               if p.is_file() and (p.name.endswith(".incomplete") or ".cache" not in p.relative_to(root).parts))
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def bytes_needed(plan: Plan, cache: Path | None = None) -> int:
@@ -283,17 +282,49 @@ def verify(path: Path, file: HubFile) -> None:
         raise HubError(f"{file.path}: the downloaded file does not match the hash the hub declared")
 
 
+def _fetch_file(plan: Plan, file: HubFile, target: Path, *, token: str | None, progress) -> None:
+    """Fetches one file to ``target`` with huggingface_hub's own HTTP download, resuming ``target``.part.
+
+    huggingface_hub's hf_hub_download resumes only within one call (it deletes its partial file on
+    any failure), so the platform keeps the partial file and hands it to the client's ``http_get``
+    with the bytes it already holds: the client asks for the rest with a Range request.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(plan.repo_id, file.path, revision=plan.commit)
+    metadata = get_hf_file_metadata(url, token=token)
+    headers = build_hf_headers(token=token)
+    location = metadata.location or url
+    if urlsplit(location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a signed CDN URL; the hub's token stays with the hub
+    partial = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "ab") as handle:
+        held = handle.tell()
+        if held > file.size:  # not this file's bytes (a changed plan): start over
+            handle.truncate(0)
+            held = 0
+        http_get(location, handle, resume_size=held, headers=headers, expected_size=file.size,
+                 displayed_filename=file.path, tqdm_class=progress)
+    os.replace(partial, target)
+
+
 def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_file_done: Callable[[HubFile], None],
           on_verifying: Callable[[], None], cancelled: Callable[[], bool]) -> None:
     """Downloads every file of ``plan`` not in the cache yet, verifies all, then promotes them.
 
-    ``on_bytes`` gets each chunk's size as it arrives (it may raise DownloadCancelled to stop);
-    files already cached count as done at once.
+    ``on_bytes`` gets each chunk's size as it arrives (it may raise DownloadCancelled to stop; the
+    client reads in 10 MiB blocks, so a cancel lands within one block); files already cached or
+    already complete in staging count as done at once.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants
 
+    # The client reads 10 MiB per block and reports (and can be stopped) once per block; 1 MiB blocks
+    # make progress smoother, a cancel quicker, and the block thrown away at a cancel smaller.
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, _CHUNK)
     staging = staging_dir(plan)
-    staging.mkdir(parents=True, exist_ok=True)
     progress = _progress_class(on_bytes)
     staged: list[HubFile] = []
     for file in plan.files:
@@ -303,13 +334,14 @@ def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_
             on_bytes(file.size)
             on_file_done(file)
             continue
-        try:
-            hf_hub_download(plan.repo_id, file.path, revision=plan.commit, local_dir=staging, token=token,
-                            tqdm_class=progress)
-        except DownloadCancelled:
-            raise
-        except Exception as exc:
-            raise HubError(f"{file.path}: {describe_hub_error(exc, plan.repo_id)}") from None
+        target = staging / file.path
+        if not target.is_file():
+            try:
+                _fetch_file(plan, file, target, token=token, progress=progress)
+            except DownloadCancelled:
+                raise
+            except Exception as exc:
+                raise HubError(f"{file.path}: {describe_hub_error(exc, plan.repo_id)}") from None
         staged.append(file)
         on_file_done(file)
     on_verifying()

@@ -362,11 +362,13 @@ def locate_model(spec: LoadSpec) -> Path:
 
 def gguf_matching(names: list[str], quantization: str) -> list[str]:
     """The GGUF file names of a repo or folder that a quantisation picks (``qwen3-8b-q4_k_m.gguf`` for
-    Q4_K_M; split files such as ``-00001-of-00002`` come together); the only GGUF when none names it."""
+    Q4_K_M; split files such as ``-00001-of-00002`` come together). Quantisation "none" picks the
+    only GGUF there is; a quantisation no file names picks nothing (never another quantisation)."""
     ggufs = sorted(n for n in names if n.lower().endswith(".gguf"))
     wanted = quantization.lower()
-    chosen = [n for n in ggufs if wanted != "none" and wanted in n.rsplit("/", 1)[-1].lower()]
-    return chosen or (ggufs if len(ggufs) == 1 else [])
+    if wanted == "none":
+        return ggufs if len(ggufs) == 1 else []
+    return [n for n in ggufs if wanted in n.rsplit("/", 1)[-1].lower()]
 
 
 def is_hub_id(model_id: str) -> bool:

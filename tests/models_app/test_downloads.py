@@ -7,10 +7,11 @@ import threading
 import time
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from models_app import downloads, hub, runtime, services
+from models_app import downloads, hub as hub_files, runtime, services
 from models_app.models import ModelDownload
 from tests.envelope import assert_error, assert_ok
 
@@ -18,8 +19,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_REPO = "test-org/smollm2-gguf"
+SERVED = f"{GGUF_REPO}/{GGUF}"  # the hub server's name for the file
 HF_REPO = "test-org/smollm2"
 MB = 1_000_000
+
+
+def gguf_size() -> int:
+    from models_app.engines.bundled import bundled_gguf_path
+
+    return bundled_gguf_path().stat().st_size
 
 
 def wait_for(condition, timeout: float = 60, message: str = "condition not met"):
@@ -43,7 +51,12 @@ def finished(name: str, timeout: float = 120) -> ModelDownload:
 
 
 @pytest.fixture
-def gguf_entry(hub_server):
+def hub(hub_server):
+    return hub_server(GGUF_REPO)
+
+
+@pytest.fixture
+def gguf_entry(hub):
     return services.registry_add(name="smol-hub", config={
         "model_id": GGUF_REPO, "engine": "llama.cpp", "quantization": "Q4_1", "parameters": {"n_ctx": 512}})
 
@@ -57,10 +70,10 @@ def start(client, name="smol-hub", **body):
     return client.post(f"/models/{name}/download", body, format="json")
 
 
-def test_a_downloaded_model_loads_and_chats(hub_server, gguf_entry, loader):
+def test_a_downloaded_model_loads_and_chats(hub, gguf_entry, loader):
     assert assert_ok(loader.get("/models/"))["models"][0]["download_status"] == "missing"
     job = assert_ok(start(loader), 202)["data"]
-    assert job["status"] in ("queued", "downloading") and job["bytes_total"] == hub_server.size(GGUF_REPO, GGUF)
+    assert job["status"] in ("queued", "downloading") and job["bytes_total"] == gguf_size()
     assert finished("smol-hub").status == "done"
     detail = assert_ok(loader.get("/models/smol-hub"))["data"]
     assert detail["download_status"] == "present" and detail["download"]["bytes_done"] == job["bytes_total"]
@@ -74,54 +87,58 @@ def test_a_downloaded_model_loads_and_chats(hub_server, gguf_entry, loader):
         runtime.unload("smol-hub")
 
 
-def test_progress_events_are_monotonic_and_end_with_done(hub_server, gguf_entry, loader):
-    hub_server.throttle(40 * MB)
+def test_progress_events_are_monotonic_and_end_with_done(hub, gguf_entry, loader):
+    hub.throttle(40 * MB)
     assert_ok(start(loader), 202)
     response = loader.get("/models/smol-hub/download", HTTP_ACCEPT="text/event-stream")
     assert response["Content-Type"].startswith("text/event-stream")
-    events = [json.loads(line[len("data: "):]) for line in b"".join(response.streaming_content).decode().splitlines()
+
+    async def body():
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    events = [json.loads(line[len("data: "):]) for line in async_to_sync(body)().decode().splitlines()
               if line.startswith("data: ")]
     done = [event["bytes_done"] for event in events]
     assert done == sorted(done) and len(set(done)) >= 3
     assert events[-1]["status"] == "done" and events[-1]["bytes_done"] == events[-1]["bytes_total"]
 
 
-def test_a_cancelled_download_resumes_where_it_stopped(hub_server, gguf_entry, loader):
-    size = hub_server.size(GGUF_REPO, GGUF)
-    hub_server.throttle(20 * MB)
+def test_a_cancelled_download_resumes_where_it_stopped(hub, gguf_entry, loader):
+    size = gguf_size()
+    hub.throttle(20 * MB)
     assert_ok(start(loader), 202)
     wait_for(lambda: job_of("smol-hub").bytes_done > 10 * MB, message="no progress")
     cancelled = assert_ok(loader.delete("/models/smol-hub/download"))["data"]
     assert cancelled["status"] == "cancelled"
     assert downloads.workers.wait_idle(30)
-    first_part = hub_server.bytes_served[GGUF]
+    first_part = hub.bytes_served[SERVED]
     assert 0 < first_part < size
     assert assert_ok(loader.get("/models/smol-hub"))["data"]["download_status"] == "missing"
-    hub_server.throttle(None)
+    hub.throttle(None)
     assert_ok(start(loader), 202)
     assert finished("smol-hub").status == "done"
     # Resumed with a range, not restarted: about the file's size went over the wire in all.
-    assert hub_server.bytes_served[GGUF] <= size + 2 * MB
-    assert any("Range" in headers for _, _, headers in hub_server.requests)
+    assert hub.bytes_served[SERVED] <= size + 2 * MB
+    assert any("Range" in headers for _, _, headers in hub.requests)
     assert downloads.files_present(gguf_entry)
 
 
-def test_a_corrupted_byte_fails_the_job_and_nothing_is_promoted(hub_server, gguf_entry, loader):
-    hub_server.corrupt(GGUF, 12345)
+def test_a_corrupted_byte_fails_the_job_and_nothing_is_promoted(hub, gguf_entry, loader):
+    hub.corrupt(SERVED, 12345)
     assert_ok(start(loader), 202)
     job = finished("smol-hub")
     assert job.status == "failed" and "does not match the hash" in job.error
     assert not downloads.files_present(gguf_entry)
-    blobs = hub.repo_dir(GGUF_REPO) / "blobs"
+    blobs = hub_files.repo_dir(GGUF_REPO) / "blobs"
     assert not blobs.exists() or not any(blobs.iterdir())
     assert assert_ok(loader.get("/models/smol-hub"))["data"]["download_status"] == "failed"
     assert_error(loader.post("/models/smol-hub/load", {}, format="json"), 409, "ConflictError")
 
 
-def test_too_little_disk_space_is_refused_before_anything_starts(hub_server, gguf_entry, loader, monkeypatch):
-    monkeypatch.setattr(hub, "free_bytes", lambda cache=None: 1000)
+def test_too_little_disk_space_is_refused_before_anything_starts(hub, gguf_entry, loader, monkeypatch):
+    monkeypatch.setattr(hub_files, "free_bytes", lambda cache=None: 1000)
     body = assert_error(start(loader), 409, "ConflictError")
-    assert body["error_details"]["needed_bytes"] == hub_server.size(GGUF_REPO, GGUF)
+    assert body["error_details"]["needed_bytes"] == gguf_size()
     assert body["error_details"]["free_bytes"] == 1000
     assert not ModelDownload.objects.exists()
 
@@ -132,15 +149,15 @@ def test_too_little_disk_space_is_refused_before_anything_starts(hub_server, ggu
       "parameters": {"filename": "missing.gguf"}}, "parameters.filename"),
     ({"model_id": GGUF_REPO, "engine": "llama.cpp", "quantization": "Q8_0"}, "quantization"),
 ])
-def test_a_missing_repo_or_file_answers_400_naming_the_field(hub_server, loader, config, field):
+def test_a_missing_repo_or_file_answers_400_naming_the_field(hub, loader, config, field):
     services.registry_add(name="broken", config=config)
     body = assert_error(start(loader, name="broken"), 400, "ValidationError")
     assert body["error_message"].startswith(f"{field}:")
     assert not ModelDownload.objects.exists()
 
 
-def test_two_users_starting_the_same_download_get_the_same_job(hub_server, gguf_entry, make_user, client_for):
-    hub_server.throttle(20 * MB)
+def test_two_users_starting_the_same_download_get_the_same_job(hub, gguf_entry, make_user, client_for):
+    hub.throttle(20 * MB)
     clients = [client_for(make_user("model_load", "model_read")) for _ in range(2)]
     answers = [None, None]
 
@@ -155,25 +172,29 @@ def test_two_users_starting_the_same_download_get_the_same_job(hub_server, gguf_
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted(answer.status_code for answer in answers) == [202, 409]
+    assert sorted(answer.status_code for answer in answers) == [202, 409], [a.content for a in answers]
     ids = {(a.json()["data"] or a.json()["error_details"]["download"])["download_id"] for a in answers}
     assert len(ids) == 1 and ModelDownload.objects.count() == 1
     assert_ok(clients[0].delete("/models/smol-hub/download"))
     assert downloads.workers.wait_idle(30)
 
 
-def test_a_viewer_cannot_start_a_download_and_a_stranger_does_not_see_the_model(hub_server, gguf_entry, api_as):
+def test_a_viewer_cannot_start_a_download_and_a_stranger_does_not_see_the_model(
+        hub, gguf_entry, bundled_model, api_as, make_user, client_for, grant):
     assert_error(start(api_as("model_read")), 403, "PermissionDeniedError")
-    assert_error(start(api_as("chat")), 404, "ModelNotFoundError")
+    assert_error(start(api_as("chat")), 403, "PermissionDeniedError")
+    loader_of_another_model = make_user()
+    grant(loader_of_another_model, "model_load", bundled_model)
+    assert_error(start(client_for(loader_of_another_model)), 404, "ModelNotFoundError")
     assert not ModelDownload.objects.exists()
 
 
-def test_a_local_entry_has_nothing_to_download(hub_server, bundled_model, loader):
+def test_a_local_entry_has_nothing_to_download(hub, bundled_model, loader):
     assert_error(start(loader, name=bundled_model.name), 400, "ValidationError")
     assert assert_ok(loader.get(f"/models/{bundled_model.name}"))["data"]["download_status"] == "present"
 
 
-def test_loading_a_missing_model_answers_409_and_download_true_downloads_then_loads(hub_server, gguf_entry, loader):
+def test_loading_a_missing_model_answers_409_and_download_true_downloads_then_loads(hub, gguf_entry, loader):
     body = assert_error(loader.post("/models/smol-hub/load", {}, format="json"), 409, "ConflictError")
     assert body["error_details"]["download_required"] is True
     job = assert_ok(loader.post("/models/smol-hub/load", {"download": True}, format="json"), 202)["data"]
@@ -185,21 +206,22 @@ def test_loading_a_missing_model_answers_409_and_download_true_downloads_then_lo
         runtime.unload("smol-hub")
 
 
-def test_a_cache_clear_waits_for_no_download_and_marks_the_model_missing(hub_server, gguf_entry, make_user, client_for):
-    client = client_for(make_user("model_load", "model_read", "system_manage"))
-    hub_server.throttle(20 * MB)
+def test_a_cache_clear_waits_for_no_download_and_marks_the_model_missing(hub, gguf_entry, make_user, client_for):
+    client = client_for(make_user("model_load", "model_read", "system_status", "cache_clear"))
+    hub.throttle(20 * MB)
     assert_ok(start(client), 202)
     wait_for(lambda: job_of("smol-hub").bytes_done > 0)
-    assert_error(client.post("/system/cache/clear", {"model_name": "smol-hub"}, format="json"), 409, "ConflictError")
-    hub_server.throttle(None)
+    assert_error(client.post("/system/cache/clear?model_name=smol-hub"), 409, "ConflictError")
+    hub.throttle(None)
     assert finished("smol-hub").status == "done"
     listed = assert_ok(client.get("/system/cache?detailed=true"))["data"]
     assert GGUF_REPO in [repo["repo_id"] for repo in listed["repos"]]
-    assert_ok(client.post("/system/cache/clear", {"model_name": "smol-hub"}, format="json"))
+    assert_ok(client.post("/system/cache/clear?model_name=smol-hub"))
     assert assert_ok(client.get("/models/smol-hub"))["data"]["download_status"] == "missing"
 
 
 def test_a_transformers_entry_fetches_weights_config_and_tokenizer_but_no_pickles(hub_server, loader):
+    hub_server(HF_REPO)
     services.registry_add(name="smol-hf", config={"model_id": HF_REPO, "engine": "transformers", "dtype": "float32"})
     job = assert_ok(start(loader, name="smol-hf"), 202)["data"]
     fetched = {f["path"] for f in job_of("smol-hf").plan["files"]}
@@ -210,7 +232,7 @@ def test_a_transformers_entry_fetches_weights_config_and_tokenizer_but_no_pickle
     assert assert_ok(loader.get("/models/smol-hf"))["data"]["download_status"] == "present"
 
 
-def test_pull_model_prints_progress_lines_and_fails_with_a_nonzero_exit(hub_server, gguf_entry, capsys):
+def test_pull_model_prints_progress_lines_and_fails_with_a_nonzero_exit(hub, gguf_entry):
     from io import StringIO
 
     out = StringIO()
@@ -223,8 +245,8 @@ def test_pull_model_prints_progress_lines_and_fails_with_a_nonzero_exit(hub_serv
     assert failure.value.returncode != 0
 
 
-def test_ctrl_c_during_a_pull_cancels_it_and_keeps_the_partial_file(hub_server, gguf_entry):
-    hub_server.throttle(20 * MB)
+def test_ctrl_c_during_a_pull_cancels_it_and_keeps_the_partial_file(hub, gguf_entry):
+    hub.throttle(20 * MB)
 
     def interrupt(job):
         if job.bytes_done > 5 * MB:
@@ -232,5 +254,5 @@ def test_ctrl_c_during_a_pull_cancels_it_and_keeps_the_partial_file(hub_server, 
 
     job = downloads.pull(gguf_entry, on_progress=interrupt)
     assert job.status == "cancelled"
-    plan = hub.Plan.from_json(job.plan)
-    assert 0 < hub.partial_bytes(plan) < plan.total_bytes
+    plan = hub_files.Plan.from_json(job.plan)
+    assert 0 < hub_files.partial_bytes(plan) < plan.total_bytes
