@@ -89,6 +89,12 @@ def test_scrubbing_leaves_ordinary_text_alone():
     assert scrub(text) == text
 
 
+def test_scrubbing_a_long_run_of_word_characters_takes_linear_time():
+    started = time.perf_counter()
+    scrub("h" * 20000 + " " + "h-" * 10000)
+    assert time.perf_counter() - started < 0.5
+
+
 def test_sql_logging_and_the_writers_own_lines_are_not_stored(db_log_handler):
     logging.getLogger("django.db.backends").debug("SELECT 1")
     # A record made on the writer thread (its failure warnings) must not queue another write.
