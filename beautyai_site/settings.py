@@ -276,10 +276,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # Bad Host headers, CSRF failures and the like: once a minute, their client text cut short, no traceback.
+    "filters": {"client_triggered": {"()": "system_app.logging.ClientTriggeredLogThrottle"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["client_triggered"]},
         # Stores records as LogRecord rows for GET /system/logs; never blocks (bounded queue, drops counted).
-        "database": {"class": "system_app.logging.DatabaseLogHandler", "level": LOG_LEVEL},
+        "database": {"class": "system_app.logging.DatabaseLogHandler", "level": LOG_LEVEL,
+                     "filters": ["client_triggered"]},
     },
     "root": {"handlers": ["console", "database"], "level": LOG_LEVEL},
     "loggers": {"django.request": {"level": "ERROR"}},
