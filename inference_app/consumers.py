@@ -89,8 +89,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return True
 
     def _current_user(self):
-        """The socket's user read afresh (Django and guardian cache permissions on the user object),
-        or None when its key or browser session no longer authenticates it."""
+        """The socket's user read afresh (Django caches permissions on the user object, so a kept one
+        would keep answering from them), or None when its key or browser session no longer authenticates it."""
         if self.api_key_raw is not None:
             try:
                 return authenticate_api_key(self.api_key_raw).user
