@@ -285,10 +285,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # Bad Host headers, CSRF failures and the like: once a minute, their client text cut short, no traceback.
+    "filters": {"client_triggered": {"()": "system_app.logging.ClientTriggeredLogThrottle"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["client_triggered"]},
         # Stores records as LogRecord rows for GET /system/logs; never blocks (bounded queue, drops counted).
-        "database": {"class": "system_app.logging.DatabaseLogHandler", "level": LOG_LEVEL},
+        "database": {"class": "system_app.logging.DatabaseLogHandler", "level": LOG_LEVEL,
+                     "filters": ["client_triggered"]},
     },
     "root": {"handlers": ["console", "database"], "level": LOG_LEVEL},
     "loggers": {"django.request": {"level": "ERROR"}},
@@ -298,6 +301,9 @@ LOGGING = {
 WEBSOCKET_MAX_MESSAGE_BYTES = int(env_number("BEAUTYAI_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024, integer=True))
 WEBSOCKET_MESSAGES_PER_SECOND = int(env_number("BEAUTYAI_WS_MESSAGES_PER_SECOND", 20, minimum=1, integer=True))
 WEBSOCKET_AUTH_GRACE_SECONDS = env_number("BEAUTYAI_WS_AUTH_GRACE_SECONDS", 5, minimum=0.1)
+# How often an open socket checks that its key or browser session still holds and that its user may
+# still chat (closing it with 4401 or 4403); every chat checks too.
+WEBSOCKET_RECHECK_SECONDS = env_number("BEAUTYAI_WS_RECHECK_SECONDS", 5, minimum=0.1)
 # How long a socket's output may stay backed up (kernel buffers full, more queued in daphne) before
 # the socket is dropped; read by beautyai_site.ws_protocol, installed by beautyai_site.serve.
 WEBSOCKET_SLOW_READER_SECONDS = env_number("BEAUTYAI_WS_SLOW_READER_SECONDS", 10, minimum=0.1)

@@ -14,7 +14,7 @@ from rest_framework.exceptions import APIException, AuthenticationFailed
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
 from beautyai_site.api import errors
-from beautyai_site.api.auth import authenticate_api_key, bearer_token
+from beautyai_site.api.auth import authenticate_api_key, bearer_token, session_user
 from beautyai_site.api.envelope import error_body
 from beautyai_site.api.exceptions import _as_api_error
 from beautyai_site.api.permissions import has_somewhere
@@ -22,6 +22,7 @@ from inference_app import active, limits, services, streaming
 from inference_app.serializers import ChatRequestSerializer
 
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_LARGE = 4413
 CLOSE_TOO_FAST = 4429
 
@@ -42,6 +43,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.user = None
         self.api_key_id = None
+        # The credential itself, not only the user it named: it is checked again before every chat
+        # and every WEBSOCKET_RECHECK_SECONDS, and a socket outlives revocations and sign-outs.
+        self.api_key_raw = None
+        self.session_key = None
+        self.may_chat = False
+        self.watch = None
         self.tasks: dict[str, asyncio.Task] = {}
         self.handles: dict[str, object] = {}  # by the client's request_id
         self.by_server_id: dict[str, object] = {}
@@ -53,7 +60,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if token:
             await self._authenticate_key(token)
         elif session_user is not None and session_user.is_authenticated:
-            self.user = session_user
+            self.user, self.session_key = session_user, self.scope["session"].session_key
         if self.user is None:
             self.grace = asyncio.get_running_loop().call_later(
                 settings.WEBSOCKET_AUTH_GRACE_SECONDS, self._close_unauthenticated
@@ -66,6 +73,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             asyncio.ensure_future(self.close(code=CLOSE_UNAUTHENTICATED))
 
     async def _joined(self):
+        self.may_chat = await database_sync_to_async(has_somewhere)(self.user, "chat")
+        self.watch = asyncio.ensure_future(self._watch_credentials())
         if self.channel_layer is not None:
             await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.send_json({"type": "ready", "user": self.user.get_username()})
@@ -75,10 +84,46 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             key = await database_sync_to_async(authenticate_api_key)(raw)
         except AuthenticationFailed:
             return False
-        self.user, self.api_key_id = key.user, key.pk
+        self.user, self.api_key_id, self.api_key_raw = key.user, key.pk, raw
         return True
 
+    def _current_user(self):
+        """The socket's user read afresh (Django caches permissions on the user object, so a kept one
+        would keep answering from them), or None when its key or browser session no longer authenticates it."""
+        if self.api_key_raw is not None:
+            try:
+                return authenticate_api_key(self.api_key_raw).user
+            except AuthenticationFailed:
+                return None
+        user = session_user(self.session_key)
+        return user if user is not None and user.pk == self.user.pk else None
+
+    def _credential_state(self):
+        user = self._current_user()
+        return user, user is not None and has_somewhere(user, "chat")
+
+    async def _watch_credentials(self):
+        """Closes the socket with 4401 once its credential is gone, and with 4403 once its user lost the
+        chat permission everywhere: an idle socket must not outlive either, nor must its running chats."""
+        while True:
+            await asyncio.sleep(settings.WEBSOCKET_RECHECK_SECONDS)
+            try:
+                user, may_chat = await database_sync_to_async(self._credential_state, thread_sensitive=False)()
+            except Exception:  # database or cache unreachable: chats fail by themselves; check next round
+                continue
+            if user is None:
+                await self.close(code=CLOSE_UNAUTHENTICATED)
+                return
+            # Only a loss closes the socket: a user who never could chat gets an error event per chat.
+            lost_chat = self.may_chat and not may_chat
+            self.user, self.may_chat = user, may_chat
+            if lost_chat:
+                await self.close(code=CLOSE_FORBIDDEN)
+                return
+
     async def disconnect(self, code):
+        if self.watch is not None:
+            self.watch.cancel()
         # Closing the socket cancels every generation it started.
         for handle in list(self.handles.values()):
             handle.cancel()
@@ -160,6 +205,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except Exception as exc:  # every failure becomes an error event; the socket stays usable
             self.tasks.pop(request_id, None)
             await self._error(request_id, _as_api_error(exc) or errors.SystemError())
+            if isinstance(exc, errors.AuthenticationError):  # ...unless its credential is gone
+                await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         server_id = plan.request_id
         self.handles[request_id] = self.by_server_id[server_id] = handle
@@ -180,13 +227,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
         close_old_connections()
         try:
+            user = self._current_user()
+            if user is None:
+                raise errors.AuthenticationError("This socket's API key or browser session is no longer valid.")
             serializer = ChatRequestSerializer(data=body)
             if not serializer.is_valid():
                 raise DRFValidationError(serializer.errors)
-            if not has_somewhere(self.user, "chat"):
+            if not has_somewhere(user, "chat"):
                 raise errors.PermissionDeniedError("You do not have the 'chat' permission.")
-            limits.check_chat_rate(self.user)
-            plan = services.chat_prepare(user=self.user, data=serializer.validated_data, transport="websocket",
+            limits.check_chat_rate(user)
+            plan = services.chat_prepare(user=user, data=serializer.validated_data, transport="websocket",
                                          api_key_id=self.api_key_id)
             return plan, services.chat_start(plan)
         finally:

@@ -164,8 +164,10 @@ _SCRUBBERS = [
     # Authorization headers in any spelling: "Authorization: Bearer x", 'HTTP_AUTHORIZATION': 'Basic x'.
     (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:(bearer|basic|token|digest)\s+)?[^\s'\",;}]+"),
      lambda m: f"{m[1]}{m[2] + ' ' if m[2] else ''}{REDACTED}"),
-    # password=..., "db_password": "...", api_key: ..., access_token=..., secret=...
-    (re.compile(r"(?i)([\w\-]*(?:password|passwd|pwd|secret|token|api[_\-]?key)['\"]?\s*[:=]\s*)(['\"]?)[^'\"\s,&;}]+"),
+    # password=..., "db_password": "...", api_key: ..., access_token=..., secret=... The match starts at
+    # the keyword, not at the name before it: a leading [\w-]* made every search quadratic in the
+    # longest run of word characters (seconds for a 10 KB Host header), and the name is kept anyway.
+    (re.compile(r"(?i)((?:password|passwd|pwd|secret|token|api[_\-]?key)['\"]?\s*[:=]\s*)(['\"]?)[^'\"\s,&;}]+"),
      rf"\g<1>\g<2>{REDACTED}"),
     # Credentials inside URLs: postgres://user:secret@host
     (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/\s@]+:)[^@\s/]+@"), rf"\g<1>{REDACTED}@"),
@@ -176,6 +178,58 @@ def scrub(text: str) -> str:
     for pattern, replacement in _SCRUBBERS:
         text = pattern.sub(replacement, text)
     return text
+
+
+# What clients can make the server log at will -----------------------------------------------------
+
+class ClientTriggeredLogThrottle(logging.Filter):
+    """Keeps records that any client can cause at will from filling the log and its table.
+
+    Django logs every request with a bad Host header, a CSRF failure or another suspicious operation
+    on ``django.security.<kind>`` (4xx responses on ``django.request``), with the client's text (a
+    10 KB Host header in full) and the exception's traceback: one row per request, from clients that
+    need no account. Such records pass once per ``interval_s`` per logger and status, the next one
+    saying how many were left out; their text is cut to ``max_chars``, and tracebacks (absolute paths,
+    nothing the client did not know) are dropped. On every handler, so the console gets the same; a
+    record is judged once, by the first handler that sees it.
+    """
+
+    def __init__(self, interval_s: float = 60, max_chars: int = 200, clock=time.monotonic):
+        super().__init__()
+        self.interval_s, self.max_chars, self.clock = interval_s, max_chars, clock
+        self.windows: dict[tuple, list] = {}  # (logger, status) -> [window start, records left out]
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def applies_to(record: logging.LogRecord) -> bool:
+        if record.name.startswith("django.security."):
+            return True
+        return record.name == "django.request" and 400 <= getattr(record, "status_code", 500) < 500
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.applies_to(record):
+            return True
+        judged = getattr(record, "_client_throttle", None)
+        if judged is not None:
+            return judged
+        key, now = (record.name, getattr(record, "status_code", None)), self.clock()
+        with self._lock:
+            window = self.windows.get(key)
+            if window is not None and now - window[0] < self.interval_s:
+                window[1] += 1
+                record._client_throttle = False
+                return False
+            left_out = window[1] if window is not None else 0
+            self.windows[key] = [now, 0]
+        message = record.getMessage()
+        if len(message) > self.max_chars:
+            message = message[:self.max_chars] + f"… ({len(message)} characters)"
+        if left_out:
+            message += f" [{left_out} more like this in the {self.interval_s:g} s before, not logged]"
+        record.msg, record.args = message, None
+        record.exc_info = record.exc_text = record.stack_info = None
+        record._client_throttle = True
+        return True
 
 
 # The handler -------------------------------------------------------------------------------------

@@ -15,6 +15,16 @@ from beautyai_site.api.envelope import error_body_for_path
 from beautyai_site.api.errors import PayloadTooLargeError, ValidationError
 
 
+def too_large() -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The request body is larger than {settings.MAX_REQUEST_BODY_BYTES} bytes.")
+
+
+def error_json(path: str, error) -> bytes:
+    """The body of an error answered below Django: the envelope, or OpenAI's shape under /v1/."""
+    return json.dumps(error_body_for_path(path, None, status=error.status_code, code=error.error_code,
+                                          message=error.message)).encode()
+
+
 class BodyLimitMiddleware:
     def __init__(self, app):
         self.app = app
@@ -27,7 +37,7 @@ class BodyLimitMiddleware:
         if declared is not None:
             try:
                 if int(declared) > limit:
-                    return await self._reject(scope, send, PayloadTooLargeError(f"The request body is larger than {limit} bytes."))
+                    return await self._reject(scope, send, too_large())
             except ValueError:
                 return await self._reject(scope, send, ValidationError("Content-Length is not a number."))
         buffered, size = [], 0
@@ -38,7 +48,7 @@ class BodyLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                return await self._reject(scope, send, PayloadTooLargeError(f"The request body is larger than {limit} bytes."))
+                return await self._reject(scope, send, too_large())
             if not message.get("more_body", False):
                 break
 
@@ -50,8 +60,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _reject(scope, send, error):
-        body = json.dumps(error_body_for_path(scope.get("path", ""), None, status=error.status_code,
-                                              code=error.error_code, message=error.message)).encode()
+        body = error_json(scope.get("path", ""), error)
         await send({"type": "http.response.start", "status": error.status_code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

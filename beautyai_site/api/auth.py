@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from importlib import import_module
 
 from django.conf import settings
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -35,6 +38,27 @@ def authenticate_api_key(raw_key: str) -> APIKey:
         key.last_used_at = now
         key_cache.remember(key)
     return key
+
+
+def session_user(session_key: str | None):
+    """The active user that the browser session ``session_key`` still signs in, read afresh from the
+    database; None once it was signed out or expired, its user deactivated or their password changed.
+
+    Unlike ``django.contrib.auth.get_user`` this never rotates or flushes the session: a WebSocket
+    that re-checks it cannot hand the browser a new cookie.
+    """
+    if not session_key:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    backend_path = session.get(BACKEND_SESSION_KEY)
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(get_user_model()._meta.pk.to_python(session.get(SESSION_KEY)))
+    if user is None:
+        return None
+    stored = session.get(HASH_SESSION_KEY) or ""
+    valid = (user.get_session_auth_hash(), *user.get_session_auth_fallback_hash())
+    return user if any(constant_time_compare(stored, candidate) for candidate in valid) else None
 
 
 class APIKeyAuthentication(BaseAuthentication):

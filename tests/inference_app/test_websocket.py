@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import override_settings
+from django.conf import settings
+from django.contrib.auth.models import Permission
+from django.contrib.sessions.models import Session
+from django.test import Client, override_settings
+from django.utils import timezone
 
 from beautyai_site.asgi import application
+from system_app.models import APIKey
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -102,6 +109,138 @@ async def test_a_user_without_chat_permission_gets_an_error_event(make_user, cli
     await ws.send_json_to(chat_message("p1", "hi"))
     event = await ws.receive_json_from(timeout=10)
     assert event["type"] == "error" and event["error_code"] == "PermissionDeniedError"
+    await ws.disconnect()
+
+
+# An open socket follows its credential ------------------------------------------------------------
+
+
+def _expire(key):
+    key.expires_at = timezone.now() - timedelta(seconds=1)
+    key.save()
+
+
+def _deactivate(user):
+    user.is_active = False
+    user.save()
+
+
+def _change_password(user):
+    user.set_password("a-new-password-for-tests")
+    user.save()
+
+
+KEY_LOSSES = {
+    "the key is revoked": lambda key: key.revoke(),
+    "the key expires": _expire,
+    "the key is deleted": lambda key: key.delete(),
+    "its user is deactivated": lambda key: _deactivate(key.user),
+}
+SESSION_LOSSES = {
+    "the browser signs out": lambda session_key, user: Session.objects.filter(session_key=session_key).delete(),
+    "its user is deactivated": lambda session_key, user: _deactivate(user),
+    "its user's password changes": lambda session_key, user: _change_password(user),
+}
+
+
+def key_row(raw_key):
+    return APIKey.objects.select_related("user").get(prefix=raw_key.split("_")[1])
+
+
+def signed_in_session(user) -> str:
+    browser = Client()
+    browser.force_login(user)
+    return browser.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+async def connect_with_session(session_key):
+    ws = communicator([(b"cookie", f"{settings.SESSION_COOKIE_NAME}={session_key}".encode())])
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from(timeout=10))["type"] == "ready"
+    return ws
+
+
+def revoke_chat_permission(user):
+    user.user_permissions.remove(Permission.objects.get(content_type__app_label="models_app", codename="chat"))
+
+
+async def chat_is_refused_with_4401(ws):
+    await ws.send_json_to(chat_message("after", "Name the capital city of France.", max_tokens=4))
+    event = await ws.receive_json_from(timeout=10)
+    assert (event["type"], event["request_id"], event["error_code"]) == ("error", "after", "AuthenticationError")
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+
+
+@override_settings(WEBSOCKET_RECHECK_SECONDS=3600)  # only the chat itself checks
+@pytest.mark.parametrize("loss", KEY_LOSSES)
+async def test_the_next_chat_after_the_key_stops_authenticating_is_refused_with_4401(chat_key, loss):
+    ws = await connect(chat_key)
+    await ws.send_json_to(chat_message("before", "Name the capital city of France.", max_tokens=4))
+    assert (await collect(ws, "before"))[-1]["type"] == "done"
+    await database_sync_to_async(lambda: KEY_LOSSES[loss](key_row(chat_key)))()
+    await chat_is_refused_with_4401(ws)
+
+
+@override_settings(WEBSOCKET_RECHECK_SECONDS=3600)
+async def test_the_next_chat_after_the_browser_signed_out_is_refused_with_4401(make_user, chat_key):
+    user = await database_sync_to_async(make_user)("chat")
+    session_key = await database_sync_to_async(signed_in_session)(user)
+    ws = await connect_with_session(session_key)
+    await ws.send_json_to(chat_message("before", "Name the capital city of France.", max_tokens=4))
+    assert (await collect(ws, "before"))[-1]["type"] == "done"
+    await database_sync_to_async(Session.objects.filter(session_key=session_key).delete)()
+    await chat_is_refused_with_4401(ws)
+
+
+@override_settings(WEBSOCKET_RECHECK_SECONDS=3600)
+async def test_the_next_chat_after_the_chat_permission_was_removed_is_refused(chat_key):
+    ws = await connect(chat_key)
+    await ws.send_json_to(chat_message("before", "Name the capital city of France.", max_tokens=4))
+    assert (await collect(ws, "before"))[-1]["type"] == "done"
+    await database_sync_to_async(lambda: revoke_chat_permission(key_row(chat_key).user))()
+    await ws.send_json_to(chat_message("after", "Name the capital city of France.", max_tokens=4))
+    event = await ws.receive_json_from(timeout=10)
+    assert (event["type"], event["request_id"], event["error_code"]) == ("error", "after", "PermissionDeniedError")
+    await ws.disconnect()
+
+
+@pytest.fixture
+def chatter(make_user, client_for, transactional_db):
+    """A user with the chat permission and a key of theirs; no model (these sockets never chat)."""
+    user = make_user("chat")
+    return user, client_for(user).raw_key
+
+
+@override_settings(WEBSOCKET_RECHECK_SECONDS=0.2)
+@pytest.mark.parametrize("loss", KEY_LOSSES)
+async def test_an_idle_socket_is_closed_with_4401_when_its_key_stops_authenticating(chatter, loss):
+    ws = await connect(chatter[1])
+    await database_sync_to_async(lambda: KEY_LOSSES[loss](key_row(chatter[1])))()
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+
+
+@override_settings(WEBSOCKET_RECHECK_SECONDS=0.2)
+@pytest.mark.parametrize("loss", SESSION_LOSSES)
+async def test_an_idle_socket_is_closed_with_4401_when_its_browser_session_stops_authenticating(chatter, loss):
+    user = chatter[0]
+    session_key = await database_sync_to_async(signed_in_session)(user)
+    ws = await connect_with_session(session_key)
+    await database_sync_to_async(lambda: SESSION_LOSSES[loss](session_key, user))()
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+
+
+@override_settings(WEBSOCKET_RECHECK_SECONDS=0.2)
+async def test_an_idle_socket_is_closed_with_4403_when_its_user_loses_the_chat_permission(chatter):
+    ws = await connect(chatter[1])
+    await database_sync_to_async(revoke_chat_permission)(chatter[0])
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+
+
+@override_settings(WEBSOCKET_RECHECK_SECONDS=0.2)
+async def test_a_socket_that_never_could_chat_stays_open_across_checks(make_user, client_for, transactional_db):
+    client = await database_sync_to_async(lambda: client_for(make_user("model_read")))()
+    ws = await connect(client.raw_key)
+    assert await ws.receive_nothing(timeout=1)  # five checks
     await ws.disconnect()
 
 

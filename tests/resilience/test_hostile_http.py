@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import socket
+import stat
+import time
+from urllib.parse import urlparse
 
 import httpx
+import psutil
 import pytest
+from django.conf import settings
 
 from models_app.models import ModelConfig
 
@@ -102,3 +110,88 @@ def test_v1_routes_answer_unknown_paths_and_oversized_bodies_in_openai_shape(ser
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     big = post(server, "/v1/chat/completions", b"{" + b" " * TEN_MB + b"}")
     assert big.status_code == 413 and set(big.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# Refused while the body arrives (beautyai_site/http_protocol.py, installed by serve.py) ----------
+
+def server_process(url) -> psutil.Process:
+    port = str(urlparse(url).port)
+    return next(child for child in psutil.Process().children()
+                if "beautyai_site.serve" in child.cmdline() and port in child.cmdline())
+
+
+def largest_temporary_file(process) -> int:
+    """The size of the largest unlinked file the server holds open: Twisted's request bodies."""
+    sizes = [0]
+    for fd in os.listdir(f"/proc/{process.pid}/fd"):
+        try:
+            info = os.stat(f"/proc/{process.pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0:
+            sizes.append(info.st_size)
+    return max(sizes)
+
+
+def open_raw(url, head: str) -> socket.socket:
+    """An unauthenticated request: its request line and headers, no body yet."""
+    address = urlparse(url)
+    sock = socket.create_connection((address.hostname, address.port), timeout=10)
+    sock.sendall(f"{head}Host: {address.netloc}\r\nContent-Type: application/json\r\n\r\n".encode())
+    return sock
+
+
+def read_response(sock) -> tuple[int, dict, dict]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection without an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, json.loads(body or b"null")
+
+
+def closed_by_server(sock, timeout=5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except ConnectionResetError:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("expect", ["", "Expect: 100-continue\r\n"], ids=["plain", "expecting 100-continue"])
+def test_a_declared_two_gigabyte_body_is_answered_413_before_any_of_it_is_sent(live_server_url, expect):
+    started = time.monotonic()
+    with open_raw(live_server_url, f"POST /models/ HTTP/1.1\r\nContent-Length: {2**31}\r\n{expect}") as sock:
+        status, headers, body = read_response(sock)
+        assert time.monotonic() - started < 5
+        assert status == 413 and headers["connection"] == "close"
+        assert body["success"] is False and body["error_code"] == "PayloadTooLargeError" and body["data"] is None
+        # What the client sends anyway is dropped, not stored.
+        process = server_process(live_server_url)
+        for _ in range(64):
+            sock.sendall(b"x" * 65536)
+            assert largest_temporary_file(process) <= settings.MAX_REQUEST_BODY_BYTES
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_and_the_connection_closed(live_server_url):
+    process = server_process(live_server_url)
+    chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+    with open_raw(live_server_url, "POST /models/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n") as sock:
+        sent = 0
+        while not select.select([sock], [], [], 0)[0]:
+            assert sent < 50 * settings.MAX_REQUEST_BODY_BYTES, "no answer while the body kept coming"
+            sock.sendall(chunk)
+            sent += 65536
+            assert largest_temporary_file(process) <= settings.MAX_REQUEST_BODY_BYTES
+        status, headers, body = read_response(sock)
+        assert status == 413 and headers["connection"] == "close" and body["error_code"] == "PayloadTooLargeError"
+        sock.sendall(b"0\r\n\r\n")  # the end of the body: the server has nothing left to wait for
+        assert closed_by_server(sock)

@@ -6,8 +6,12 @@ import asyncio
 import json
 
 import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
-from tests.inference_app.test_websocket import chat_message, collect, communicator, connect
+from tests.inference_app.test_websocket import chat_message, collect, communicator, connect, signed_in_session
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -71,3 +75,16 @@ async def test_fifty_concurrent_sockets_all_get_their_replies(chat_key):
     results = await asyncio.gather(*(collect(ws, f"s{n}", timeout=180) for n, ws in enumerate(sockets)))
     assert all(events[-1]["type"] == "done" for events in results)
     await asyncio.gather(*(ws.disconnect() for ws in sockets))
+
+
+async def test_a_page_on_another_port_cannot_open_a_socket_with_the_users_cookie(live_server_url, make_user):
+    """The real server: a browser on http://localhost:9999 sends the signed-in user's cookie along."""
+    user = await database_sync_to_async(make_user)("chat")
+    cookie = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={await database_sync_to_async(signed_in_session)(user)}"}
+    url = live_server_url.replace("http://", "ws://") + "/ws/chat/"
+    with pytest.raises(InvalidStatus) as refused:
+        async with ws_connect(url, origin="http://localhost:9999", additional_headers=cookie, open_timeout=10):
+            pass
+    assert refused.value.response.status_code == 403
+    async with ws_connect(url, origin=live_server_url, additional_headers=cookie, open_timeout=10) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "ready", "user": user.username}

@@ -11,7 +11,7 @@ import pytest
 from django.db import OperationalError
 from django.db.models.query import QuerySet
 
-from system_app.logging import BackgroundWriter, scrub, writer
+from system_app.logging import BackgroundWriter, ClientTriggeredLogThrottle, scrub, writer
 from system_app.models import LogRecord
 from tests.envelope import ISO_Z, assert_error, assert_ok
 
@@ -87,6 +87,12 @@ def test_keys_authorization_headers_and_passwords_are_scrubbed_before_storage(db
 def test_scrubbing_leaves_ordinary_text_alone():
     text = "generated tokens_generated=128 max_tokens: 256 in 1.2 s for model org/name"
     assert scrub(text) == text
+
+
+def test_scrubbing_a_long_run_of_word_characters_takes_linear_time():
+    started = time.perf_counter()
+    scrub("h" * 20000 + " " + "h-" * 10000)
+    assert time.perf_counter() - started < 0.5
 
 
 def test_sql_logging_and_the_writers_own_lines_are_not_stored(db_log_handler):
@@ -174,3 +180,68 @@ def test_without_a_running_writer_rows_are_not_kept():
 @pytest.mark.parametrize("query", ["level=TRACE", "level=warn", "lines=0", "lines=1001", "lines=ten", "lines=1.5"])
 def test_logs_refuse_a_bad_level_or_line_count(api_as, query):
     assert_error(api_as("admin").get(f"/system/logs?{query}"), 400, "ValidationError")
+
+
+# What unauthenticated clients can make the server log at will ------------------------------------
+
+@pytest.fixture
+def client_throttle(db_log_handler):
+    """The throttle from settings' LOGGING, with no window open from an earlier test."""
+    throttle = next(f for f in db_log_handler.filters if isinstance(f, ClientTriggeredLogThrottle))
+    throttle.windows.clear()
+    return throttle
+
+
+def test_five_hundred_requests_with_a_bad_host_leave_a_short_row_or_two_without_tracebacks(anon, client_throttle):
+    host = "h" * 10000
+    for _ in range(500):
+        assert_error(anon.get("/models/", HTTP_HOST=host), 400, "ValidationError")
+    rows = stored("django.security.DisallowedHost")
+    assert 1 <= len(rows) <= 2  # one a minute: a second only if these requests took over a minute
+    text = "\n".join(rows)
+    assert host not in text and len(text) < 1000
+    assert "Traceback" not in text and "/root/" not in text and 'File "' not in text and "/site-packages/" not in text
+
+
+def record(name="django.security.DisallowedHost", message="Invalid HTTP_HOST header: %r.", args=("h" * 10000,),
+           **extra) -> logging.LogRecord:
+    try:
+        raise ValueError("inside")
+    except ValueError as exc:
+        made = logging.LogRecord(name, logging.ERROR, __file__, 1, message, args, (type(exc), exc, exc.__traceback__))
+    made.__dict__.update(extra)
+    return made
+
+
+def test_client_triggered_records_pass_once_a_minute_and_the_next_one_counts_those_left_out():
+    now = [0.0]
+    throttle = ClientTriggeredLogThrottle(clock=lambda: now[0])
+    assert throttle.filter(record())
+    assert [throttle.filter(record()) for _ in range(4)] == [False] * 4
+    assert throttle.filter(record(name="django.security.csrf"))  # another kind has its own minute
+    now[0] = 60
+    passed = record()
+    assert throttle.filter(passed)
+    assert passed.getMessage().endswith("[4 more like this in the 60 s before, not logged]")
+
+
+def test_their_text_is_cut_short_and_their_traceback_dropped():
+    passed = record()
+    assert ClientTriggeredLogThrottle().filter(passed)
+    assert passed.getMessage().startswith("Invalid HTTP_HOST header: 'hhh") and "(10029 characters)" in passed.getMessage()
+    assert len(passed.getMessage()) < 250 and passed.exc_info is None and passed.exc_text is None
+
+
+def test_a_record_is_judged_once_whichever_handlers_see_it():
+    throttle = ClientTriggeredLogThrottle()
+    first, second = record(), record()
+    assert throttle.filter(first) and throttle.filter(first)  # console, then database
+    assert not throttle.filter(second) and not throttle.filter(second)
+
+
+@pytest.mark.parametrize("other", [record(name="models_app.runtime"), record(name="django.request", status_code=500)])
+def test_other_records_pass_untouched(other):
+    throttle = ClientTriggeredLogThrottle()
+    assert all(throttle.filter(other) for _ in range(3))
+    assert other.exc_info is not None and len(other.getMessage()) > 10000
+
