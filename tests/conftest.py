@@ -127,6 +127,77 @@ def strict_template_dir(safetensors_dir, tmp_path_factory):
 
 
 @pytest.fixture
+def hub_server(request, tmp_path, monkeypatch, settings):
+    """A local Hugging Face Hub (tests/hub_server.py) that huggingface_hub in this process downloads from.
+
+    ``hub_server(*repo_ids, repos=None, **HubServer options) -> HubServer`` serves the named standard repos
+    (both when neither ``repo_ids`` nor ``repos`` is given) plus the custom ``repos``:
+
+    - ``test-org/smollm2-gguf``: the bundled GGUF and a README.md;
+    - ``test-org/smollm2``: the files of ``safetensors_dir`` (converted on first use: slow) and a small
+      ``pytorch_model.bin``, a pickle name that a careful client never fetches.
+
+    HF_HOME is a fresh ``tmp_path / "hf"``. huggingface_hub reads its environment once, at import, so setting
+    the environment reaches only processes started later; until the test ends (the servers stop first) it patches:
+
+    - environment: HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE=0, HF_HUB_DISABLE_XET=1, HF_HUB_DISABLE_IMPLICIT_TOKEN=1,
+      and removes HF_HUB_CACHE and HUGGINGFACE_HUB_CACHE, which would win over HF_HOME;
+    - ``huggingface_hub.constants``: ENDPOINT and HUGGINGFACE_CO_URL_TEMPLATE (every hub URL is built from
+      them at call time), HF_HUB_CACHE (the download cache), HF_HUB_OFFLINE=False (the suite runs with
+      HF_HUB_OFFLINE=1, which refuses every request), HF_HUB_DISABLE_XET=True, and
+      HF_HUB_DISABLE_IMPLICIT_TOKEN=True (a developer's token is neither read nor sent);
+    - values copied at import: ``huggingface_hub.hf_api.api.endpoint`` (``huggingface_hub.model_info``,
+      ``list_repo_tree`` and the other module-level functions are methods of that instance) and
+      ``huggingface_hub.utils._cache_manager.HF_HUB_CACHE`` (``scan_cache_dir()``'s default);
+    - ``huggingface_hub.utils._detect_agent._registry``: empty, or else the first request of the process
+      starts with a GET /api/agent-harnesses to the hub whose answer is written into HF_HOME;
+    - Django's ``settings.HF_HOME``.
+    """
+    from huggingface_hub import constants, hf_api
+    from huggingface_hub.utils import _cache_manager, _detect_agent
+
+    from models_app.engines.bundled import bundled_gguf_path
+    from tests.hub_server import HubServer
+
+    def gguf_repo():
+        gguf = bundled_gguf_path()
+        return {gguf.name: gguf, "README.md": b"---\nlicense: apache-2.0\n---\n# SmolLM2-135M-Instruct, GGUF\n"}
+
+    def safetensors_repo():
+        folder = request.getfixturevalue("safetensors_dir")
+        files = {path.relative_to(folder).as_posix(): path for path in folder.rglob("*") if path.is_file()}
+        return {**files, "pytorch_model.bin": b"not a pickle: a client that skips *.bin never sees this"}
+
+    standard = {"test-org/smollm2-gguf": gguf_repo, "test-org/smollm2": safetensors_repo}
+    hf_home = tmp_path / "hf"
+    servers = []
+
+    def start(*repo_ids: str, repos: dict | None = None, **options) -> HubServer:
+        chosen = repo_ids or (() if repos else tuple(standard))
+        server = HubServer({**{repo_id: standard[repo_id]() for repo_id in chosen}, **(repos or {})}, **options)
+        servers.append(server)
+        for name, value in {"HF_ENDPOINT": server.url, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "0",
+                            "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+        for name, value in {"ENDPOINT": server.url,
+                            "HUGGINGFACE_CO_URL_TEMPLATE": server.url + "/{repo_id}/resolve/{revision}/{filename}",
+                            "HF_HUB_CACHE": str(hf_home / "hub"), "HF_HUB_OFFLINE": False,
+                            "HF_HUB_DISABLE_XET": True, "HF_HUB_DISABLE_IMPLICIT_TOKEN": True}.items():
+            monkeypatch.setattr(constants, name, value)
+        monkeypatch.setattr(hf_api.api, "endpoint", server.url)
+        monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(hf_home / "hub"))
+        monkeypatch.setattr(_detect_agent, "_registry", {"standardEnvVars": [], "harnesses": {}})
+        settings.HF_HOME = hf_home
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
 def loaded_model(bundled_model):
     from models_app import runtime
 
