@@ -2,22 +2,19 @@
 
 No Django here; ``models_app.downloads`` runs this for a ``ModelDownload`` row.
 
-Files are fetched over huggingface_hub's HTTP session into a staging folder beside the cache,
-``<HF_HOME>/.beautyai-staging/<repo folder>/<commit>/`` (outside ``hub/``, whose every folder
-huggingface_hub's cache scan takes for a repo). A file being fetched grows in ``<commit>.partial/``
-and is continued with an HTTP range by the next attempt, so a cancel, a network error or a server
-restart costs no bytes already fetched. (Not ``hf_hub_download``: since huggingface_hub 2.x it
-fetches into a temporary file of its own that it deletes on any failure, so every attempt started
-again from byte zero.) A file is moved into the cache (``blobs/<etag>``,
-``snapshots/<commit>/<path>``, ``refs/<revision>``, the layout the engines read offline) only once
-it is complete and its sha256 (LFS files) or git blob sha1 (other files) matches what the hub
-declared (THREATS C13).
+Files are fetched by huggingface_hub's own client (``hf_hub_download`` with ``local_dir``) into a
+staging folder beside the cache, ``<HF_HOME>/.beautyai-staging/<repo folder>/<commit>/`` (outside
+``hub/``, whose every folder huggingface_hub's cache scan takes for a repo). The
+client keeps partial files there (``.incomplete``) and resumes them with HTTP ranges, so a cancel, a
+network error or a server restart costs no bytes already fetched. The client checks sizes, not
+hashes: a file is moved into the cache (``blobs/<etag>``, ``snapshots/<commit>/<path>``,
+``refs/<revision>``, the layout the engines read offline) only once it is complete and its sha256
+(LFS files) or git blob sha1 (other files) matches what the hub declared (THREATS C13).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import fnmatch
 import hashlib
 import os
@@ -110,11 +107,6 @@ def staging_dir(plan: Plan, cache: Path | None = None) -> Path:
     return staging_root(plan.repo_id, cache) / plan.commit
 
 
-def partial_dir(plan: Plan, cache: Path | None = None) -> Path:
-    """Files still being fetched; apart from ``staging_dir``, so no name can clash with a repo's own files."""
-    return staging_root(plan.repo_id, cache) / f"{plan.commit}.partial"
-
-
 # Choosing files --------------------------------------------------------------------------------
 
 def select_files(files: list[HubFile], *, engine: str, quantization: str, parameters: dict) -> list[HubFile]:
@@ -196,8 +188,12 @@ def is_cached(plan: Plan, file: HubFile, cache: Path | None = None) -> bool:
 
 def partial_bytes(plan: Plan, cache: Path | None = None) -> int:
     """Bytes already fetched into the staging folder (finished and partial files)."""
-    return sum(p.stat().st_size for root in (staging_dir(plan, cache), partial_dir(plan, cache)) if root.is_dir()
-               for p in root.rglob("*") if p.is_file())
+    root = staging_dir(plan, cache)
+    if not root.is_dir():
+        return 0
+    # Finished files, and the client's .incomplete files in its .cache folder (not its metadata or locks).
+    return sum(p.stat().st_size for p in root.rglob("*")
+               if p.is_file() and (p.name.endswith(".incomplete") or ".cache" not in p.relative_to(root).parts))
 
 
 def bytes_needed(plan: Plan, cache: Path | None = None) -> int:
@@ -241,6 +237,30 @@ def discard_staging(repo_id: str, cache: Path | None = None) -> None:
 
 # Fetching ----------------------------------------------------------------------------------------
 
+def _progress_class(on_bytes: Callable[[int], None]):
+    class Progress:
+        """What huggingface_hub's http_get drives as its progress bar (any class that is not a tqdm is
+        called with tqdm's keyword arguments). Raising from ``update`` aborts the transfer; the
+        client leaves the partial file for the next attempt."""
+
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n: int = 1) -> None:
+            on_bytes(int(n))
+
+        def close(self) -> None:
+            pass
+
+    return Progress
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -267,11 +287,14 @@ def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_
           on_verifying: Callable[[], None], cancelled: Callable[[], bool]) -> None:
     """Downloads every file of ``plan`` not in the cache yet, verifies all, then promotes them.
 
-    ``on_bytes`` gets each chunk's size once it is written (it may raise DownloadCancelled to stop);
-    files already cached count as done at once, files already staged were counted by ``partial_bytes``.
+    ``on_bytes`` gets each chunk's size as it arrives (it may raise DownloadCancelled to stop);
+    files already cached count as done at once.
     """
+    from huggingface_hub import hf_hub_download
+
     staging = staging_dir(plan)
     staging.mkdir(parents=True, exist_ok=True)
+    progress = _progress_class(on_bytes)
     staged: list[HubFile] = []
     for file in plan.files:
         if cancelled():
@@ -280,14 +303,13 @@ def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_
             on_bytes(file.size)
             on_file_done(file)
             continue
-        target = staging / file.path
-        if not (target.is_file() and target.stat().st_size == file.size):
-            try:
-                _fetch_file(plan, file, target, token=token, on_bytes=on_bytes, cancelled=cancelled)
-            except DownloadCancelled:
-                raise
-            except Exception as exc:
-                raise HubError(f"{file.path}: {describe_hub_error(exc, plan.repo_id)}") from None
+        try:
+            hf_hub_download(plan.repo_id, file.path, revision=plan.commit, local_dir=staging, token=token,
+                            tqdm_class=progress)
+        except DownloadCancelled:
+            raise
+        except Exception as exc:
+            raise HubError(f"{file.path}: {describe_hub_error(exc, plan.repo_id)}") from None
         staged.append(file)
         on_file_done(file)
     on_verifying()
@@ -300,55 +322,6 @@ def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_
             path.unlink(missing_ok=True)
             raise
     promote(plan, staged)
-
-
-def _fetch_file(plan: Plan, file: HubFile, target: Path, *, token: str | None,
-                on_bytes: Callable[[int], None], cancelled: Callable[[], bool]) -> None:
-    """Fetches ``file`` into ``target``, continuing the partial file an earlier attempt left with a range.
-
-    Each piece is written before it is counted and before the cancel flag is read, so a cancel keeps
-    every byte received and stops within one piece (_CHUNK).
-    """
-    from huggingface_hub import constants, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
-
-    partial = partial_dir(plan) / file.path
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    headers = build_hf_headers(token=token)
-    while True:
-        out = open(partial, "ab")
-        # A cancelled attempt may still be finishing its last piece (or another job fetches the same
-        # repo): the lock makes this one wait, then continue after what that one wrote, unless that
-        # one finished the file and moved it away meanwhile.
-        fcntl.flock(out, fcntl.LOCK_EX)
-        if partial.exists() and os.path.samestat(os.fstat(out.fileno()), partial.stat()):
-            break
-        out.close()
-        if target.is_file() and target.stat().st_size == file.size:
-            return
-    with out:
-        have = out.seek(0, os.SEEK_END)
-        if have > file.size:
-            out.truncate(0)
-            on_bytes(-have)
-            have = 0
-        if have < file.size:
-            if have:
-                headers["Range"] = f"bytes={have}-"
-            url = hf_hub_url(plan.repo_id, file.path, revision=plan.commit)
-            with http_stream_backoff("GET", url, headers=headers,
-                                     timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
-                hf_raise_for_status(response)
-                if have and response.status_code != 206:  # the range was ignored: the whole file comes
-                    out.truncate(0)
-                    on_bytes(-have)
-                for chunk in response.iter_bytes(_CHUNK):
-                    out.write(chunk)
-                    on_bytes(len(chunk))
-                    if cancelled():
-                        raise DownloadCancelled()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, target)
 
 
 def _move_whole(source: Path, target: Path) -> None:
@@ -386,4 +359,3 @@ def promote(plan: Plan, files: list[HubFile], cache: Path | None = None) -> None
         temporary.write_text(plan.commit)
         os.replace(temporary, ref)
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(partial_dir(plan, cache), ignore_errors=True)
