@@ -7,6 +7,7 @@ export class ApiError extends Error {
     super((body && body.error_message) || `HTTP ${status}`);
     this.status = status;
     this.code = body && body.error_code;
+    this.details = (body && body.error_details) || {};
   }
 }
 

@@ -115,13 +115,122 @@ async function refreshRow(row) {
   }
 }
 
+// Downloads: a row whose files are downloading is followed by polling its JSON route every second,
+// not by the event stream. Daphne speaks HTTP/1.1 only, where a browser opens at most six connections
+// to the site; an EventSource holds one for as long as its download runs, so a few downloads at once
+// would starve the dashboard's own requests. A poll holds none, and needs no reconnection logic when
+// the server restarts (the job resumes there and the next poll simply sees it).
+const DOWNLOAD_POLL_MS = 1000;
+const ACTIVE_DOWNLOAD = new Set(["queued", "downloading", "verifying"]);
+const following = new Set();
+
+function bytes(count) {
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let value = count;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function duration(seconds) {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+function progressText(job) {
+  if (job.status === "queued") return `queued · ${bytes(job.bytes_total)}`;
+  const parts = [`${bytes(job.bytes_done)} of ${bytes(job.bytes_total)}`];
+  if (job.status === "verifying") {
+    parts.push("verifying");
+  } else {
+    if (job.speed_bytes_per_second > 0) parts.push(`${bytes(job.speed_bytes_per_second)}/s`);
+    if (job.eta_seconds != null) parts.push(`${duration(job.eta_seconds)} left`);
+  }
+  return parts.join(" · ");
+}
+
+// status: present | missing | downloading | failed. Download is offered for the last two only.
+function setDownloadStatus(row, status) {
+  const badge = field(row, "download_status");
+  badge.textContent = status;
+  badge.className = `badge files-${status}`;
+  const button = row.querySelector('button[data-action="download"]');
+  if (button) button.hidden = status !== "missing" && status !== "failed";
+}
+
+// A running job shows as a progress bar; an ended one by its message (the error, or how it was cancelled).
+function showDownload(row, job) {
+  const active = ACTIVE_DOWNLOAD.has(job.status);
+  field(row, "download").hidden = !active;
+  if (active) {
+    setDownloadStatus(row, "downloading");
+    const bar = field(row, "download").querySelector("progress");
+    if (job.progress == null) bar.removeAttribute("value");
+    else bar.value = job.progress;
+    field(row, "download_progress").textContent = progressText(job);
+  }
+  const outcome = field(row, "download_outcome");
+  outcome.textContent = active ? "" : job.error || "";
+  outcome.classList.toggle("error", job.status === "failed");
+}
+
+// Polls until the job ends, then lets the registry say what the files are now. An error stops the
+// polling; the next periodic refresh starts it again while the list still says downloading.
+async function follow(row, job) {
+  if (job) showDownload(row, job);
+  if (following.has(row) || (job && !ACTIVE_DOWNLOAD.has(job.status))) return;
+  following.add(row);
+  try {
+    for (;;) {
+      await new Promise((resolve) => { setTimeout(resolve, DOWNLOAD_POLL_MS); });
+      if (document.hidden) continue;
+      const latest = (await api("GET", row.dataset.downloadUrl)).data;
+      showDownload(row, latest);
+      if (!ACTIVE_DOWNLOAD.has(latest.status)) break;
+    }
+  } catch (error) {
+    field(row, "download_progress").textContent = `progress unavailable: ${error.message}`;
+    return;
+  } finally {
+    following.delete(row);
+  }
+  await refreshRegistry();
+}
+
+// A failure's message is on its job, which the list does not carry: fetched once per failure shown.
+async function showLastFailure(row) {
+  try {
+    showDownload(row, (await api("GET", row.dataset.downloadUrl)).data);
+  } catch {
+    // The badge says failed; the message stays unknown.
+  }
+}
+
+function applyDownloadStatus(row, status) {
+  if (following.has(row)) return; // the job's own polls are newer than a list fetched meanwhile
+  const before = field(row, "download_status").textContent;
+  setDownloadStatus(row, status);
+  if (!row.dataset.downloadUrl) return; // no model_load here: the download routes would refuse
+  if (status === "downloading") follow(row);
+  else if (status === "failed" && before !== "failed") showLastFailure(row);
+}
+
 async function refreshRegistry() {
   const rows = [...root.querySelectorAll("tr[data-model]")];
   await Promise.all(rows.map(refreshRow));
   try {
     const list = await api("GET", "/models/?limit=100");
-    const defaults = new Set(list.models.filter((m) => m.is_default).map((m) => m.model_name));
-    for (const row of rows) row.querySelector(".default-badge").hidden = !defaults.has(row.dataset.model);
+    const byName = new Map(list.models.map((m) => [m.model_name, m]));
+    for (const row of rows) {
+      const model = byName.get(row.dataset.model);
+      row.querySelector(".default-badge").hidden = !model?.is_default;
+      if (model) applyDownloadStatus(row, model.download_status);
+    }
   } catch {
     // The badges keep their last known state.
   }
@@ -146,6 +255,21 @@ async function refreshLogs() {
 
 const ACTIONS = {
   load: { busy: "loading…", done: (body) => `loaded (${Math.round(body.memory_usage_mb)} MB, ${body.load_time_seconds?.toFixed(1)} s)` },
+  download: {
+    busy: null,
+    done: (body, row) => {
+      follow(row, body.data);
+      return `download started (${bytes(body.data.bytes_total)})`;
+    },
+  },
+  cancel: {
+    method: "DELETE",
+    busy: null,
+    done: (body, row) => {
+      showDownload(row, body.data);
+      return "download cancelled";
+    },
+  },
   unload: { busy: "unloading…", done: (body) => body.data.message },
   default: { busy: null, done: () => "is now the default model" },
   validate: {
@@ -166,12 +290,13 @@ document.getElementById("registry").addEventListener("click", async (event) => {
     field(row, "status").className = "badge status-busy";
   }
   try {
-    const body = await api("POST", button.dataset.url);
-    actionStatus.textContent = `${row.dataset.model}: ${action.done(body)}`;
+    const body = await api(action.method || "POST", button.dataset.url);
+    actionStatus.textContent = `${row.dataset.model}: ${action.done(body, row)}`;
     actionStatus.classList.remove("error");
   } catch (error) {
     actionStatus.textContent = `${row.dataset.model}: ${error.message}`;
     actionStatus.classList.add("error");
+    if (error.details.download) follow(row, error.details.download); // someone else's download of it runs
   }
   buttons.forEach((node) => { node.disabled = false; });
   await refreshRegistry();

@@ -9,6 +9,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from inference_app.models import ChatMessage, ChatSession
+from models_app.models import ModelDownload
 
 from .conftest import PASSWORD
 
@@ -184,7 +185,7 @@ def test_load_buttons_follow_a_per_model_grant(make_user, registry, grant):
 
 def test_an_administrator_gets_every_button_and_the_log_panel(make_user, registry):
     body = signed_in(make_user(superuser=True)).get("/dashboard/").content.decode()
-    for action in ("load", "unload", "default", "validate"):
+    for action in ("load", "unload", "default", "validate", "download", "cancel"):
         assert f'data-action="{action}"' in body
     assert 'id="logs"' in body
 
@@ -206,3 +207,47 @@ def test_the_admin_changelists_render(make_user, registry, path, marker):
     response = signed_in(make_user(superuser=True)).get(path)
     assert response.status_code == 200
     assert marker.lower() in response.content.decode().lower()
+
+
+def test_the_admin_lists_download_jobs_with_their_state_and_cancels_only_the_running_ones(make_user, registry):
+    finished = ModelDownload.objects.create(model=registry["alpha"], model_name="alpha", repo_id="org/alpha",
+                                            status=ModelDownload.DONE, bytes_done=10, bytes_total=10, files_done=1,
+                                            files_total=1)
+    running = ModelDownload.objects.create(model=registry["beta"], model_name="beta", repo_id="org/beta",
+                                           status=ModelDownload.DOWNLOADING, bytes_done=25, bytes_total=100,
+                                           files_total=2)
+    operator = make_user("model_read", "model_load")
+    operator.is_staff = True
+    operator.save()
+    client = signed_in(operator)
+
+    body = client.get("/admin/models_app/modeldownload/").content.decode()
+    for cell in ('<td class="field-status">downloading</td>', '<td class="field-progress">25%</td>',
+                 '<td class="field-files">0/2</td>', '<td class="field-status">done</td>',
+                 '<td class="field-progress">100%</td>'):
+        assert cell in body
+    assert "Cancel selected downloads" in body
+
+    response = client.post("/admin/models_app/modeldownload/", {
+        "action": "cancel_downloads", "_selected_action": [running.pk, finished.pk]}, follow=True)
+    assert response.status_code == 200
+    assert {str(m) for m in response.context["messages"]} == {"beta: download cancelled", "alpha: not running (done)"}
+    running.refresh_from_db()
+    finished.refresh_from_db()
+    assert running.status == ModelDownload.CANCELLED and running.finished_at is not None
+    assert running.error == "cancelled; partial data kept for a resume"
+    assert finished.status == ModelDownload.DONE and finished.error == ""
+    assert '<td class="field-status">cancelled</td>' in response.content.decode()
+
+
+def test_the_admin_offers_no_download_cancel_without_model_load(make_user, registry):
+    viewer = make_user("model_read")
+    viewer.is_staff = True
+    viewer.save()
+    running = ModelDownload.objects.create(model=registry["beta"], model_name="beta", repo_id="org/beta",
+                                           status=ModelDownload.DOWNLOADING, bytes_total=100)
+    client = signed_in(viewer)
+    assert "Cancel selected downloads" not in client.get("/admin/models_app/modeldownload/").content.decode()
+    client.post("/admin/models_app/modeldownload/", {"action": "cancel_downloads", "_selected_action": [running.pk]})
+    running.refresh_from_db()
+    assert running.status == ModelDownload.DOWNLOADING
