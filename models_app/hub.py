@@ -15,6 +15,7 @@ hashes: a file is moved into the cache (``blobs/<etag>``, ``snapshots/<commit>/<
 from __future__ import annotations
 
 import errno
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -28,6 +29,10 @@ from urllib.parse import urlsplit
 from models_app.engines.base import gguf_matching
 
 STAGING = ".beautyai-staging"
+# huggingface_hub's http_get reads, reports and can be stopped once per block of this size (10 MiB by
+# default). The web process downloads nothing else, so a smaller block is set for it once: smoother
+# progress, and a cancel within 1 MiB instead of 10.
+DOWNLOAD_BLOCK = 1024 * 1024
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Branch and tag names as git allows them, without "..", so a revision is always a path under refs/.
 REVISION = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
@@ -236,28 +241,56 @@ def discard_staging(repo_id: str, cache: Path | None = None) -> None:
 
 # Fetching ----------------------------------------------------------------------------------------
 
-def _progress_class(on_bytes: Callable[[int], None]):
-    class Progress:
-        """What huggingface_hub's http_get drives as its progress bar (any class that is not a tqdm is
-        called with tqdm's keyword arguments). Raising from ``update`` aborts the transfer; the
-        client leaves the partial file for the next attempt."""
+class _Transfer:
+    """One file's transfer as huggingface_hub's ``http_get`` drives it: ``progress`` is the class it
+    uses as its progress bar (a class that is not a tqdm is called with tqdm's keyword arguments and
+    gets ``update(n)`` before each block is written), and the transfer itself is the file it writes.
 
-        def __init__(self, **kwargs):
-            pass
+    A cancel raised by ``on_bytes`` is held until the block has been written, then raised from
+    ``write``: the block already received is kept for the resume instead of being fetched again.
+    """
 
-        def __enter__(self):
-            return self
+    def __init__(self, handle, on_bytes: Callable[[int], None]):
+        self.handle = handle
+        self.on_bytes = on_bytes
+        self.stop: DownloadCancelled | None = None
+        transfer = self
 
-        def __exit__(self, *exc):
-            return False
+        class Progress:
+            def __init__(self, **kwargs):
+                pass
 
-        def update(self, n: int = 1) -> None:
-            on_bytes(int(n))
+            def __enter__(self):
+                return self
 
-        def close(self) -> None:
-            pass
+            def __exit__(self, *exc):
+                return False
 
-    return Progress
+            def update(self, n: int = 1) -> None:
+                try:
+                    transfer.on_bytes(int(n))
+                except DownloadCancelled as cancelled:
+                    transfer.stop = cancelled
+
+            def close(self) -> None:
+                pass
+
+        self.progress = Progress
+
+    def write(self, data: bytes) -> int:
+        written = self.handle.write(data)
+        if self.stop is not None:
+            raise self.stop
+        return written
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.handle.truncate(size)
 
 
 def sha256_of(path: Path) -> str:
@@ -282,7 +315,8 @@ def verify(path: Path, file: HubFile) -> None:
         raise HubError(f"{file.path}: the downloaded file does not match the hash the hub declared")
 
 
-def _fetch_file(plan: Plan, file: HubFile, target: Path, *, token: str | None, progress) -> None:
+def _fetch_file(plan: Plan, file: HubFile, target: Path, *, token: str | None,
+                on_bytes: Callable[[int], None]) -> None:
     """Fetches one file to ``target`` with huggingface_hub's own HTTP download, resuming ``target``.part.
 
     huggingface_hub's hf_hub_download resumes only within one call (it deletes its partial file on
@@ -302,30 +336,30 @@ def _fetch_file(plan: Plan, file: HubFile, target: Path, *, token: str | None, p
     partial = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "ab") as handle:
+        # A cancelled job may still be writing its last block when the next job of the model starts.
+        fcntl.flock(handle, fcntl.LOCK_EX)
         held = handle.tell()
         if held > file.size:  # not this file's bytes (a changed plan): start over
             handle.truncate(0)
             held = 0
-        http_get(location, handle, resume_size=held, headers=headers, expected_size=file.size,
-                 displayed_filename=file.path, tqdm_class=progress)
-    os.replace(partial, target)
+        transfer = _Transfer(handle, on_bytes)
+        http_get(location, transfer, resume_size=held, headers=headers, expected_size=file.size,
+                 displayed_filename=file.path, tqdm_class=transfer.progress)
+        os.replace(partial, target)
 
 
 def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_file_done: Callable[[HubFile], None],
           on_verifying: Callable[[], None], cancelled: Callable[[], bool]) -> None:
     """Downloads every file of ``plan`` not in the cache yet, verifies all, then promotes them.
 
-    ``on_bytes`` gets each chunk's size as it arrives (it may raise DownloadCancelled to stop; the
-    client reads in 10 MiB blocks, so a cancel lands within one block); files already cached or
-    already complete in staging count as done at once.
+    ``on_bytes`` gets each block's size as it arrives (it may raise DownloadCancelled to stop, which
+    takes effect once that block is written); files already cached or already complete in staging
+    count as done at once.
     """
     from huggingface_hub import constants
 
-    # The client reads 10 MiB per block and reports (and can be stopped) once per block; 1 MiB blocks
-    # make progress smoother, a cancel quicker, and the block thrown away at a cancel smaller.
-    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, _CHUNK)
+    constants.DOWNLOAD_CHUNK_SIZE = DOWNLOAD_BLOCK
     staging = staging_dir(plan)
-    progress = _progress_class(on_bytes)
     staged: list[HubFile] = []
     for file in plan.files:
         if cancelled():
@@ -337,7 +371,7 @@ def fetch(plan: Plan, *, token: str | None, on_bytes: Callable[[int], None], on_
         target = staging / file.path
         if not target.is_file():
             try:
-                _fetch_file(plan, file, target, token=token, progress=progress)
+                _fetch_file(plan, file, target, token=token, on_bytes=on_bytes)
             except DownloadCancelled:
                 raise
             except Exception as exc:

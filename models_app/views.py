@@ -277,6 +277,8 @@ def progress_stream(job_id: int) -> StreamingHttpResponse:
                 yield f"event: progress\ndata: {json.dumps(data, cls=DRFJSONEncoder)}\n\n".encode()
                 last = data
             if not job.active:
+                # EventSource reconnects when a stream closes; "end" tells a client it is over.
+                yield b"event: end\ndata: {}\n\n"
                 return
             await asyncio.sleep(downloads.PROGRESS_INTERVAL_S)
 

@@ -35,8 +35,9 @@ def test_database_url() -> str:
 def start_server(log_path: Path, *, env: dict | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
     """Starts daphne and waits until it answers; returns the process and its base URL."""
     port = free_port()
-    full_env = {**os.environ, "DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "beautyai_site.settings",
-                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    # Offline unless the test set otherwise (the hub_server fixture points HF_ENDPOINT at a local hub).
+    full_env = {"HF_HUB_OFFLINE": "1", **os.environ, "DATABASE_URL": test_database_url(),
+                "DJANGO_SETTINGS_MODULE": "beautyai_site.settings", "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(port),

@@ -26,7 +26,13 @@ from tests.hub_server import git_blob_sha1
 
 GGUF_REPO = "test-org/smollm2-gguf"
 GGUF = f"{GGUF_REPO}/{BUNDLED_GGUF_NAME}"
-CHUNK = constants.DOWNLOAD_CHUNK_SIZE  # huggingface_hub reports progress once per 10 MB read
+CHUNK = 10 * 1024 * 1024  # huggingface_hub's own block: it reports progress once per 10 MiB read
+
+
+@pytest.fixture(autouse=True)
+def _library_block_size(monkeypatch):
+    # These tests pin huggingface_hub's own behaviour; the platform's downloads set a smaller block.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
 
 
 class Interrupted(Exception):

@@ -96,8 +96,10 @@ def test_progress_events_are_monotonic_and_end_with_done(hub, gguf_entry, loader
     async def body():
         return b"".join([chunk async for chunk in response.streaming_content])
 
-    events = [json.loads(line[len("data: "):]) for line in async_to_sync(body)().decode().splitlines()
-              if line.startswith("data: ")]
+    lines = async_to_sync(body)().decode().splitlines()
+    events = [json.loads(data[len("data: "):]) for kind, data in zip(lines, lines[1:])
+              if kind == "event: progress"]
+    assert lines[-3:] == ["event: end", "data: {}", ""]
     done = [event["bytes_done"] for event in events]
     assert done == sorted(done) and len(set(done)) >= 3
     assert events[-1]["status"] == "done" and events[-1]["bytes_done"] == events[-1]["bytes_total"]
@@ -256,3 +258,31 @@ def test_ctrl_c_during_a_pull_cancels_it_and_keeps_the_partial_file(hub, gguf_en
     assert job.status == "cancelled"
     plan = hub_files.Plan.from_json(job.plan)
     assert 0 < hub_files.partial_bytes(plan) < plan.total_bytes
+
+
+def test_a_download_survives_a_server_restart_and_resumes_where_it_stopped(hub, gguf_entry, make_user, client_for,
+                                                                            tmp_path):
+    import httpx
+
+    from tests.servers import start_server, stop_server
+
+    auth = {"Authorization": f"Bearer {client_for(make_user('model_load', 'model_read')).raw_key}"}
+    hub.throttle(20 * MB)
+    process, url = start_server(tmp_path / "first.log")
+    try:
+        assert httpx.post(f"{url}/models/smol-hub/download", headers=auth, timeout=30).status_code == 202
+        wait_for(lambda: job_of("smol-hub").bytes_done > 10 * MB, message="no progress")
+    finally:
+        process.kill()
+        process.wait()
+    assert job_of("smol-hub").status == "downloading"  # left behind by the killed process
+    hub.throttle(None)
+    # The new server takes the job over at its first request (start_server's wait for /healthz).
+    process, url = start_server(tmp_path / "second.log")
+    try:
+        job = wait_for(lambda: (j := job_of("smol-hub")).status == "done" and j, 120, "the download was not resumed")
+    finally:
+        stop_server(process)
+    assert job.bytes_done == gguf_size()
+    assert hub.bytes_served[SERVED] <= gguf_size() + 8 * MB
+    assert downloads.files_present(gguf_entry)
