@@ -102,3 +102,70 @@ def test_v1_routes_answer_unknown_paths_and_oversized_bodies_in_openai_shape(ser
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     big = post(server, "/v1/chat/completions", b"{" + b" " * TEN_MB + b"}")
     assert big.status_code == 413 and set(big.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# Numbers and nesting that JSON can carry but nothing behind it can hold -------------------------
+
+HUGE_INT = "1" + "0" * 400
+BODY_ROUTES = [("POST", "/models/"), ("PUT", "/models/alpha"), ("POST", "/models/alpha/load"),
+               ("POST", "/inference/chat"), ("POST", "/inference/test"), ("POST", "/inference/benchmark"),
+               ("POST", "/inference/sessions/save"), ("POST", "/inference/sessions/load"),
+               ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")]
+
+
+@pytest.fixture
+def every_body_route(live_server_url, make_user, client_for):
+    """A user who may call every route that reads a body, and an entry (never loaded) to call them on."""
+    ModelConfig.objects.create(name="alpha", model_id="org/alpha", engine="transformers")
+    user = make_user("model_write", "model_read", "model_load", "chat", "test", "benchmark", "session_save",
+                     "session_load")
+    return live_server_url, {"Authorization": f"Bearer {client_for(user).raw_key}"}
+
+
+def send(server, method, path, content):
+    url, auth = server
+    return httpx.request(method, f"{url}{path}", content=content, timeout=60,
+                         headers={**auth, "Content-Type": "application/json"})
+
+
+def model_body(config_text: str) -> bytes:
+    return ('{"model_name": "gamma", "model_config": {"model_id": "org/gamma", "engine": "transformers", '
+            + config_text + "}}").encode()
+
+
+@pytest.mark.parametrize("config_text,field", [
+    ('"parameters": {"keep_alive_seconds": 1e400}', "model_config.parameters.keep_alive_seconds"),
+    ('"temperature": -1e400', "model_config.temperature"),
+    (f'"temperature": {HUGE_INT}', "model_config.temperature"),
+    (f'"parameters": {{"n_ctx": {HUGE_INT}}}', "model_config.parameters.n_ctx"),
+    ('"parameters": {"extra": {"list": [0, 1e400]}}', "model_config.parameters.extra.list[1]"),
+])
+def test_a_number_storage_cannot_hold_answers_400_naming_it_and_stores_nothing(server, config_text, field):
+    response = post(server, "/models/", model_body(config_text))
+    assert_envelope(response, 400, "ValidationError")
+    assert response.json()["error_message"].startswith(f"{field}: ")
+    assert field in response.json()["error_details"]["fields"]
+    assert not ModelConfig.objects.exists()
+    url, auth = server
+    assert httpx.get(f"{url}/models/", headers=auth, timeout=10).status_code == 200
+
+
+def test_a_non_finite_number_in_session_data_answers_400_naming_it(every_body_route):
+    body = b'{"session_data": {"messages": [{"role": "user", "content": "hi", "stats": {"x": 1e400}}]}}'
+    response = send(every_body_route, "POST", "/inference/sessions/save", body)
+    assert_envelope(response, 400, "ValidationError")
+    assert response.json()["error_message"].startswith("session_data.messages[0].stats.x: ")
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+@pytest.mark.parametrize("method,path", BODY_ROUTES)
+def test_deep_nesting_answers_400_on_every_route_that_reads_a_body(every_body_route, method, path, depth):
+    for body in ("[" * depth + "]" * depth, '{"a": ' * depth + "1" + "}" * depth):
+        response = send(every_body_route, method, path, body.encode())
+        assert response.status_code == 400, response.text[:300]
+        if path.startswith("/v1/"):
+            assert response.json()["error"]["type"] == "invalid_request_error"
+        else:
+            assert_envelope(response, 400, "ValidationError")
+            assert "nested more than" in response.json()["error_message"]
+    assert ModelConfig.objects.count() == 1
