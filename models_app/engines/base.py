@@ -32,6 +32,11 @@ class EngineUnavailableError(EngineLoadError):
     """library not installed or hardware missing; message says which"""
 
 
+# The longest parameters["keep_alive_seconds"] an entry may hold: the registry refuses more, and
+# the manager clamps rows written before the bound, so that no entry can overflow a timedelta.
+KEEP_ALIVE_MAX_SECONDS = 30 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     name: str
