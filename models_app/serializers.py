@@ -13,7 +13,14 @@ from beautyai_site.api.fields import (
     StrictSerializer,
 )
 from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS
-from models_app.models import DTYPES, ENGINE_QUANTIZATIONS, ENGINES, GGUF_TYPES, MODEL_NAME_PATTERN
+from models_app.models import (
+    DTYPES,
+    ENGINE_QUANTIZATIONS,
+    ENGINES,
+    GGUF_TYPES,
+    MODEL_NAME_PATTERN,
+    validate_model_name_free,
+)
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 MAX_NEW_TOKENS_LIMIT = 32768
@@ -126,7 +133,7 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
 
 
 class ModelAddRequestSerializer(StrictSerializer):
-    model_name = ModelNameField()
+    model_name = ModelNameField(validators=[validate_model_name_free])
     model_config = ModelConfigSerializer()
     set_as_default = StrictBooleanField(required=False, default=False)
 

@@ -27,3 +27,10 @@ def test_the_admin_form_refuses_a_parameter_beyond_its_bound(parameters):
     form = admin_form(parameters=json.dumps(parameters))
     assert not form.is_valid()
     assert next(iter(parameters)) in str(form.errors)
+
+
+@pytest.mark.parametrize("name", ["default", "Default"])
+def test_the_admin_form_refuses_a_name_that_is_a_route_segment(name):
+    form = admin_form(name=name)
+    assert not form.is_valid()
+    assert "route segment" in str(form.errors["name"])

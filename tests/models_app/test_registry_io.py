@@ -99,6 +99,16 @@ def test_a_file_too_deep_or_with_a_number_storage_cannot_hold_is_refused_saying_
     assert ModelConfig.objects.count() == 0
 
 
+def test_a_model_named_like_a_route_segment_imports_nothing(tmp_path):
+    data = json.loads(SEED_REGISTRY.read_text())
+    data["models"]["Default"] = data["models"]["qwen3-model"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CommandError, match="models.Default: .*route segment"):
+        call_command("import_models", str(bad))
+    assert ModelConfig.objects.count() == 0
+
+
 def test_export_without_a_path_prints_json(capsys):
     call_command("import_models", str(SEED_REGISTRY))
     capsys.readouterr()

@@ -216,6 +216,25 @@ def test_the_bounds_themselves_are_accepted(api_as, registry):
     assert ModelConfig.objects.get(name="gamma").parameters == parameters
 
 
+@pytest.mark.parametrize("name", ["default", "Default", "DEFAULT"])
+def test_it_refuses_a_name_that_is_a_route_segment(api_as, registry, name):
+    client = api_as("model_write", "model_read")
+    response = client.post("/models/", {**NEW_MODEL, "model_name": name}, format="json")
+    error = assert_error(response, 400, "ValidationError")
+    assert error["error_message"].startswith("model_name: ") and "route segment" in error["error_message"]
+    assert "model_name" in error["error_details"]["fields"]
+    assert not ModelConfig.objects.filter(name__iexact="default").exists()
+    assert assert_ok(client.post("/models/default/beta"))["data"]["model_name"] == "beta"
+
+
+def test_every_literal_segment_under_models_is_a_reserved_name():
+    from models_app.models import RESERVED_MODEL_NAMES
+    from models_app.urls import urlpatterns
+
+    second_segments = {str(p.pattern).split("/")[1] for p in urlpatterns if str(p.pattern).count("/") >= 2}
+    assert {s for s in second_segments if not s.startswith("<")} == RESERVED_MODEL_NAMES
+
+
 @pytest.mark.parametrize("name", ["", "-lead", "has space", "a/b", "x" * 129, "..", "ümlaut"])
 def test_it_refuses_a_bad_model_name(api_as, registry, name):
     body = {**NEW_MODEL, "model_name": name}
