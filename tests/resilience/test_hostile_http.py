@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from models_app.models import ModelConfig
@@ -169,3 +173,41 @@ def test_deep_nesting_answers_400_on_every_route_that_reads_a_body(every_body_ro
             assert_envelope(response, 400, "ValidationError")
             assert "nested more than" in response.json()["error_message"]
     assert ModelConfig.objects.count() == 1
+
+
+# Regular expressions that cost gigabytes and seconds to compile ----------------------------------
+
+EXPENSIVE_REGEXES = ["a{4000000}", "(a{1000}){1000}", "((((a{10}){10}){10}){10}){10}", "(?:a|b{1000}){1000}",
+                     "(" * 60 + "a" + ")" * 60, "(?x)#[\n(a{1000}){1000}]"]
+
+
+def peak_rss_of_the_server() -> int:
+    server = next(p for p in psutil.Process().children(recursive=True) if "beautyai_site.serve" in p.cmdline())
+    status = Path(f"/proc/{server.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
+def test_expensive_regex_criteria_answer_400_and_the_server_stays_small_and_responsive(every_body_route):
+    url, _ = every_body_route
+    peak_before = peak_rss_of_the_server()
+    answers = []
+
+    def attack():
+        for pattern in EXPENSIVE_REGEXES * 2:
+            body = {"model_name": "alpha", "prompt": "hi", "validation_criteria": {"regex": pattern}}
+            answers.append(send(every_body_route, "POST", "/inference/test", json.dumps(body).encode()))
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    health_latencies = []
+    while attacker.is_alive():
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+        health_latencies.append(time.monotonic() - started)
+    attacker.join()
+    for response in answers:
+        assert_envelope(response, 400, "ValidationError")
+        assert "regex" in response.json()["error_details"]["fields"]["validation_criteria"]
+    assert len(answers) == 2 * len(EXPENSIVE_REGEXES)
+    assert max(health_latencies) < 1.0
+    assert peak_rss_of_the_server() - peak_before < 50 * 2**20
