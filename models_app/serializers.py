@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 
 from rest_framework import serializers
@@ -12,6 +13,7 @@ from beautyai_site.api.fields import (
     StrictQueryBooleanField,
     StrictSerializer,
 )
+from beautyai_site.api.jsonsafe import first_path
 from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS
 from models_app.models import (
     DTYPES,
@@ -107,6 +109,11 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
     def bad(message: str):
         raise serializers.ValidationError({"parameters": [message]})
 
+    # The API's parser refuses these already; the admin form's JSON field takes NaN and Infinity,
+    # which the database then refuses with an IntegrityError.
+    non_finite = first_path(parameters, lambda item: isinstance(item, float) and not math.isfinite(item))
+    if non_finite is not None:
+        bad(f"{non_finite[0]} must be a finite number")
     keep_alive = parameters.get("keep_alive_seconds")
     if keep_alive is not None and not (_is_number(keep_alive) and
                                        (keep_alive == -1 or 0 <= keep_alive <= KEEP_ALIVE_MAX_SECONDS)):

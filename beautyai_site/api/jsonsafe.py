@@ -50,13 +50,13 @@ def _depth(text: str) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
-def _first_refused(value) -> tuple[str, str] | None:
-    """(path, reason) of the first refused number in document order."""
+def first_path(value, test) -> tuple[str, object] | None:
+    """(path, item) of the first item of a JSON value, in document order, for which ``test`` is true."""
     stack = [(value, "")]
     while stack:
         item, path = stack.pop()
-        if isinstance(item, _Refused):
-            return path, item.reason
+        if test(item):
+            return path, item
         if isinstance(item, dict):
             stack.extend((child, f"{path}.{key}" if path else key) for key, child in reversed(item.items()))
         elif isinstance(item, list):
@@ -87,6 +87,6 @@ def loads_untrusted(text: str):
 
     value = json.loads(text, parse_float=parse_float, parse_int=parse_int,
                        parse_constant=lambda name: refuse(f"{name} is not a JSON number"))
-    if refused and (found := _first_refused(value)) is not None:
-        raise UntrustedJSONError(found[1], path=found[0])
+    if refused and (found := first_path(value, lambda item: isinstance(item, _Refused))) is not None:
+        raise UntrustedJSONError(found[1].reason, path=found[0])
     return value

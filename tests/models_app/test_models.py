@@ -29,6 +29,16 @@ def test_the_admin_form_refuses_a_parameter_beyond_its_bound(parameters):
     assert next(iter(parameters)) in str(form.errors)
 
 
+@pytest.mark.parametrize("text,where", [
+    ('{"x": {"y": [1, Infinity]}}', "x.y[1]"),
+    ('{"keep_alive_seconds": NaN}', "keep_alive_seconds"),
+])
+def test_the_admin_form_refuses_a_non_finite_number_its_json_field_accepts(text, where):
+    form = admin_form(parameters=text)
+    assert not form.is_valid()
+    assert f"{where} must be a finite number" in str(form.errors)
+
+
 @pytest.mark.parametrize("name", ["default", "Default"])
 def test_the_admin_form_refuses_a_name_that_is_a_route_segment(name):
     form = admin_form(name=name)
