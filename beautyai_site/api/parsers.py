@@ -10,7 +10,7 @@ from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 def refused_value(exc: UntrustedJSONError) -> errors.ValidationError:
     """The 400 for JSON that loads_untrusted refused, naming the path of the bad value."""
     if not exc.path:
-        return errors.ValidationError(f"The message is refused: {exc.reason}.")
+        return errors.ValidationError(f"The JSON is refused: {exc.reason}.")
     return errors.ValidationError(str(exc), details={"fields": {exc.path: [exc.reason]}})
 
 
