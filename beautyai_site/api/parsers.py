@@ -16,7 +16,7 @@ def refused_value(exc: UntrustedJSONError) -> errors.ValidationError:
 
 class StrictJSONParser(JSONParser):
     """JSON bodies must be objects nested at most jsonsafe.MAX_DEPTH deep, with numbers that can be stored:
-    no NaN/Infinity, nothing that overflows to infinity (1e400), no integer longer than int64."""
+    no NaN/Infinity, nothing that overflows to infinity (1e400), no integer of more than 20 digits."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         raw = stream.read() if stream is not None else b""
