@@ -32,7 +32,8 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
 
 
-def env_number(name: str, default: float, *, minimum: float | None = None, integer: bool = False) -> float:
+def env_number(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None,
+               integer: bool = False) -> float:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -45,6 +46,8 @@ def env_number(name: str, default: float, *, minimum: float | None = None, integ
         raise ImproperlyConfigured(f"{name} must be a finite number, got {raw!r}")
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {raw!r}")
     return value
 
 

@@ -17,6 +17,7 @@ import psutil
 from django.core.exceptions import ImproperlyConfigured
 
 from beautyai_site.env import env_bool, env_list, env_number, env_rate, env_str
+from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -173,7 +174,7 @@ ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous callers
 # Sign-in brute-force protection (django-axes): this many failed sign-ins for one username from one
 # address lock that pair out for the cool-off, counted from the last attempt. API keys are not affected.
 AXES_FAILURE_LIMIT = int(env_number("BEAUTYAI_LOGIN_FAILURE_LIMIT", 5, minimum=1, integer=True))
-AXES_COOLOFF_TIME = timedelta(minutes=env_number("BEAUTYAI_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("BEAUTYAI_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_LOCKOUT_CALLABLE = "beautyai_site.pages.lockout_page"  # the site's lockout page, status 429
 AXES_RESET_ON_SUCCESS = True
@@ -266,8 +267,8 @@ _available_mb = psutil.virtual_memory().available / 2**20
 # Default budget: 80% of the RAM available at start (the rest stays for the OS, the web process and page cache).
 MEMORY_BUDGET_MB = env_number("BEAUTYAI_MEMORY_BUDGET_MB", round(_available_mb * 0.8), minimum=1)
 MAX_LOADED_MODELS = int(env_number("BEAUTYAI_MAX_LOADED_MODELS", 4, minimum=1, integer=True))
-KEEP_ALIVE_SECONDS = env_number("BEAUTYAI_KEEP_ALIVE_SECONDS", 1800, minimum=-1)
-LOAD_TIMEOUT_SECONDS = env_number("BEAUTYAI_LOAD_TIMEOUT_SECONDS", 600, minimum=1)
+KEEP_ALIVE_SECONDS = env_number("BEAUTYAI_KEEP_ALIVE_SECONDS", 1800, minimum=-1, maximum=KEEP_ALIVE_MAX_SECONDS)
+LOAD_TIMEOUT_SECONDS = env_number("BEAUTYAI_LOAD_TIMEOUT_SECONDS", 600, minimum=1, maximum=24 * 3600)
 # After a load, keep one idle runner per engine with its libraries imported, so the next load of
 # that engine skips seconds of imports (an idle transformers spare holds ~340 MB).
 RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", True)
@@ -275,7 +276,7 @@ RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", True)
 API_KEY_LAST_USED_PRECISION_SECONDS = 60
 # How long a looked-up API key is kept in the cache (0: no cache); changes to keys and users clear
 # it at once (system_app/key_cache.py).
-API_KEY_CACHE_SECONDS = env_number("BEAUTYAI_API_KEY_CACHE_SECONDS", 10, minimum=0)
+API_KEY_CACHE_SECONDS = env_number("BEAUTYAI_API_KEY_CACHE_SECONDS", 10, minimum=0, maximum=24 * 3600)
 
 LOG_LEVEL = env_str("BEAUTYAI_LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -300,24 +301,24 @@ LOGGING = {
 # Chat transports.
 WEBSOCKET_MAX_MESSAGE_BYTES = int(env_number("BEAUTYAI_WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024, integer=True))
 WEBSOCKET_MESSAGES_PER_SECOND = int(env_number("BEAUTYAI_WS_MESSAGES_PER_SECOND", 20, minimum=1, integer=True))
-WEBSOCKET_AUTH_GRACE_SECONDS = env_number("BEAUTYAI_WS_AUTH_GRACE_SECONDS", 5, minimum=0.1)
+WEBSOCKET_AUTH_GRACE_SECONDS = env_number("BEAUTYAI_WS_AUTH_GRACE_SECONDS", 5, minimum=0.1, maximum=3600)
 # How often an open socket checks that its key or browser session still holds and that its user may
 # still chat (closing it with 4401 or 4403); every chat checks too.
-WEBSOCKET_RECHECK_SECONDS = env_number("BEAUTYAI_WS_RECHECK_SECONDS", 5, minimum=0.1)
+WEBSOCKET_RECHECK_SECONDS = env_number("BEAUTYAI_WS_RECHECK_SECONDS", 5, minimum=0.1, maximum=3600)
 # How long a socket's output may stay backed up (kernel buffers full, more queued in daphne) before
 # the socket is dropped; read by beautyai_site.ws_protocol, installed by beautyai_site.serve.
-WEBSOCKET_SLOW_READER_SECONDS = env_number("BEAUTYAI_WS_SLOW_READER_SECONDS", 10, minimum=0.1)
-MAX_QUEUE = int(env_number("BEAUTYAI_MAX_QUEUE", 16, minimum=0, integer=True))
+WEBSOCKET_SLOW_READER_SECONDS = env_number("BEAUTYAI_WS_SLOW_READER_SECONDS", 10, minimum=0.1, maximum=3600)
+MAX_QUEUE = int(env_number("BEAUTYAI_MAX_QUEUE", 16, minimum=0, maximum=10_000, integer=True))
 SESSION_FILE_MAX_BYTES = int(env_number("BEAUTYAI_SESSION_FILE_MAX_BYTES", 10 * 1024 * 1024, minimum=1024, integer=True))
-TEST_REGEX_TIMEOUT_SECONDS = env_number("BEAUTYAI_TEST_REGEX_TIMEOUT_SECONDS", 1.0, minimum=0.01)
+TEST_REGEX_TIMEOUT_SECONDS = env_number("BEAUTYAI_TEST_REGEX_TIMEOUT_SECONDS", 1.0, minimum=0.01, maximum=60)
 
 # System: resource sampler, request metrics, logs, /metrics, restart.
-SAMPLER_INTERVAL_SECONDS = env_number("BEAUTYAI_SAMPLER_INTERVAL_SECONDS", 10, minimum=1)
-METRICS_RETENTION_DAYS = env_number("BEAUTYAI_METRICS_RETENTION_DAYS", 7, minimum=1)
-LOG_RETENTION_DAYS = env_number("BEAUTYAI_LOG_RETENTION_DAYS", 14, minimum=1)
+SAMPLER_INTERVAL_SECONDS = env_number("BEAUTYAI_SAMPLER_INTERVAL_SECONDS", 10, minimum=1, maximum=3600)
+METRICS_RETENTION_DAYS = env_number("BEAUTYAI_METRICS_RETENTION_DAYS", 7, minimum=1, maximum=3650)
+LOG_RETENTION_DAYS = env_number("BEAUTYAI_LOG_RETENTION_DAYS", 14, minimum=1, maximum=3650)
 LOG_QUEUE_SIZE = int(env_number("BEAUTYAI_LOG_QUEUE_SIZE", 10000, minimum=100, integer=True))
 BACKGROUND_TASKS_AUTOSTART = env_bool("BEAUTYAI_BACKGROUND_TASKS", True)
-RESTART_DRAIN_TIMEOUT_SECONDS = env_number("BEAUTYAI_RESTART_DRAIN_TIMEOUT_SECONDS", 30, minimum=0)
+RESTART_DRAIN_TIMEOUT_SECONDS = env_number("BEAUTYAI_RESTART_DRAIN_TIMEOUT_SECONDS", 30, minimum=0, maximum=3600)
 # Addresses or networks that may scrape /metrics without a key; empty: a key with system_status is needed.
 METRICS_ALLOWED_IPS = env_list("BEAUTYAI_METRICS_ALLOWED_IPS", [])
 for _entry in METRICS_ALLOWED_IPS:

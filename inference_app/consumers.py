@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from asgiref.sync import sync_to_async
@@ -17,6 +16,8 @@ from beautyai_site.api import errors
 from beautyai_site.api.auth import authenticate_api_key, bearer_token, session_user
 from beautyai_site.api.envelope import error_body
 from beautyai_site.api.exceptions import _as_api_error
+from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
+from beautyai_site.api.parsers import refused_value
 from beautyai_site.api.permissions import has_somewhere
 from inference_app import active, limits, services, streaming
 from inference_app.serializers import ChatRequestSerializer
@@ -143,7 +144,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TOO_FAST)
             return
         try:
-            content = json.loads(text_data) if text_data is not None else None
+            content = loads_untrusted(text_data) if text_data is not None else None
+        except UntrustedJSONError as exc:
+            await self._error(None, refused_value(exc))
+            return
         except ValueError:
             content = None
         if not isinstance(content, dict):

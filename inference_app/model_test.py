@@ -1,9 +1,11 @@
 """The model test route: one generation from a prompt, checked against validation criteria.
 
-The regex criterion is untrusted input run against model output (THREATS C4): the pattern is
-length-limited by the serializer and matched by the ``regex`` package with a timeout and with the
-GIL released, so a catastrophic pattern fails its check in bounded time without stalling the
-server.
+The regex criterion is untrusted input run against model output (THREATS C4): the serializer
+limits its length and refuses, before compiling it, a pattern whose counted repeats would unroll
+into a large program (``regex_cost_error``); compiling is not interruptible and holds the GIL, so
+that check is its bound. It is matched by the ``regex`` package with a timeout and with the GIL
+released, so a catastrophic pattern fails its check in bounded time without stalling the server.
+Both run in the request's worker thread, never on the event loop.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count
 
 from beautyai_site.api import errors
+from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from inference_app.models import ChatMessage, ChatSession
 from inference_app.services import session_get_for_user
 from inference_app.tool_serializers import SessionFileSerializer
@@ -128,10 +129,6 @@ def _read(folder: int, name: str, *, field: str) -> bytes:
     return raw
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 def _first_error(detail, path: str = "") -> str:
     """'messages[1].role: "robot" is not a valid choice.' from DRF's nested error structure."""
     if isinstance(detail, dict):
@@ -164,10 +161,12 @@ def parse_file(raw: bytes, *, field: str) -> dict:
     if not raw.strip():
         raise _bad(field, "the file is empty")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        data = loads_untrusted(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise _bad(field, "the file is not UTF-8 text") from None
-    except (ValueError, RecursionError):
+    except UntrustedJSONError as exc:
+        raise _bad(field, str(exc)) from None
+    except ValueError:
         raise _bad(field, "the file is not valid JSON (truncated or damaged)") from None
     return validated_document(data, field=field)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import multiprocessing
 import multiprocessing.util  # noqa: F401 - its atexit handler must be registered before ours
 import os
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 from models_app.engines.base import (
+    KEEP_ALIVE_MAX_SECONDS,
     EngineError,
     EngineLoadError,
     EngineUnavailableError,
@@ -225,7 +227,15 @@ class _RunnerProcess:
                 return False
 
     def keep_alive_s(self, default: float) -> float:
-        return float(self.spec.parameters.get("keep_alive_seconds", default))
+        # The registry bounds this parameter, but a row written before the bound (or edited in the
+        # database) must not make every status listing and the idle reaper fail: clamp, never raise.
+        try:
+            value = float(self.spec.parameters.get("keep_alive_seconds", default))
+        except (TypeError, ValueError):
+            value = math.nan
+        if math.isnan(value):
+            value = float(default)
+        return value if value < 0 else min(value, KEEP_ALIVE_MAX_SECONDS)
 
     def expires_at(self, default_keep_alive: float) -> datetime | None:
         keep = self.keep_alive_s(default_keep_alive)

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
 from beautyai_site.api.permissions import CONTRACT_PERMISSIONS
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# Literal segments right under /models/ (POST /models/default/{name}): a model named like one would
+# make its routes ambiguous (is /models/default/load "load default" or "make 'load' the default"?).
+# Case-insensitive, so that no name differs from a segment by case only.
+RESERVED_MODEL_NAMES = frozenset({"default"})
+
+
+def validate_model_name_free(name: str) -> None:
+    if name.lower() in RESERVED_MODEL_NAMES:
+        raise ValidationError(f"'{name}' is a route segment under /models/ and cannot name a model")
 
 ENGINES = ("transformers", "vllm", "llama.cpp", "openai")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -60,6 +70,15 @@ class ModelConfig(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self):
+        # Here rather than in the field's validators: the admin form and the registry import run
+        # full_clean(), and a new field validator would need a migration. POST /models/ checks the
+        # same function in its serializer.
+        try:
+            validate_model_name_free(self.name)
+        except ValidationError as exc:
+            raise ValidationError({"name": exc.messages}) from None
 
     GENERATION_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
 

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
@@ -77,7 +78,10 @@ def registry_import(*, data: dict, replace: bool = False) -> dict:
                 raise errors.ValidationError(f"models.{name}: {exc.detail}") from None
             existing = ModelConfig.objects.filter(name=name).first()
             if existing is None:
-                ModelConfig(name=name, **config).full_clean(exclude=["is_default"])
+                try:
+                    ModelConfig(name=name, **config).full_clean(exclude=["is_default"])
+                except DjangoValidationError as exc:
+                    raise errors.ValidationError(f"models.{name}: {'; '.join(exc.messages)}") from None
                 ModelConfig.objects.create(name=name, **config)
                 created.append(name)
             elif replace and any(getattr(existing, key) != value for key, value in config.items()):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 
 from rest_framework import serializers
@@ -12,8 +13,17 @@ from beautyai_site.api.fields import (
     StrictQueryBooleanField,
     StrictSerializer,
 )
+from beautyai_site.api.jsonsafe import first_path
+from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS
 from models_app.engines.openai_engine import API_KEY_ENV_PREFIX, api_key_env_allowed
-from models_app.models import DTYPES, ENGINE_QUANTIZATIONS, ENGINES, GGUF_TYPES, MODEL_NAME_PATTERN
+from models_app.models import (
+    DTYPES,
+    ENGINE_QUANTIZATIONS,
+    ENGINES,
+    GGUF_TYPES,
+    MODEL_NAME_PATTERN,
+    validate_model_name_free,
+)
 
 MAX_NEW_TOKENS_LIMIT = 32768
 
@@ -80,19 +90,42 @@ class ModelConfigSerializer(StrictSerializer):
         return attrs
 
 
+# (lowest, highest) of each numeric parameter. -1 keeps its meaning where an engine gives it one
+# (n_ctx: the model's own, n_gpu_layers: all, seed: random). The upper bounds keep an entry from
+# asking for what no host has, and keep every duration inside what a timedelta can hold.
+INTEGER_PARAMETERS = {
+    "n_ctx": (-1, 1_048_576), "max_model_len": (-1, 1_048_576), "n_gpu_layers": (-1, 10_000),
+    "n_threads": (-1, 1024), "max_batch_size": (-1, 1024), "tensor_parallel_size": (-1, 1024),
+    "pipeline_parallel_size": (-1, 1024), "max_queue": (0, 10_000), "seed": (-1, 2**32 - 1),
+}
+NUMBER_PARAMETERS = {"timeout_s": (0.001, 3600), "gpu_memory_utilization": (0.01, 1.0)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 def _validate_parameters(engine: str, parameters: dict) -> None:
     def bad(message: str):
         raise serializers.ValidationError({"parameters": [message]})
 
+    # The API's parser refuses these already; the admin form's JSON field takes NaN and Infinity,
+    # which the database then refuses with an IntegrityError.
+    non_finite = first_path(parameters, lambda item: isinstance(item, float) and not math.isfinite(item))
+    if non_finite is not None:
+        bad(f"{non_finite[0]} must be a finite number")
     keep_alive = parameters.get("keep_alive_seconds")
-    if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))
-                                   or (keep_alive < 0 and keep_alive != -1) or keep_alive != keep_alive):
-        bad("keep_alive_seconds must be -1 (never) or a number of seconds ≥ 0")
-    for name in ("n_ctx", "n_gpu_layers", "n_threads", "max_batch_size", "max_model_len",
-                 "tensor_parallel_size", "pipeline_parallel_size"):
+    if keep_alive is not None and not (_is_number(keep_alive) and
+                                       (keep_alive == -1 or 0 <= keep_alive <= KEEP_ALIVE_MAX_SECONDS)):
+        bad(f"keep_alive_seconds must be -1 (never) or 0 to {KEEP_ALIVE_MAX_SECONDS} seconds (30 days)")
+    for name, (lowest, highest) in INTEGER_PARAMETERS.items():
         value = parameters.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
-            bad(f"{name} must be an integer")
+        if value is not None and not (_is_number(value) and isinstance(value, int) and lowest <= value <= highest):
+            bad(f"{name} must be an integer from {lowest} to {highest}")
+    for name, (lowest, highest) in NUMBER_PARAMETERS.items():
+        value = parameters.get(name)
+        if value is not None and not (_is_number(value) and lowest <= value <= highest):
+            bad(f"{name} must be a number from {lowest:g} to {highest:g}")
     if "trust_remote_code" in parameters and not isinstance(parameters["trust_remote_code"], bool):
         bad("trust_remote_code must be true or false")
     if engine == "openai":
@@ -108,7 +141,7 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
 
 
 class ModelAddRequestSerializer(StrictSerializer):
-    model_name = ModelNameField()
+    model_name = ModelNameField(validators=[validate_model_name_free])
     model_config = ModelConfigSerializer()
     set_as_default = StrictBooleanField(required=False, default=False)
 

@@ -37,6 +37,11 @@ class PromptError(EngineError):
     is too large): the caller's input is at fault, not the model, so the platform answers 400."""
 
 
+# The longest parameters["keep_alive_seconds"] an entry may hold: the registry refuses more, and
+# the manager clamps rows written before the bound, so that no entry can overflow a timedelta.
+KEEP_ALIVE_MAX_SECONDS = 30 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     name: str

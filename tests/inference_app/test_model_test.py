@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+import regex
 
 from inference_app.model_test import check_reply, script_share
+from inference_app.tool_serializers import regex_cost_error
 from inference_app.models import ChatSession, UsageRecord
 from tests.envelope import assert_error, assert_ok
 
@@ -131,6 +133,38 @@ def test_unknown_or_bad_criteria_are_refused_naming_the_field(api_as, criteria, 
     error = assert_error(run_test(api_as("test"), criteria), 400, "ValidationError")
     assert field in error["error_message"]
     assert UsageRecord.objects.count() == 0
+
+
+# Each unrolls to 100,000 items or more in regex.compile (40 MB to a gigabyte, with the GIL held) or
+# nests groups too deep; the later ones do so only if the cost check misread where a set, a comment
+# or a group ends.
+EXPENSIVE = [
+    "a{4000000}", "(a{1000}){1000}", "((((a{10}){10}){10}){10}){10}", "(?:a|b{1000}){1000}",
+    "(" * 21 + "a" + ")" * 21, "(a{100})(?i){1000}", "((?R){1000}a){1000}", "(a)(?(1)b{1000}|c){1000}",
+    "(a{1000}[[:alpha:])(]){1000}", "(a{1000}[\\])(]){1000}", "(a{1000}[])(]){1000}", "(?#[)(a{1000}){1000}]",
+    "(?x)#[\n(a{1000}){1000}]", "(?V1)(a{1000}[[])]]){1000}",
+]
+
+
+@pytest.mark.parametrize("pattern", EXPENSIVE)
+def test_an_expensive_regex_is_refused_naming_the_field_and_never_compiled(api_as, monkeypatch, pattern):
+    compiled = []
+    original = regex.compile
+    monkeypatch.setattr(regex, "compile", lambda *args, **kwargs: compiled.append(args[0]) or original(*args, **kwargs))
+    error = assert_error(run_test(api_as("test"), {"regex": pattern}), 400, "ValidationError")
+    assert error["error_message"].startswith("validation_criteria: regex: refused before compiling")
+    assert "regex" in error["error_details"]["fields"]["validation_criteria"]
+    assert pattern not in compiled
+    assert UsageRecord.objects.count() == 0
+
+
+@pytest.mark.parametrize("pattern", [
+    r"\bParis\b", r"^\d{3}-\d{4}$", r"(\d{1,3}\.){3}\d{1,3}", r"[\w.+-]+@[\w-]+\.[a-z]{2,10}", r".{0,1000}",
+    r"(?i)^(?:paris|lyon){1,5}$", r"\p{Arabic}+", r"[[:alpha:]]{2,50}", r"(?P<w>\w+)\s+(?P=w)", r"[]{}()]+",
+    r"(?#a comment)x{1000}", r"(a{100}){100}", r"(?:[^\s]+\s){0,200}",
+])
+def test_ordinary_patterns_pass_the_cost_check(pattern):
+    assert regex_cost_error(pattern) is None
 
 
 def test_the_route_needs_authentication_and_the_test_permission(anon, api_as, make_user, client_for, grant,

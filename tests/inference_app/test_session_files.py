@@ -239,6 +239,17 @@ def test_bad_files_are_refused_on_load(data_dir, files_user, content):
     assert ChatSession.objects.filter(owner=user).count() == 0
 
 
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1" + "0" * 400])
+def test_a_number_storage_cannot_hold_is_refused_on_load_naming_where_it_is(data_dir, files_user, number):
+    user, client = files_user
+    folder = folder_of(data_dir, user)
+    folder.mkdir(parents=True)
+    (folder / "bad.json").write_text('{"messages": [{"role": "user", "content": "x", "stats": {"n": %s}}]}' % number)
+    error = assert_error(load(client, "bad"), 400, "ValidationError")
+    assert error["error_message"].startswith("input_file: messages[0].stats.n: ")
+    assert ChatSession.objects.filter(owner=user).count() == 0
+
+
 def test_an_oversized_file_is_refused_on_load(data_dir, files_user, settings):
     user, client = files_user
     settings.SESSION_FILE_MAX_BYTES = 1000

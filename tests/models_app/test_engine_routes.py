@@ -271,3 +271,19 @@ def test_other_requests_are_answered_while_a_model_loads(live_server_url, make_u
     assert listing.status_code == 200 and still == "loading"  # answered while the load was under way
     assert result["load"].status_code == 200, result["load"].text
     httpx.post(f"{live_server_url}/models/{BUNDLED_TRANSFORMERS}/unload", headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize("keep_alive", [1e300, "soon"])
+def test_a_bad_keep_alive_already_stored_breaks_no_listing_and_not_the_reaper(api_as, unloaded, keep_alive):
+    # Written before the registry bounded it, or straight into the database: not through the API.
+    ModelConfig.objects.filter(pk=unloaded.pk).update(parameters={**unloaded.parameters,
+                                                                  "keep_alive_seconds": keep_alive})
+    unloaded.refresh_from_db()
+    runtime.load(unloaded)
+    client = api_as("model_read", "system_status")
+    assert [m["status"] for m in assert_ok(client.get("/models/"))["models"]] == ["loaded"]
+    assert assert_ok(client.get(f"/models/{BUNDLED}/status"))["data"]["expires_at"].endswith("Z")
+    assert_ok(client.get("/system/status?detailed=true"))
+    assert client.get("/metrics").status_code == 200
+    assert runtime.get_manager().unload_idle() == []
+    assert runtime.status(BUNDLED)["status"] == "loaded"

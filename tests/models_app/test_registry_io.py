@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,29 @@ def test_a_malformed_file_is_refused(tmp_path, content):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     with pytest.raises(CommandError):
+        call_command("import_models", str(bad))
+    assert ModelConfig.objects.count() == 0
+
+
+@pytest.mark.parametrize("content,where", [
+    ("[" * 100_000, "nested more than 32 levels"),
+    ('{"models": {"x": {"engine_type": "transformers", "model_id": "a/b", "parameters": {"keep_alive_seconds": 1e400}}}}',
+     "models.x.parameters.keep_alive_seconds: must be a finite number"),
+])
+def test_a_file_too_deep_or_with_a_number_storage_cannot_hold_is_refused_saying_where(tmp_path, content, where):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(CommandError, match=re.escape(where)):
+        call_command("import_models", str(bad))
+    assert ModelConfig.objects.count() == 0
+
+
+def test_a_model_named_like_a_route_segment_imports_nothing(tmp_path):
+    data = json.loads(SEED_REGISTRY.read_text())
+    data["models"]["Default"] = data["models"]["qwen3-model"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CommandError, match="models.Default: .*route segment"):
         call_command("import_models", str(bad))
     assert ModelConfig.objects.count() == 0
 

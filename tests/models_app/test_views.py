@@ -192,6 +192,50 @@ def test_it_refuses_an_invalid_configuration_naming_the_field(api_as, registry, 
     assert not ModelConfig.objects.filter(name="gamma").exists()
 
 
+@pytest.mark.parametrize("name,value", [
+    ("keep_alive_seconds", 1e300), ("keep_alive_seconds", 30 * 24 * 3600 + 1), ("keep_alive_seconds", "60"),
+    ("n_ctx", 10**12), ("max_model_len", 2**40), ("n_gpu_layers", 10**9), ("n_threads", 100_000),
+    ("max_batch_size", 10**6), ("tensor_parallel_size", 10**6), ("pipeline_parallel_size", 10**6),
+    ("max_queue", 10**9), ("max_queue", -1), ("seed", 2**40), ("timeout_s", 1e300), ("timeout_s", 0),
+    ("gpu_memory_utilization", 5),
+])
+def test_it_refuses_a_duration_size_or_count_beyond_its_bound_naming_it(api_as, registry, name, value):
+    client = api_as("model_write")
+    body = {**NEW_MODEL, "model_config": {**NEW_MODEL["model_config"], "parameters": {name: value}}}
+    error = assert_error(client.post("/models/", body, format="json"), 400, "ValidationError")
+    assert error["error_message"].startswith(f"parameters: {name} must be")
+    assert not ModelConfig.objects.filter(name="gamma").exists()
+    update = {"updates": {"parameters": {name: value}}}
+    assert_error(client.put("/models/alpha", update, format="json"), 400, "ValidationError")
+    assert ModelConfig.objects.get(name="alpha").parameters == {}
+
+
+def test_the_bounds_themselves_are_accepted(api_as, registry):
+    parameters = {"keep_alive_seconds": 30 * 24 * 3600, "n_ctx": 1_048_576, "max_queue": 10_000, "seed": -1}
+    body = {**NEW_MODEL, "model_config": {**NEW_MODEL["model_config"], "parameters": parameters}}
+    assert_ok(api_as("model_write").post("/models/", body, format="json"), 201)
+    assert ModelConfig.objects.get(name="gamma").parameters == parameters
+
+
+@pytest.mark.parametrize("name", ["default", "Default", "DEFAULT"])
+def test_it_refuses_a_name_that_is_a_route_segment(api_as, registry, name):
+    client = api_as("model_write", "model_read")
+    response = client.post("/models/", {**NEW_MODEL, "model_name": name}, format="json")
+    error = assert_error(response, 400, "ValidationError")
+    assert error["error_message"].startswith("model_name: ") and "route segment" in error["error_message"]
+    assert "model_name" in error["error_details"]["fields"]
+    assert not ModelConfig.objects.filter(name__iexact="default").exists()
+    assert assert_ok(client.post("/models/default/beta"))["data"]["model_name"] == "beta"
+
+
+def test_every_literal_segment_under_models_is_a_reserved_name():
+    from models_app.models import RESERVED_MODEL_NAMES
+    from models_app.urls import urlpatterns
+
+    second_segments = {str(p.pattern).split("/")[1] for p in urlpatterns if str(p.pattern).count("/") >= 2}
+    assert {s for s in second_segments if not s.startswith("<")} == RESERVED_MODEL_NAMES
+
+
 @pytest.mark.parametrize("name", ["", "-lead", "has space", "a/b", "x" * 129, "..", "ümlaut"])
 def test_it_refuses_a_bad_model_name(api_as, registry, name):
     body = {**NEW_MODEL, "model_name": name}

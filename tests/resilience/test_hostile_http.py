@@ -7,7 +7,9 @@ import os
 import select
 import socket
 import stat
+import threading
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -195,3 +197,108 @@ def test_a_chunked_body_is_cut_off_at_the_limit_and_the_connection_closed(live_s
         assert status == 413 and headers["connection"] == "close" and body["error_code"] == "PayloadTooLargeError"
         sock.sendall(b"0\r\n\r\n")  # the end of the body: the server has nothing left to wait for
         assert closed_by_server(sock)
+
+
+# Numbers and nesting that JSON can carry but nothing behind it can hold -------------------------
+
+HUGE_INT = "1" + "0" * 400
+BODY_ROUTES = [("POST", "/models/"), ("PUT", "/models/alpha"), ("POST", "/models/alpha/load"),
+               ("POST", "/inference/chat"), ("POST", "/inference/test"), ("POST", "/inference/benchmark"),
+               ("POST", "/inference/sessions/save"), ("POST", "/inference/sessions/load"),
+               ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")]
+
+
+@pytest.fixture
+def every_body_route(live_server_url, make_user, client_for):
+    """A user who may call every route that reads a body, and an entry (never loaded) to call them on."""
+    ModelConfig.objects.create(name="alpha", model_id="org/alpha", engine="transformers")
+    user = make_user("model_write", "model_read", "model_load", "chat", "test", "benchmark", "session_save",
+                     "session_load")
+    return live_server_url, {"Authorization": f"Bearer {client_for(user).raw_key}"}
+
+
+def send(server, method, path, content):
+    url, auth = server
+    return httpx.request(method, f"{url}{path}", content=content, timeout=60,
+                         headers={**auth, "Content-Type": "application/json"})
+
+
+def model_body(config_text: str) -> bytes:
+    return ('{"model_name": "gamma", "model_config": {"model_id": "org/gamma", "engine": "transformers", '
+            + config_text + "}}").encode()
+
+
+@pytest.mark.parametrize("config_text,field", [
+    ('"parameters": {"keep_alive_seconds": 1e400}', "model_config.parameters.keep_alive_seconds"),
+    ('"temperature": -1e400', "model_config.temperature"),
+    (f'"temperature": {HUGE_INT}', "model_config.temperature"),
+    (f'"parameters": {{"n_ctx": {HUGE_INT}}}', "model_config.parameters.n_ctx"),
+    ('"parameters": {"extra": {"list": [0, 1e400]}}', "model_config.parameters.extra.list[1]"),
+])
+def test_a_number_storage_cannot_hold_answers_400_naming_it_and_stores_nothing(server, config_text, field):
+    response = post(server, "/models/", model_body(config_text))
+    assert_envelope(response, 400, "ValidationError")
+    assert response.json()["error_message"].startswith(f"{field}: ")
+    assert field in response.json()["error_details"]["fields"]
+    assert not ModelConfig.objects.exists()
+    url, auth = server
+    assert httpx.get(f"{url}/models/", headers=auth, timeout=10).status_code == 200
+
+
+def test_a_non_finite_number_in_session_data_answers_400_naming_it(every_body_route):
+    body = b'{"session_data": {"messages": [{"role": "user", "content": "hi", "stats": {"x": 1e400}}]}}'
+    response = send(every_body_route, "POST", "/inference/sessions/save", body)
+    assert_envelope(response, 400, "ValidationError")
+    assert response.json()["error_message"].startswith("session_data.messages[0].stats.x: ")
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+@pytest.mark.parametrize("method,path", BODY_ROUTES)
+def test_deep_nesting_answers_400_on_every_route_that_reads_a_body(every_body_route, method, path, depth):
+    for body in ("[" * depth + "]" * depth, '{"a": ' * depth + "1" + "}" * depth):
+        response = send(every_body_route, method, path, body.encode())
+        assert response.status_code == 400, response.text[:300]
+        if path.startswith("/v1/"):
+            assert response.json()["error"]["type"] == "invalid_request_error"
+        else:
+            assert_envelope(response, 400, "ValidationError")
+            assert "nested more than" in response.json()["error_message"]
+    assert ModelConfig.objects.count() == 1
+
+
+# Regular expressions that cost gigabytes and seconds to compile ----------------------------------
+
+EXPENSIVE_REGEXES = ["a{4000000}", "(a{1000}){1000}", "((((a{10}){10}){10}){10}){10}", "(?:a|b{1000}){1000}",
+                     "(" * 60 + "a" + ")" * 60, "(?x)#[\n(a{1000}){1000}]"]
+
+
+def peak_rss_of_the_server() -> int:
+    server = next(p for p in psutil.Process().children(recursive=True) if "beautyai_site.serve" in p.cmdline())
+    status = Path(f"/proc/{server.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
+def test_expensive_regex_criteria_answer_400_and_the_server_stays_small_and_responsive(every_body_route):
+    url, _ = every_body_route
+    peak_before = peak_rss_of_the_server()
+    answers = []
+
+    def attack():
+        for pattern in EXPENSIVE_REGEXES * 2:
+            body = {"model_name": "alpha", "prompt": "hi", "validation_criteria": {"regex": pattern}}
+            answers.append(send(every_body_route, "POST", "/inference/test", json.dumps(body).encode()))
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    health_latencies = []
+    while attacker.is_alive():
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+        health_latencies.append(time.monotonic() - started)
+    attacker.join()
+    for response in answers:
+        assert_envelope(response, 400, "ValidationError")
+        assert "regex" in response.json()["error_details"]["fields"]["validation_criteria"]
+    assert len(answers) == 2 * len(EXPENSIVE_REGEXES)
+    assert max(health_latencies) < 1.0
+    assert peak_rss_of_the_server() - peak_before < 50 * 2**20

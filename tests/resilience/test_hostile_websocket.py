@@ -88,3 +88,25 @@ async def test_a_page_on_another_port_cannot_open_a_socket_with_the_users_cookie
     assert refused.value.response.status_code == 403
     async with ws_connect(url, origin=live_server_url, additional_headers=cookie, open_timeout=10) as ws:
         assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "ready", "user": user.username}
+
+
+DEEP = {"1,000 arrays": "[" * 1000 + "]" * 1000, "1,000 objects": '{"a":' * 1000 + "1" + "}" * 1000,
+        "100,000 arrays": "[" * 100_000 + "]" * 100_000}
+
+
+async def test_deep_nesting_and_unstorable_numbers_answer_error_events_and_the_socket_stays_usable(chat_key):
+    ws = await connect(chat_key)
+    for text in DEEP.values():
+        await ws.send_to(text_data=text)
+        event = await ws.receive_json_from(timeout=10)
+        assert (event["type"], event["error_code"]) == ("error", "ValidationError")
+        assert "nested more than" in event["error_message"]
+    huge = "1" + "0" * 400
+    await ws.send_to(text_data='{"type": "chat", "request_id": "n1", "message": "hi", '
+                               f'"generation_config": {{"temperature": {huge}}}}}')
+    event = await ws.receive_json_from(timeout=10)
+    assert (event["type"], event["error_code"]) == ("error", "ValidationError")
+    assert "generation_config.temperature" in event["error_message"]
+    await ws.send_json_to(chat_message("ok", "Name the capital city of France."))
+    assert (await collect(ws, "ok"))[-1]["type"] == "done"
+    await ws.disconnect()

@@ -1,8 +1,7 @@
-import json
-
 from django.core.management.base import BaseCommand, CommandError
 
 from beautyai_site.api.errors import APIError
+from beautyai_site.api.jsonsafe import loads_untrusted
 from models_app.registry_io import registry_import
 
 
@@ -16,7 +15,7 @@ class Command(BaseCommand):
     def handle(self, path, replace, **options):
         try:
             with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
+                data = loads_untrusted(handle.read())
             result = registry_import(data=data, replace=replace)
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot read {path}: {exc}") from None
