@@ -1,6 +1,8 @@
 // The chat page: streams replies over /ws/chat/ (the session cookie authenticates the socket).
-// Every piece of user or model text goes into the page through textContent, never as HTML.
+// User text goes into the page through textContent only; model text (answer and reasoning) as
+// sanitized Markdown (markdown.js), never as raw HTML.
 import { api, el } from "./api.js";
+import { renderMarkdown, streamMarkdown } from "./markdown.js";
 
 const root = document.getElementById("chat");
 const log = document.getElementById("messages");
@@ -43,10 +45,10 @@ function addReply(modelName) {
   const reasoning = el("details", "reasoning");
   reasoning.hidden = true;
   reasoning.append(el("summary", null, "Reasoning"));
-  const thoughts = el("div", "text");
+  const thoughts = el("div", "text markdown");
   thoughts.dir = "auto";
   reasoning.append(thoughts);
-  const answer = el("div", "text answer");
+  const answer = el("div", "text markdown answer");
   answer.dir = "auto";
   const stats = el("p", "stats");
   article.append(reasoning, answer, stats);
@@ -55,14 +57,23 @@ function addReply(modelName) {
 }
 
 function fillReply(view, { content, reasoning, stats }) {
-  view.answer.textContent = content;
-  view.thoughts.textContent = reasoning || "";
+  renderMarkdown(view.answer, content);
+  renderMarkdown(view.thoughts, reasoning || "");
   view.reasoning.hidden = !reasoning;
   if (stats) view.stats.textContent = formatStats(stats);
 }
 
+function streamReply(view) {
+  return { ...view, answerStream: streamMarkdown(view.answer), thoughtStream: streamMarkdown(view.thoughts) };
+}
+
+// Once a frame, after markdown.js has rendered that frame's tokens (its frame was asked for first).
+let scrollFrame = 0;
 function scrollToEnd() {
-  log.scrollTop = log.scrollHeight;
+  scrollFrame ||= requestAnimationFrame(() => {
+    scrollFrame = 0;
+    log.scrollTop = log.scrollHeight;
+  });
 }
 
 function setBusy(busy) {
@@ -71,8 +82,11 @@ function setBusy(busy) {
   root.classList.toggle("streaming", busy);
 }
 
-function finish(state) {
+// `reply` is the server's final event; without one (error, lost connection) what arrived stands.
+function finish(state, reply = {}) {
   if (!current) return;
+  current.view.answerStream.finish(reply.response);
+  current.view.thoughtStream.finish(reply.reasoning);
   current.view.article.dataset.state = state;
   current.view.article.classList.remove("pending");
   current = null;
@@ -98,7 +112,7 @@ function send() {
   if (!text.trim() || current || !ready) return;
   document.getElementById("placeholder")?.remove();
   addUserMessage(text);
-  const view = addReply(modelSelect.value);
+  const view = streamReply(addReply(modelSelect.value));
   view.article.classList.add("pending");
   current = { requestId: newRequestId(), title: text.trim().slice(0, 60), view };
   socket.send(JSON.stringify({
@@ -152,16 +166,17 @@ function onEvent(event) {
       break;
     case "delta":
       view.article.classList.remove("pending");
-      view.answer.append(event.content);
+      view.answerStream.append(event.content);
       break;
     case "reasoning":
       view.article.classList.remove("pending");
       view.reasoning.hidden = false;
-      view.thoughts.append(event.content);
+      view.thoughtStream.append(event.content);
       break;
     case "done":
-      fillReply(view, { content: event.response, reasoning: event.reasoning, stats: event.generation_stats });
-      finish(event.generation_stats.finish_reason);
+      view.reasoning.hidden = !event.reasoning;
+      view.stats.textContent = formatStats(event.generation_stats);
+      finish(event.generation_stats.finish_reason, event);
       break;
     case "error":
       view.stats.textContent = event.error_message;

@@ -298,3 +298,162 @@ def test_the_chat_page_fits_a_phone_in_dark_mode(ui, make_user, chat_model):
     assert fits, "nothing scrolls sideways"
     red, green, blue = map(int, re.findall(r"\d+", background)[:3])
     assert red + green + blue < 150, background
+
+
+# Markdown in replies ------------------------------------------------------------------------------
+
+TIDES = """# Tide tables
+
+The sea **rises** and *falls* twice a day; see [the almanac](https://example.com/tides).
+Stars
+***not a rule
+
+- first item
+- second item with `code`
+
+1. one
+2. two
+
+> a quote
+> over two lines
+
+| port | high | low |
+|------|-----:|-----|
+| Brest | 06:10 | 12:25 |
+
+```python
+def tide(hour):
+    return hour % 12
+```
+
+Done.
+"""
+
+# Streams `source` into a detached element chunk by chunk, rendering after each chunk as a frame would,
+# and reports which elements each chunk replaced; then renders the whole text in one go to compare.
+STREAM = """async ({source, size}) => {
+  const {renderMarkdown, streamMarkdown} = await import("/static/beautyai/markdown.js");
+  const streamed = document.createElement("div");
+  const stream = streamMarkdown(streamed);
+  let previous = [];
+  const replaced = [];
+  let fenceInProgress = false;
+  for (let at = 0; at < source.length; at += size) {
+    stream.append(source.slice(at, at + size));
+    stream.flush();
+    const children = [...streamed.children];
+    let kept = 0;
+    while (kept < previous.length && children[kept] === previous[kept]) kept += 1;
+    replaced.push(previous.length - kept);
+    for (const child of children) child.bornAt ??= at;
+    previous = children;
+    const received = source.slice(0, at + size);
+    if (received.includes("return hour") && !received.includes("% 12\\n```")) {
+      fenceInProgress ||= streamed.querySelector(".code-block pre code")?.textContent.includes("return hour") ?? false;
+    }
+  }
+  stream.finish();
+  const whole = document.createElement("div");
+  renderMarkdown(whole, source);
+  return {replaced, fenceInProgress, bornAt: [...streamed.children].map((child) => child.bornAt ?? null),
+          same: streamed.innerHTML === whole.innerHTML, html: streamed.innerHTML, whole: whole.innerHTML};
+}"""
+
+
+def stored_reply(user, content, *, user_text="Tell me about the tides."):
+    session = ChatSession.objects.create(owner=user, model_name="smollm2-135m-instruct", title="Tides")
+    ChatMessage.objects.create(session=session, role="user", content=user_text)
+    ChatMessage.objects.create(session=session, role="assistant", content=content, reasoning="Think of **tides**.",
+                               stats={"tokens_generated": 9, "tokens_per_second": 30.0, "time_to_first_token_ms": 20.0})
+    return session
+
+
+def test_a_stored_reply_renders_markdown_and_the_users_message_stays_text(ui, make_user):
+    user = make_user("chat")
+    session = stored_reply(user, TIDES, user_text="Make it **bold** and <b>x</b> please")
+
+    def steps(page):
+        open_chat(page, user, path=f"/chat/{session.id}/")
+        reply = page.locator(f"{LAST_REPLY} .answer")
+        expect(reply.locator("h1")).to_have_text("Tide tables")
+        expect(reply.locator("p strong")).to_have_text("rises")
+        expect(reply.locator("li")).to_have_count(4)
+        expect(reply.locator("blockquote")).to_contain_text("a quote")
+        expect(reply.locator(".table-wrap table td")).to_have_text(["Brest", "06:10", "12:25"])
+        expect(reply.locator("td.align-right")).to_have_text("06:10")
+        expect(reply.locator("[style]")).to_have_count(0)
+        expect(reply.locator(".code-block .code-lang")).to_have_text("python")
+        expect(reply.locator(".code-block pre code")).to_have_text("def tide(hour):\n    return hour % 12\n")
+        expect(reply.locator(".code-block button.copy")).to_have_text("Copy")
+        expect(reply.locator("li code")).to_have_attribute("dir", "ltr")
+        link = reply.locator("a")
+        expect(link).to_have_attribute("href", "https://example.com/tides")
+        expect(link).to_have_attribute("rel", "noopener noreferrer")
+        expect(link).to_have_attribute("target", "_blank")
+        # The reasoning goes through the same renderer.
+        page.click(f"{LAST_REPLY} details.reasoning summary")
+        expect(page.locator(f"{LAST_REPLY} .reasoning .text strong")).to_have_text("tides")
+        mine = page.locator("#messages .message.user .text")
+        expect(mine).to_have_text("Make it **bold** and <b>x</b> please")
+        reply.locator(".code-block").scroll_into_view_if_needed()
+        screenshot(page, "15-markdown-reply")
+        return mine.locator("*").count()
+
+    assert ui.run(steps) == 0
+
+
+@pytest.mark.parametrize("size", [1, 7])
+def test_a_streamed_reply_renders_only_its_last_blocks_again_and_ends_as_the_whole_text_would(ui, make_user, size):
+    user = make_user("chat")
+    references = "See [the almanac][tides] and [this][tides].\n\nMore.\n\n[tides]: https://example.com/tides\n"
+
+    def steps(page):
+        open_chat(page, user)
+        return page.evaluate(STREAM, {"source": TIDES, "size": size}), \
+            page.evaluate(STREAM, {"source": references, "size": size})
+
+    tides, late_reference = ui.run(steps)
+    assert tides["same"], (tides["html"], tides["whole"])
+    # Each chunk re-renders the last block or two, never what came before them ...
+    assert max(tides["replaced"]) <= 2, tides["replaced"]
+    # ... so every block but the last is the very element made once the line after it was complete:
+    # the heading's, once the paragraph's first line was in.
+    born = tides["bornAt"]
+    assert None not in born[:-1] and born[:-1] == sorted(born[:-1]), born
+    assert born[0] <= TIDES.index("Stars") < born[1], born
+    assert tides["fenceInProgress"], "an open code fence shows as a code block while it streams"
+    # A reference defined at the end applies to the links above it, as in a render of the whole text.
+    assert late_reference["same"], (late_reference["html"], late_reference["whole"])
+    assert late_reference["html"].count('href="https://example.com/tides"') == 2
+
+
+def test_a_code_block_reads_left_to_right_in_a_right_to_left_reply(ui, make_user):
+    user = make_user("chat")
+    # Opening with code: the reply's direction still follows its Arabic words, not the code or its header.
+    session = stored_reply(user, "```js\nconst tide = 6;\n```\n\n`x = 1` هذا مثال على الشيفرة.\n")
+
+    def steps(page):
+        open_chat(page, user, path=f"/chat/{session.id}/")
+        reply = page.locator(f"{LAST_REPLY} .answer")
+        reply.evaluate("element => element.closest('.message').setAttribute('dir', 'rtl')")
+        screenshot(page, "16-markdown-rtl")
+        return (reply.evaluate(DIRECTION), reply.locator("pre").evaluate(DIRECTION),
+                reply.locator("p code").evaluate(DIRECTION))
+
+    assert ui.run(steps) == ("rtl", "ltr", "ltr")
+
+
+def test_the_copy_button_puts_the_code_on_the_clipboard(ui, make_user):
+    user = make_user("chat")
+    session = stored_reply(user, TIDES)
+    ui.open(permissions=["clipboard-read", "clipboard-write"])
+
+    def steps(page):
+        open_chat(page, user, path=f"/chat/{session.id}/")
+        button = page.locator(f"{LAST_REPLY} .code-block button.copy")
+        button.click()
+        expect(button).to_have_text("Copied")
+        expect(button).to_have_text("Copy")  # and back, ready for another copy
+        return page.evaluate("navigator.clipboard.readText()")
+
+    assert ui.run(steps) == "def tide(hour):\n    return hour % 12\n"
