@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from beautyai_site import disconnect
@@ -170,8 +170,9 @@ def phase_summary(runs: list[TimedGeneration], *, duration_s: float, concurrency
 
 @dataclass
 class Attempts:
-    """Starts the runs of one benchmark: each checks the caller's quota first and records its usage
-    as soon as it ends, so a benchmark spends a quota like as many chats would, not past it."""
+    """The runs of one benchmark. Each checks the caller's quota before it starts and records its
+    usage as soon as it ends, so a benchmark spends a quota as that many chats would, not past it.
+    Both happen in the request's thread; the pool threads of the throughput phase only generate."""
 
     user: object
     model: object
@@ -180,16 +181,25 @@ class Attempts:
     api_key_id: int | None
     client: disconnect.ClientGone
 
-    def __call__(self, _index: int = 0) -> TimedGeneration:
-        """A run that could not start (quota, full queue, model gone, client gone) is a failed run."""
+    def refusal(self) -> TimedGeneration | None:
+        """None when a run may start; else the failed run that stands for it."""
         if self.client.gone:
             return TimedGeneration(error="cancelled: client disconnected")
-        started = time.perf_counter()
         try:
             quota_check(user=self.user, model=self.model)
-            run = generate_timed(self.model, self.messages, self.params, self.client)
+        except errors.APIError as exc:
+            return TimedGeneration(error=exc.message)
+        return None
+
+    def generate(self) -> TimedGeneration:
+        """A run that could not start (full queue, model gone) is a failed run, not a failed benchmark."""
+        started = time.perf_counter()
+        try:
+            return generate_timed(self.model, self.messages, self.params, self.client)
         except errors.APIError as exc:
             return TimedGeneration(error=exc.message, latency_ms=(time.perf_counter() - started) * 1000.0)
+
+    def record(self, run: TimedGeneration) -> TimedGeneration:
         if run.stats is not None:
             usage_record(user=self.user, api_key_id=self.api_key_id, model_name=self.model.name,
                          transport="benchmark", prompt_tokens=run.prompt_tokens, completion_tokens=run.output_tokens,
@@ -199,14 +209,29 @@ class Attempts:
 
 def latency_phase(attempt: Attempts, *, num_runs: int) -> tuple[list[TimedGeneration], float]:
     started = time.perf_counter()
-    runs = [attempt() for _ in range(num_runs)]
+    runs = [attempt.refusal() or attempt.record(attempt.generate()) for _ in range(num_runs)]
     return runs, time.perf_counter() - started
 
 
 def throughput_phase(attempt: Attempts, *, num_runs: int, concurrency: int) -> tuple[list[TimedGeneration], float]:
     started = time.perf_counter()
+    runs: list[TimedGeneration | None] = [None] * num_runs
+    running: dict = {}
+
+    def collect(done) -> None:
+        for future in done:
+            runs[running.pop(future)] = attempt.record(future.result())
+
     with ThreadPoolExecutor(max_workers=min(concurrency, num_runs), thread_name_prefix="benchmark") as pool:
-        runs = list(pool.map(attempt, range(num_runs)))
+        for index in range(num_runs):
+            while len(running) >= concurrency:
+                collect(wait(running, return_when=FIRST_COMPLETED).done)
+            refused = attempt.refusal()
+            if refused is not None:
+                runs[index] = refused
+            else:
+                running[pool.submit(attempt.generate)] = index
+        collect(wait(running).done)
     return runs, time.perf_counter() - started
 
 
