@@ -69,7 +69,7 @@ def ensure_loaded(*, user, model: ModelConfig) -> None:
         return
     if not has_on(user, "model_load", model):
         raise errors.ConflictError(f"Model '{model.name}' is not loaded.", details={"model_name": model.name})
-    runtime.load(model)
+    runtime.load(model, user=user)
 
 
 def generation_params(model: ModelConfig, config: dict):

@@ -102,7 +102,8 @@ class ModelConfigAdmin(GuardedModelAdmin):
 
     @admin.action(description="Load selected models", permissions=["load"])
     def load_models(self, request, queryset):
-        self._each(request, queryset, "loaded,", lambda m: f"{runtime.load(m)['memory_usage_mb']:.0f} MB")
+        self._each(request, queryset, "loaded,",
+                   lambda m: f"{runtime.load(m, user=request.user)['memory_usage_mb']:.0f} MB")
 
     @admin.action(description="Unload selected models", permissions=["load"])
     def unload_models(self, request, queryset):
