@@ -6,13 +6,29 @@ from rest_framework.exceptions import ValidationError as DRFValidationError
 from guardian.admin import GuardedModelAdmin
 
 from beautyai_site.api import errors
+from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from beautyai_site.api.permissions import has_global
 from models_app import downloads, runtime, services
 from models_app.models import ModelConfig, ModelDownload
 
 
+class UntrustedJSONField(forms.JSONField):
+    """Django's JSONField parses with json.loads, which recurses once per nesting level (a deep
+    document is a RecursionError, a 500); the platform's one loader measures depth first."""
+
+    def to_python(self, value):
+        if self.disabled or value in self.empty_values or not isinstance(value, str):
+            return super().to_python(value)
+        try:
+            return loads_untrusted(value)
+        except UntrustedJSONError as exc:
+            raise forms.ValidationError(str(exc), code="invalid") from None
+
+
 class ModelConfigForm(forms.ModelForm):
     """The registry's rules (engine × quantisation, path confinement) apply in the admin as in the API."""
+
+    parameters = UntrustedJSONField(required=False, initial=dict)
 
     class Meta:
         model = ModelConfig
