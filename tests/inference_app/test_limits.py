@@ -12,6 +12,7 @@ from django.core.cache import cache
 from rest_framework.throttling import ScopedRateThrottle
 
 from inference_app.models import BenchmarkRun, ChatMessage, QuotaRule, UsageRecord
+from tests.conditions import wait_for
 from tests.envelope import assert_error, assert_ok
 
 MODEL = "smollm2-135m-instruct"
@@ -76,15 +77,6 @@ def test_a_benchmark_cannot_spend_past_a_token_quota(make_user, client_for, load
 def status_of(url, headers) -> dict:
     return httpx.get(f"{url}/models/{MODEL}/status", headers=headers, timeout=10).json()["data"]
 
-
-def wait_for(condition, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, message
-        time.sleep(0.02)
 
 
 def post_and_leave(url, headers, path: str, body: bytes):

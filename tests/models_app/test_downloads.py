@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -13,6 +12,7 @@ from django.core.management.base import CommandError
 
 from models_app import downloads, hub as hub_files, runtime, services
 from models_app.models import ModelDownload
+from tests.conditions import wait_for
 from tests.envelope import assert_error, assert_ok
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,15 +29,6 @@ def gguf_size() -> int:
 
     return bundled_gguf_path().stat().st_size
 
-
-def wait_for(condition, timeout: float = 60, message: str = "condition not met"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, message
-        time.sleep(0.02)
 
 
 def job_of(name: str) -> ModelDownload:
