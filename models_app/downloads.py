@@ -145,6 +145,10 @@ def download_start(*, model: ModelConfig, user=None, revision: str | None = None
             "there is nothing to download.")
     active = ModelDownload.objects.filter(model=model, status__in=ModelDownload.ACTIVE).first()
     if active is not None:
+        if load_when_done and not active.load_when_done:
+            # "Download, then load" joins a running download: it loads when that one ends.
+            ModelDownload.objects.filter(pk=active.pk).update(load_when_done=True)
+            active.refresh_from_db()
         return active, False
     token = token_for(model)
     try:
