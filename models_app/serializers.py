@@ -16,6 +16,7 @@ from beautyai_site.api.fields import (
 from beautyai_site.api.jsonsafe import first_path
 from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS
 from models_app.engines.openai_engine import API_KEY_ENV_PREFIX, api_key_env_allowed
+from models_app.hub import REVISION
 from models_app.models import (
     DTYPES,
     ENGINE_QUANTIZATIONS,
@@ -138,6 +139,15 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
                 "not a key")
     elif "base_url" in parameters:
         bad(f"base_url is only for the openai engine, not {engine}")
+    # A gated hub model's token follows the remote keys' naming rule (docs/downloads.md).
+    token_env = parameters.get("hf_token_env")
+    if token_env is not None and not api_key_env_allowed(token_env):
+        bad(f"hf_token_env must be the NAME of an environment variable starting with {API_KEY_ENV_PREFIX}")
+    if "allow_pickle_weights" in parameters and not isinstance(parameters["allow_pickle_weights"], bool):
+        bad("allow_pickle_weights must be true or false")
+    revision = parameters.get("revision")
+    if revision is not None and not (isinstance(revision, str) and REVISION.match(revision)):
+        bad("revision must be a branch, tag or commit name (letters, digits, . _ / -)")
 
 
 class ModelAddRequestSerializer(StrictSerializer):

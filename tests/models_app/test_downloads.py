@@ -277,3 +277,29 @@ def test_a_download_survives_a_server_restart_and_resumes_where_it_stopped(hub, 
     assert job.bytes_done == gguf_size()
     assert hub.bytes_served[SERVED] <= gguf_size() + 8 * MB
     assert downloads.files_present(gguf_entry)
+
+
+@pytest.mark.parametrize("parameters, refused", [
+    ({"hf_token_env": "DJANGO_SECRET_KEY"}, "hf_token_env"),
+    ({"revision": "../../etc"}, "revision"),
+    ({"allow_pickle_weights": "yes"}, "allow_pickle_weights"),
+])
+def test_download_parameters_follow_the_naming_and_path_rules(api_as, parameters, refused):
+    body = {"model_name": "gated", "model_config": {"model_id": "org/gated", "engine": "transformers",
+                                                    "parameters": parameters}}
+    error = assert_error(api_as("model_write", "model_read").post("/models/", body, format="json"), 400,
+                         "ValidationError")
+    assert refused in json.dumps(error["error_details"])
+
+
+def test_a_gated_model_sends_the_token_from_its_named_variable_and_stores_it_nowhere(hub, loader, monkeypatch):
+    monkeypatch.setenv("BEAUTYAI_REMOTE_KEY_HUB", "hf_secret_token_for_tests")
+    services.registry_add(name="gated", config={"model_id": GGUF_REPO, "engine": "llama.cpp", "quantization": "Q4_1",
+                                                "parameters": {"hf_token_env": "BEAUTYAI_REMOTE_KEY_HUB"}})
+    assert_ok(start(loader, name="gated"), 202)
+    assert finished("gated").status == "done"
+    sent = [headers.get("Authorization") for _, path, headers in hub.requests if not path.startswith("/cdn/")]
+    assert sent and all(value == "Bearer hf_secret_token_for_tests" for value in sent)
+    # The token goes to the hub only, never to the CDN it redirects to, and is stored nowhere.
+    assert all("Authorization" not in headers for _, path, headers in hub.requests if path.startswith("/cdn/"))
+    assert "hf_secret_token_for_tests" not in json.dumps(list(ModelDownload.objects.values()), default=str)
