@@ -100,7 +100,7 @@ def test_a_model_removed_from_the_registry_meanwhile_is_reported_as_failed(api_a
 
 def test_memory_clear_releases_runner_caches_and_keeps_models_loaded(api_as, load_model):
     load_model()
-    data = assert_ok(api_as("cache_clear").post("/system/memory/clear"))["data"]
+    data = assert_ok(api_as("cache_clear", "model_read").post("/system/memory/clear"))["data"]
     assert data["caches_released"] == [BUNDLED_LLAMA_CPP] and data["models_unloaded"] == []
     assert data["gc_collected_objects"] >= 0
     assert data["memory_before"]["runners_mb"] > 50 and data["memory_after"]["runners_mb"] > 50
@@ -109,7 +109,7 @@ def test_memory_clear_releases_runner_caches_and_keeps_models_loaded(api_as, loa
 
 def test_memory_clear_with_force_unloads_idle_models_and_measures_the_memory_freed(api_as, load_model):
     load_model()
-    data = assert_ok(api_as("cache_clear").post("/system/memory/clear?force=true"))["data"]
+    data = assert_ok(api_as("cache_clear", "model_read").post("/system/memory/clear?force=true"))["data"]
     assert data["models_unloaded"] == [BUNDLED_LLAMA_CPP] and data["caches_released"] == []
     assert data["memory_after"]["runners_mb"] == 0
     assert data["freed_mb"]["runners_mb"] == data["memory_before"]["runners_mb"] > 50
@@ -118,7 +118,7 @@ def test_memory_clear_with_force_unloads_idle_models_and_measures_the_memory_fre
 
 def test_memory_clear_with_force_keeps_a_model_that_is_generating(api_as, load_model):
     load_model()
-    client = api_as("cache_clear")
+    client = api_as("cache_clear", "model_read")
     handle = generate(1500)
     try:
         data = assert_ok(client.post("/system/memory/clear?force=true"))["data"]
