@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from beautyai_site.api.fields import (
@@ -52,12 +53,12 @@ class ModelConfigSerializer(StrictSerializer):
 
     def validate_model_id(self, value: str) -> str:
         if not value.strip() or "\x00" in value:
-            raise serializers.ValidationError("must be a hub id or an absolute path")
+            raise serializers.ValidationError(_("must be a hub id or an absolute path"))
         return value
 
     def validate_top_p(self, value):
         if value is not None and value <= 0:
-            raise serializers.ValidationError("must be greater than 0")
+            raise serializers.ValidationError(_("must be greater than 0"))
         return value
 
     def validate(self, attrs):
@@ -66,14 +67,15 @@ class ModelConfigSerializer(StrictSerializer):
         if engine == "llama.cpp":
             if quantization.upper() not in GGUF_TYPES and quantization != "none":
                 raise serializers.ValidationError(
-                    {"quantization": [f"llama.cpp takes a GGUF type such as Q4_K_M, or none; not {quantization!r}"]}
+                    {"quantization": [_("llama.cpp takes a GGUF type such as Q4_K_M, or none; not %(value)r") % {"value": quantization}]}
                 )
             if quantization != "none":
                 attrs["quantization"] = quantization.upper()
         elif quantization not in ENGINE_QUANTIZATIONS[engine]:
             allowed = ", ".join(ENGINE_QUANTIZATIONS[engine])
             raise serializers.ValidationError(
-                {"quantization": [f"engine {engine} takes one of {allowed}; not {quantization!r}"]}
+                {"quantization": [_("engine %(engine)s takes one of %(allowed)s; not %(value)r") % {
+                    "engine": engine, "allowed": allowed, "value": quantization}]}
             )
         parameters = attrs.get("parameters", getattr(self.instance, "parameters", {}) or {})
         _validate_parameters(engine, parameters)
@@ -87,24 +89,24 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
     keep_alive = parameters.get("keep_alive_seconds")
     if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))
                                    or (keep_alive < 0 and keep_alive != -1) or keep_alive != keep_alive):
-        bad("keep_alive_seconds must be -1 (never) or a number of seconds ≥ 0")
+        bad(_("keep_alive_seconds must be -1 (never) or a number of seconds ≥ 0"))
     for name in ("n_ctx", "n_gpu_layers", "n_threads", "max_batch_size", "max_model_len",
                  "tensor_parallel_size", "pipeline_parallel_size"):
         value = parameters.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
-            bad(f"{name} must be an integer")
+            bad(_("%(name)s must be an integer") % {"name": name})
     if "trust_remote_code" in parameters and not isinstance(parameters["trust_remote_code"], bool):
-        bad("trust_remote_code must be true or false")
+        bad(_("trust_remote_code must be true or false"))
     if engine == "openai":
         base_url = parameters.get("base_url")
         if not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url):
-            bad("base_url (http:// or https://) is required for the openai engine")
+            bad(_("base_url (http:// or https://) is required for the openai engine"))
         env_name = parameters.get("api_key_env")
         if env_name is not None and not api_key_env_allowed(env_name):
-            bad(f"api_key_env must be the NAME of an environment variable starting with {API_KEY_ENV_PREFIX}, "
-                "not a key")
+            bad(_("api_key_env must be the NAME of an environment variable starting with %(prefix)s, not a key")
+                % {"prefix": API_KEY_ENV_PREFIX})
     elif "base_url" in parameters:
-        bad(f"base_url is only for the openai engine, not {engine}")
+        bad(_("base_url is only for the openai engine, not %(engine)s") % {"engine": engine})
 
 
 class ModelAddRequestSerializer(StrictSerializer):
