@@ -18,7 +18,7 @@ endif
 WHEELHOUSE ?= $(HOME)/.cache/beautyai/wheels/llama-$(LLAMA_CPP_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl))
 
-.PHONY: install serve test migrate bootstrap bench clean
+.PHONY: install serve test migrate bootstrap bench messages clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,16 @@ test: install
 # Speed and memory against the raw engines (not part of `make test`); see bench/run.py for options.
 bench: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m bench.run
+
+# Translations (docs/i18n.md): re-extracts the marked strings into locale/ar/*.po, keeping what is
+# translated, then compiles the .mo files. Both are committed, so serving needs no gettext tools;
+# tests/pages/test_i18n.py fails when this would change them. Needs GNU gettext (msgfmt, xgettext).
+MESSAGES_OPTIONS := -l ar --no-obsolete --add-location=file --ignore=var --ignore=tests --ignore=bench \
+	--ignore=test-artifacts --ignore=static/beautyai/vendor
+messages:
+	$(BIN)/python manage.py makemessages $(MESSAGES_OPTIONS)
+	$(BIN)/python manage.py makemessages -d djangojs $(MESSAGES_OPTIONS)
+	for po in locale/*/LC_MESSAGES/*.po; do msgfmt --check -o "$${po%.po}.mo" "$$po" || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -14,6 +14,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 from guardian.shortcuts import get_objects_for_user
 
@@ -123,7 +124,7 @@ def chat_session_rename_view(request, session_id):
     else:
         # Still 404 for a session that is not the caller's, before saying anything about the title.
         chat_session_for(user=request.user, session_id=session_id)
-        messages.error(request, "A title needs 1 to 200 characters.")
+        messages.error(request, _("A title needs 1 to 200 characters."))
     return redirect("chat-session", session_id=session_id)
 
 
@@ -131,7 +132,7 @@ def chat_session_rename_view(request, session_id):
 @require_POST
 def chat_session_delete_view(request, session_id):
     chat_session_delete(user=request.user, session_id=session_id)
-    messages.success(request, "Chat deleted.")
+    messages.success(request, _("Chat deleted."))
     return redirect("chat")
 
 

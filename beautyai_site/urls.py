@@ -1,6 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.utils.translation import gettext_lazy
+
 from beautyai_site.api.schema import SchemaView, SwaggerView
+
+admin.site.site_header = admin.site.site_title = "BeautyAI"
+admin.site.index_title = gettext_lazy("Administration")
 
 urlpatterns = [
     path("admin/", admin.site.urls),

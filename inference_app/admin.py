@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.translation import gettext_lazy
 
 from inference_app.models import BenchmarkRun, ChatMessage, ChatSession, QuotaRule, UsageRecord
 
@@ -33,7 +34,7 @@ class ChatMessageAdmin(admin.ModelAdmin):
     search_fields = ("session__id", "content")
     readonly_fields = ("session", "created_at")
 
-    @admin.display(description="content")
+    @admin.display(description=gettext_lazy("content"))
     def short_content(self, obj):
         return obj.content[:80]
 

@@ -26,6 +26,22 @@ from models_app.models import ModelConfig
 TITLE_CHARS = 60
 
 
+def session_title(message: str) -> str:
+    """A new chat's title: its first message on one line, cut at a word boundary with an ellipsis when long.
+
+    chat.js's sessionTitle mirrors this for the chat list until the page reloads.
+    """
+    line = " ".join(message.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS - 1]
+    if line[TITLE_CHARS - 1] != " ":  # the cut fell inside a word: end at the one before, if not too far back
+        space = cut.rfind(" ")
+        if space >= TITLE_CHARS // 2:
+            cut = cut[:space]
+    return cut.rstrip(" ,.;:،؛") + "…"
+
+
 @dataclass
 class ChatPlan:
     request_id: str
@@ -141,7 +157,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     if new_session:
         # Not saved yet (chat_start stores it), but its id is already fixed for the start event.
         session = ChatSession(owner=user, model=model, model_name=model.name,
-                              title=data["message"].strip()[:TITLE_CHARS])
+                              title=session_title(data["message"]))
     return ChatPlan(
         request_id=uuid.uuid4().hex,
         user=user,

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.template.defaultfilters import filesizeformat
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, pgettext_lazy
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from guardian.admin import GuardedModelAdmin
 
@@ -10,6 +13,13 @@ from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from beautyai_site.api.permissions import has_global
 from models_app import downloads, runtime, services
 from models_app.models import ModelConfig, ModelDownload
+
+# The runtime's and the file check's state words, shown translated; the API keeps them as English codes.
+MODEL_STATES = {"loading": pgettext_lazy("model state", "loading"), "loaded": pgettext_lazy("model state", "loaded"),
+                "unloaded": pgettext_lazy("model state", "unloaded"), "error": pgettext_lazy("model state", "error")}
+FILE_STATES = {"present": pgettext_lazy("model files", "present"), "missing": pgettext_lazy("model files", "missing"),
+               "downloading": pgettext_lazy("model files", "downloading"),
+               "failed": pgettext_lazy("model files", "failed")}
 
 
 class UntrustedJSONField(forms.JSONField):
@@ -43,10 +53,21 @@ class ModelConfigForm(forms.ModelForm):
         try:
             services.validated_config(config, instance=instance, user=self.user)
         except DRFValidationError as exc:
-            raise forms.ValidationError(str(exc.detail)) from None
+            # Each problem next to its field, in the page's language where the message is translated.
+            detail = exc.detail if isinstance(exc.detail, dict) else {None: exc.detail}
+            for field, problems in detail.items():
+                self.add_error(field if field in self.fields else None, _flatten(problems))
         except errors.APIError as exc:
             raise forms.ValidationError(exc.message) from None
         return cleaned
+
+
+def _flatten(detail) -> list[str]:
+    if isinstance(detail, dict):
+        return [message for value in detail.values() for message in _flatten(value)]
+    if isinstance(detail, list):
+        return [message for value in detail for message in _flatten(value)]
+    return [str(detail)]
 
 
 @admin.register(ModelConfig)
@@ -83,17 +104,18 @@ class ModelConfigAdmin(GuardedModelAdmin):
         form.user = request.user  # get_form builds a new class on every call, so this stays per request
         return form
 
-    @admin.display(description="status")
+    @admin.display(description=gettext_lazy("status"))
     def live_status(self, obj):
         state = runtime.status(obj.name)
         if state["status"] == "loaded":
-            return f"loaded · {state['memory_usage_mb']:.0f} MB"
-        return state["status"]
+            return _("loaded · %(memory)s") % {"memory": filesizeformat(state["memory_usage_mb"] * 2**20)}
+        return MODEL_STATES.get(state["status"], state["status"])
 
-    @admin.display(description="files")
+    @admin.display(description=gettext_lazy("files"))
     def files(self, obj):
-        return downloads.download_statuses([{"name": obj.name, "model_id": obj.model_id, "engine": obj.engine,
-                                             "quantization": obj.quantization}])[obj.name]
+        status = downloads.download_statuses([{"name": obj.name, "model_id": obj.model_id, "engine": obj.engine,
+                                               "quantization": obj.quantization}])[obj.name]
+        return FILE_STATES.get(status, status)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -107,46 +129,55 @@ class ModelConfigAdmin(GuardedModelAdmin):
         for obj in queryset:
             services.registry_delete(model=obj)
 
-    def _each(self, request, queryset, verb, call):
+    def _each(self, request, queryset, call):
+        """``call(model)`` returns the (translated) outcome; a refusal is reported with the server's reason."""
         for model in queryset:
             try:
-                result = call(model)
+                outcome = call(model)
             except errors.APIError as exc:
                 self.message_user(request, f"{model.name}: {exc.message}", messages.ERROR)
             else:
-                self.message_user(request, f"{model.name}: {verb} {result}", messages.INFO)
+                self.message_user(request, f"{model.name}: {outcome}", messages.INFO)
 
-    @admin.action(description="Load selected models", permissions=["load"])
+    @admin.action(description=gettext_lazy("Load selected models into memory"), permissions=["load"])
     def load_models(self, request, queryset):
-        self._each(request, queryset, "loaded,",
-                   lambda m: f"{runtime.load(m, user=request.user)['memory_usage_mb']:.0f} MB")
+        self._each(request, queryset, lambda m: _("loaded, %(memory)s") % {
+            "memory": filesizeformat(runtime.load(m, user=request.user)["memory_usage_mb"] * 2**20)})
 
-    @admin.action(description="Unload selected models", permissions=["load"])
+    @admin.action(description=gettext_lazy("Unload selected models from memory"), permissions=["load"])
     def unload_models(self, request, queryset):
-        self._each(request, queryset, "unloaded:", lambda m: runtime.unload(m.name))
+        self._each(request, queryset, lambda m: _("unloaded") if runtime.unload(m.name) else _("was not loaded"))
 
-    @admin.action(description="Download selected models from the hub", permissions=["load"])
+    @admin.action(description=gettext_lazy("Download selected models from the hub"), permissions=["load"])
     def download_models(self, request, queryset):
         def start(model):
             job, created = downloads.download_start(model=model, user=request.user)
-            return f"{'started' if created else 'already running'} ({job.bytes_total} bytes)"
+            outcome = _("download started (%(size)s)") if created else _("download already running (%(size)s)")
+            return outcome % {"size": filesizeformat(job.bytes_total)}
 
-        self._each(request, queryset, "download", start)
+        self._each(request, queryset, start)
 
-    @admin.action(description="Validate selected models", permissions=["view"])
+    @admin.action(description=gettext_lazy("Validate selected models"), permissions=["view"])
     def validate_models(self, request, queryset):
         def check(model):
             result = services.registry_validate(model=model)
-            return "valid" if result["valid"] else "; ".join(result["errors"])
+            if result["valid"]:
+                return _("configuration is valid")
+            return _("not valid: %(errors)s") % {"errors": "; ".join(result["errors"])}
 
-        self._each(request, queryset, "validation:", check)
+        self._each(request, queryset, check)
 
-    @admin.action(description="Make the selected model the default", permissions=["write"])
+    @admin.action(description=gettext_lazy("Make the selected model the default"), permissions=["write"])
     def make_default(self, request, queryset):
         if queryset.count() != 1:
-            self.message_user(request, "Select exactly one model to make default.", messages.ERROR)
+            self.message_user(request, _("Select exactly one model to make it the default."), messages.ERROR)
             return
-        self._each(request, queryset, "default:", lambda m: services.registry_set_default(model=m).is_default)
+
+        def make(model):
+            services.registry_set_default(model=model)
+            return _("is now the default model")
+
+        self._each(request, queryset, make)
 
 
 @admin.register(ModelDownload)
@@ -177,19 +208,20 @@ class ModelDownloadAdmin(admin.ModelAdmin):
     def has_load_permission(self, request):
         return has_global(request.user, "model_load")
 
-    @admin.display(description="progress")
+    @admin.display(description=gettext_lazy("progress"))
     def progress(self, obj):
         return f"{obj.bytes_done / obj.bytes_total:.0%}" if obj.bytes_total else "–"
 
-    @admin.display(description="files")
+    @admin.display(description=gettext_lazy("files"))
     def files(self, obj):
         return f"{obj.files_done}/{obj.files_total}"
 
-    @admin.action(description="Cancel selected downloads (partial files kept)", permissions=["load"])
+    @admin.action(description=gettext_lazy("Cancel selected downloads (partial files kept)"), permissions=["load"])
     def cancel_downloads(self, request, queryset):
         for job in queryset.select_related("model"):
             if not job.active:
-                self.message_user(request, f"{job.model_name}: not running ({job.status})", messages.WARNING)
+                self.message_user(request, _("%(model)s: not running (%(status)s)") % {
+                    "model": job.model_name, "status": job.get_status_display()}, messages.WARNING)
                 continue
             downloads.download_cancel(model=job.model)
-            self.message_user(request, f"{job.model_name}: download cancelled", messages.INFO)
+            self.message_user(request, _("%(model)s: download cancelled") % {"model": job.model_name}, messages.INFO)

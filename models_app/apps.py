@@ -1,6 +1,7 @@
 from django.apps import AppConfig
 from django.core import mail
 from django.core.signals import request_started
+from django.utils.translation import gettext_lazy as _
 
 
 def _resume_downloads(**kwargs) -> None:
@@ -21,7 +22,7 @@ def _resume_downloads(**kwargs) -> None:
 
 class ModelsAppConfig(AppConfig):
     name = "models_app"
-    verbose_name = "Model registry"
+    verbose_name = _("Model registry")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):

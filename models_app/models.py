@@ -4,6 +4,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from beautyai_site.api.permissions import CONTRACT_PERMISSIONS
 
@@ -36,28 +38,34 @@ GGUF_TYPES = (
 class ModelConfig(models.Model):
     """A registry entry: what can be loaded. Whether it is in memory is the EngineManager's business."""
 
-    name = models.CharField(max_length=128, unique=True, validators=[RegexValidator(MODEL_NAME_PATTERN)])
-    model_id = models.CharField(max_length=500)
-    architecture = models.CharField(max_length=64, default="causal_lm")
-    engine = models.CharField(max_length=20, choices=[(e, e) for e in ENGINES])
-    quantization = models.CharField(max_length=16, default="none")
-    dtype = models.CharField(max_length=16, default="auto", choices=[(d, d) for d in DTYPES])
-    max_new_tokens = models.PositiveIntegerField(default=512)
-    description = models.TextField(blank=True)
+    name = models.CharField(_("name"), max_length=128, unique=True, validators=[RegexValidator(MODEL_NAME_PATTERN)],
+                            help_text=_("Letters, digits, dots, dashes and underscores; the name the API and the pages use."))
+    model_id = models.CharField(_("model id"), max_length=500,
+                                help_text=_("A Hugging Face hub id such as org/name, or an absolute path on this server."))
+    architecture = models.CharField(_("architecture"), max_length=64, default="causal_lm")
+    engine = models.CharField(_("engine"), max_length=20, choices=[(e, e) for e in ENGINES])
+    quantization = models.CharField(_("quantization"), max_length=16, default="none",
+                                    help_text=_("For llama.cpp a GGUF type such as Q4_K_M; none for full precision."))
+    dtype = models.CharField(_("data type"), max_length=16, default="auto", choices=[(d, d) for d in DTYPES])
+    max_new_tokens = models.PositiveIntegerField(_("max new tokens"), default=512)
+    description = models.TextField(_("description"), blank=True)
     # Generation defaults; null means "not set" (the engine's own default), which keeps exports lossless.
-    temperature = models.FloatField(null=True, blank=True)
-    top_p = models.FloatField(null=True, blank=True)
-    top_k = models.IntegerField(null=True, blank=True)
-    repetition_penalty = models.FloatField(null=True, blank=True)
-    do_sample = models.BooleanField(null=True, blank=True)
-    parameters = models.JSONField(default=dict, blank=True)
-    is_default = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    temperature = models.FloatField(_("temperature"), null=True, blank=True, help_text=_("Empty: the engine's default."))
+    top_p = models.FloatField("top-p", null=True, blank=True, help_text=_("Empty: the engine's default."))
+    top_k = models.IntegerField("top-k", null=True, blank=True, help_text=_("Empty: the engine's default."))
+    repetition_penalty = models.FloatField(_("repetition penalty"), null=True, blank=True,
+                                           help_text=_("Empty: the engine's default."))
+    do_sample = models.BooleanField(_("sampling"), null=True, blank=True, help_text=_("Empty: the engine's default."))
+    parameters = models.JSONField(_("engine parameters"), default=dict, blank=True,
+                                  help_text=_("A JSON object of engine options, such as n_ctx, filename or base_url."))
+    is_default = models.BooleanField(_("default"), default=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
         ordering = ["name"]
-        verbose_name = "model"
+        verbose_name = _("model")
+        verbose_name_plural = _("models")
         # The contract's permissions live here, once each, so that django-guardian can grant the
         # per-model ones on a registry entry. Django's add/change/delete/view are not used.
         default_permissions = ()
@@ -96,35 +104,42 @@ class ModelDownload(models.Model):
 
     QUEUED, DOWNLOADING, VERIFYING, DONE, FAILED, CANCELLED = (
         "queued", "downloading", "verifying", "done", "failed", "cancelled")
-    STATUSES = (QUEUED, DOWNLOADING, VERIFYING, DONE, FAILED, CANCELLED)
+    STATUSES = {QUEUED: pgettext_lazy("download status", "queued"),
+                DOWNLOADING: pgettext_lazy("download status", "downloading"),
+                VERIFYING: pgettext_lazy("download status", "verifying"),
+                DONE: pgettext_lazy("download status", "done"),
+                FAILED: pgettext_lazy("download status", "failed"),
+                CANCELLED: pgettext_lazy("download status", "cancelled")}
     ACTIVE = (QUEUED, DOWNLOADING, VERIFYING)
 
-    model = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="downloads")
-    model_name = models.CharField(max_length=128)
-    repo_id = models.CharField(max_length=500)
-    revision = models.CharField(max_length=100, default="main")
-    status = models.CharField(max_length=16, choices=[(s, s) for s in STATUSES], default=QUEUED)
-    bytes_done = models.BigIntegerField(default=0)
-    bytes_total = models.BigIntegerField(default=0)
-    files_done = models.PositiveIntegerField(default=0)
-    files_total = models.PositiveIntegerField(default=0)
-    speed_bytes_per_second = models.FloatField(default=0.0)
-    eta_seconds = models.FloatField(null=True, blank=True)
-    error = models.TextField(blank=True)
+    model = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="downloads", verbose_name=_("model"))
+    model_name = models.CharField(_("model name"), max_length=128)
+    repo_id = models.CharField(_("hub repository"), max_length=500)
+    revision = models.CharField(_("revision"), max_length=100, default="main")
+    status = models.CharField(_("status"), max_length=16, choices=list(STATUSES.items()), default=QUEUED)
+    bytes_done = models.BigIntegerField(_("bytes done"), default=0)
+    bytes_total = models.BigIntegerField(_("bytes in all"), default=0)
+    files_done = models.PositiveIntegerField(_("files done"), default=0)
+    files_total = models.PositiveIntegerField(_("files in all"), default=0)
+    speed_bytes_per_second = models.FloatField(_("speed (bytes per second)"), default=0.0)
+    eta_seconds = models.FloatField(_("time left (seconds)"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
     # The files and commit chosen when the job was created; a resumed job fetches exactly these.
-    plan = models.JSONField(default=dict, blank=True)
-    load_when_done = models.BooleanField(default=False)
+    plan = models.JSONField(_("plan"), default=dict, blank=True)
+    load_when_done = models.BooleanField(_("load when done"), default=False)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                     related_name="model_downloads")
+                                     related_name="model_downloads", verbose_name=_("requested by"))
     # host:pid:start time of the process running it; a job whose process is gone is resumed.
-    worker = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    worker = models.CharField(_("worker"), max_length=200, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name = _("model download")
+        verbose_name_plural = _("model downloads")
         default_permissions = ()
         constraints = [
             models.UniqueConstraint(fields=["model"], condition=models.Q(status__in=("queued", "downloading", "verifying")),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import re
 
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from beautyai_site.api.fields import (
@@ -63,12 +64,12 @@ class ModelConfigSerializer(StrictSerializer):
 
     def validate_model_id(self, value: str) -> str:
         if not value.strip() or "\x00" in value:
-            raise serializers.ValidationError("must be a hub id or an absolute path")
+            raise serializers.ValidationError(_("must be a hub id or an absolute path"))
         return value
 
     def validate_top_p(self, value):
         if value is not None and value <= 0:
-            raise serializers.ValidationError("must be greater than 0")
+            raise serializers.ValidationError(_("must be greater than 0"))
         return value
 
     def validate(self, attrs):
@@ -77,14 +78,15 @@ class ModelConfigSerializer(StrictSerializer):
         if engine == "llama.cpp":
             if quantization.upper() not in GGUF_TYPES and quantization != "none":
                 raise serializers.ValidationError(
-                    {"quantization": [f"llama.cpp takes a GGUF type such as Q4_K_M, or none; not {quantization!r}"]}
+                    {"quantization": [_("llama.cpp takes a GGUF type such as Q4_K_M, or none; not %(value)r") % {"value": quantization}]}
                 )
             if quantization != "none":
                 attrs["quantization"] = quantization.upper()
         elif quantization not in ENGINE_QUANTIZATIONS[engine]:
             allowed = ", ".join(ENGINE_QUANTIZATIONS[engine])
             raise serializers.ValidationError(
-                {"quantization": [f"engine {engine} takes one of {allowed}; not {quantization!r}"]}
+                {"quantization": [_("engine %(engine)s takes one of %(allowed)s; not %(value)r") % {
+                    "engine": engine, "allowed": allowed, "value": quantization}]}
             )
         parameters = attrs.get("parameters", getattr(self.instance, "parameters", {}) or {})
         _validate_parameters(engine, parameters)
@@ -128,26 +130,27 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
         if value is not None and not (_is_number(value) and lowest <= value <= highest):
             bad(f"{name} must be a number from {lowest:g} to {highest:g}")
     if "trust_remote_code" in parameters and not isinstance(parameters["trust_remote_code"], bool):
-        bad("trust_remote_code must be true or false")
+        bad(_("trust_remote_code must be true or false"))
     if engine == "openai":
         base_url = parameters.get("base_url")
         if not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url):
-            bad("base_url (http:// or https://) is required for the openai engine")
+            bad(_("base_url (http:// or https://) is required for the openai engine"))
         env_name = parameters.get("api_key_env")
         if env_name is not None and not api_key_env_allowed(env_name):
-            bad(f"api_key_env must be the NAME of an environment variable starting with {API_KEY_ENV_PREFIX}, "
-                "not a key")
+            bad(_("api_key_env must be the NAME of an environment variable starting with %(prefix)s, not a key")
+                % {"prefix": API_KEY_ENV_PREFIX})
     elif "base_url" in parameters:
-        bad(f"base_url is only for the openai engine, not {engine}")
+        bad(_("base_url is only for the openai engine, not %(engine)s") % {"engine": engine})
     # A gated hub model's token follows the remote keys' naming rule (docs/downloads.md).
     token_env = parameters.get("hf_token_env")
     if token_env is not None and not api_key_env_allowed(token_env):
-        bad(f"hf_token_env must be the NAME of an environment variable starting with {API_KEY_ENV_PREFIX}")
+        bad(_("hf_token_env must be the NAME of an environment variable starting with %(prefix)s")
+            % {"prefix": API_KEY_ENV_PREFIX})
     if "allow_pickle_weights" in parameters and not isinstance(parameters["allow_pickle_weights"], bool):
-        bad("allow_pickle_weights must be true or false")
+        bad(_("allow_pickle_weights must be true or false"))
     revision = parameters.get("revision")
     if revision is not None and not (isinstance(revision, str) and REVISION.match(revision)):
-        bad("revision must be a branch, tag or commit name (letters, digits, . _ / -)")
+        bad(_("revision must be a branch, tag or commit name (letters, digits, . _ / -)"))
 
 
 class ModelAddRequestSerializer(StrictSerializer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.db import IntegrityError, transaction
+from django.utils.translation import gettext as _
 from guardian.shortcuts import get_objects_for_user
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
@@ -81,7 +82,8 @@ def validated_config(data: dict, *, instance: ModelConfig | None = None, partial
         new = config["parameters"] or {}
         changed = [key for key in REMOTE_PARAMETERS if new.get(key) is not None and new.get(key) != old.get(key)]
         if changed:
-            raise errors.PermissionDeniedError(f"Only administrators may set a remote {' or '.join(changed)}.")
+            raise errors.PermissionDeniedError(
+                _("Only administrators may set a remote %(parameters)s.") % {"parameters": " or ".join(changed)})
     return config
 
 

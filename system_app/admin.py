@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 
 from beautyai_site.api.permissions import has_global
 from system_app import key_cache
@@ -35,17 +37,15 @@ class APIKeyAdmin(admin.ModelAdmin):
         key, raw = APIKey.issue(user=obj.user, name=obj.name, expires_at=obj.expires_at)
         obj.pk = key.pk
         obj.prefix = key.prefix
-        self.message_user(
-            request, f"New API key (shown once, copy it now): {raw}", messages.WARNING
-        )
+        self.message_user(request, _("New API key (shown once, copy it now): %(key)s") % {"key": raw}, messages.WARNING)
 
-    @admin.action(description="Revoke selected keys", permissions=["change"])
+    @admin.action(description=gettext_lazy("Revoke selected keys"), permissions=["change"])
     def revoke_keys(self, request, queryset):
         active = queryset.filter(revoked_at__isnull=True)
         hashes = list(active.values_list("key_hash", flat=True))
         count = active.update(revoked_at=timezone.now())
         key_cache.forget(hashes)  # update() sends no signals
-        self.message_user(request, f"Revoked {count} key(s).")
+        self.message_user(request, ngettext("Revoked %(count)d key.", "Revoked %(count)d keys.", count) % {"count": count})
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -78,6 +78,6 @@ class LogRecordAdmin(ReadOnlyAdmin):
     search_fields = ("message", "source")
     date_hierarchy = "created_at"
 
-    @admin.display(description="message")
+    @admin.display(description=gettext_lazy("message"))
     def short_message(self, obj):
         return obj.message[:200]

@@ -4,6 +4,7 @@ import threading
 from django.apps import AppConfig
 from django.core import mail
 from django.core.signals import request_started
+from django.utils.translation import gettext_lazy as _
 
 _lock = threading.Lock()
 
@@ -47,7 +48,7 @@ def _autostart(**kwargs) -> None:
 
 class SystemAppConfig(AppConfig):
     name = "system_app"
-    verbose_name = "System"
+    verbose_name = _("System")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):

@@ -6,6 +6,7 @@ import secrets
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 from django.utils import timezone
 
 KEY_PREFIX_LENGTH = 8
@@ -32,19 +33,21 @@ class APIKeyQuerySet(models.QuerySet):
 class APIKey(models.Model):
     """An API key: only a hash and a short lookup prefix are stored; the key is shown once."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=100, default="default")
-    prefix = models.CharField(max_length=KEY_PREFIX_LENGTH, unique=True, editable=False)
-    key_hash = models.CharField(max_length=64, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys",
+                             verbose_name=_("user"), help_text=_("The key acts as this user, with their permissions."))
+    name = models.CharField(_("name"), max_length=100, default="default")
+    prefix = models.CharField(_("prefix"), max_length=KEY_PREFIX_LENGTH, unique=True, editable=False)
+    key_hash = models.CharField(_("key hash"), max_length=64, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires"), null=True, blank=True, help_text=_("Empty: the key never expires."))
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
 
     objects = APIKeyQuerySet.as_manager()
 
     class Meta:
-        verbose_name = "API key"
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -75,22 +78,25 @@ class APIKey(models.Model):
 class AuditEvent(models.Model):
     """One row per mutating request, per 401/403 and per admin change. Never request bodies."""
 
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    username = models.CharField(max_length=150, blank=True)
-    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL)
-    client_ip = models.GenericIPAddressField(null=True, blank=True)
-    method = models.CharField(max_length=10)
-    route = models.CharField(max_length=255)
-    action = models.CharField(max_length=100, blank=True)
-    target = models.CharField(max_length=255, blank=True)
-    status_code = models.PositiveSmallIntegerField()
-    error_code = models.CharField(max_length=64, blank=True)
-    request_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             verbose_name=_("user"))
+    username = models.CharField(_("username"), max_length=150, blank=True)
+    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("API key"))
+    client_ip = models.GenericIPAddressField(_("client address"), null=True, blank=True)
+    method = models.CharField(_("method"), max_length=10)
+    route = models.CharField(_("route"), max_length=255)
+    action = models.CharField(_("action"), max_length=100, blank=True)
+    target = models.CharField(_("target"), max_length=255, blank=True)
+    status_code = models.PositiveSmallIntegerField(_("status code"))
+    error_code = models.CharField(_("error code"), max_length=64, blank=True)
+    request_id = models.CharField(_("request id"), max_length=64, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status_code"]), models.Index(fields=["action"])]
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.method} {self.route} {self.status_code}"
@@ -138,15 +144,32 @@ class ResourceSample(models.Model):
 class LogRecord(models.Model):
     """A log line of the web process or of a runner (``source`` is then the model name), scrubbed."""
 
-    created_at = models.DateTimeField(db_index=True)
-    level = models.CharField(max_length=10)
-    levelno = models.PositiveSmallIntegerField()
-    source = models.CharField(max_length=200)
-    message = models.TextField()
+    created_at = models.DateTimeField(_("time"), db_index=True)
+    level = models.CharField(_("level"), max_length=10)
+    levelno = models.PositiveSmallIntegerField(_("level number"))
+    source = models.CharField(_("source"), max_length=200)
+    message = models.TextField(_("message"))
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["levelno", "created_at"])]
+        verbose_name = _("log line")
+        verbose_name_plural = _("log lines")
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.level} {self.source}"
+
+
+class UserPreference(models.Model):
+    """What a user chose for the pages; read on every page they open, whatever browser or session."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE,
+                                related_name="preference", verbose_name=_("user"))
+    language = models.CharField(_("language"), max_length=10, choices=settings.LANGUAGES)
+
+    class Meta:
+        verbose_name = _("user preference")
+        verbose_name_plural = _("user preferences")
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.language}"

@@ -39,7 +39,7 @@ from models_app.services import (
 )
 from system_app import conf, probes
 from system_app.logging import writer
-from system_app.models import LogRecord, RequestMetric, ResourceSample
+from system_app.models import LogRecord, RequestMetric, ResourceSample, UserPreference
 from system_app.probes import gb, mb, percent
 
 logger = logging.getLogger(__name__)
@@ -580,3 +580,13 @@ def readiness_check() -> dict:
     if failed:
         raise errors.ServiceUnavailableError(f"Not ready: {', '.join(failed)}.", details={"checks": checks, "failed": failed})
     return {"status": "ready", "checks": checks}
+
+
+def language_preference(user) -> str | None:
+    """The language a signed-in user chose for the pages, if any and if it is still offered."""
+    language = UserPreference.objects.filter(user=user).values_list("language", flat=True).first()
+    return language if language in dict(settings.LANGUAGES) else None
+
+
+def language_preference_set(*, user, language: str) -> None:
+    UserPreference.objects.update_or_create(user=user, defaults={"language": language})

@@ -1,7 +1,7 @@
 // The chat page: streams replies over /ws/chat/ (the session cookie authenticates the socket).
 // User text goes into the page through textContent only; model text (answer and reasoning) as
 // sanitized Markdown (markdown.js), never as raw HTML.
-import { api, el } from "./api.js";
+import { api, el, errorText, formatNumber, isolate } from "./api.js";
 import { renderMarkdown, streamMarkdown } from "./markdown.js";
 
 const root = document.getElementById("chat");
@@ -19,18 +19,38 @@ let ready = false;
 let current = null; // the reply being streamed: { requestId, title, view }
 let retryMs = 500;
 
+const FINISH_REASONS = {
+  length: pgettext("finish reason", "length"),
+  cancelled: pgettext("finish reason", "cancelled"),
+  error: pgettext("finish reason", "error"),
+};
+
 function formatStats(stats) {
   const tokens = stats.tokens_generated ?? 0;
-  const rate = (stats.tokens_per_second ?? 0).toFixed(1);
-  const ttft = stats.time_to_first_token_ms == null ? "–" : `${Math.round(stats.time_to_first_token_ms)} ms`;
-  const parts = [`${tokens} tokens`, `${rate} tok/s`, `TTFT ${ttft}`];
-  if (stats.finish_reason && stats.finish_reason !== "stop") parts.push(stats.finish_reason);
+  const rate = formatNumber(stats.tokens_per_second ?? 0, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+  const ttft = stats.time_to_first_token_ms == null ? "–"
+    : interpolate(gettext("%s ms"), [formatNumber(Math.round(stats.time_to_first_token_ms), { useGrouping: false })]);
+  const parts = [interpolate(ngettext("%s token", "%s tokens", tokens), [formatNumber(tokens)]),
+    interpolate(gettext("%s tok/s"), [rate]), interpolate(gettext("TTFT %s"), [ttft])];
+  if (stats.finish_reason && stats.finish_reason !== "stop") {
+    parts.push(FINISH_REASONS[stats.finish_reason] || stats.finish_reason);
+  }
   return parts.join(" · ");
+}
+
+// The title the server gives a new chat (inference_app.services.session_title), shown until a reload.
+function sessionTitle(text) {
+  const line = [...text.split(/\s+/).filter(Boolean).join(" ")];
+  if (line.length <= 60) return line.join("");
+  let cut = line.slice(0, 59);
+  const space = cut.lastIndexOf(" ");
+  if (line[59] !== " " && space >= 30) cut = cut.slice(0, space);
+  return `${cut.join("").replace(/[ ,.;:،؛]+$/, "")}…`;
 }
 
 function addUserMessage(text) {
   const article = el("article", "message user");
-  article.append(el("header", "role", "You"));
+  article.append(el("header", "role", gettext("You")));
   const body = el("div", "text", text);
   body.dir = "auto";
   article.append(body);
@@ -41,10 +61,10 @@ function addUserMessage(text) {
 // A reply: reasoning in a collapsed <details> of its own, the answer, and a stats line.
 function addReply(modelName) {
   const article = el("article", "message assistant");
-  article.append(el("header", "role", modelName || "Model"));
+  article.append(el("header", "role", modelName || gettext("Model")));
   const reasoning = el("details", "reasoning");
   reasoning.hidden = true;
-  reasoning.append(el("summary", null, "Reasoning"));
+  reasoning.append(el("summary", null, gettext("Reasoning")));
   const thoughts = el("div", "text markdown");
   thoughts.dir = "auto";
   reasoning.append(thoughts);
@@ -114,7 +134,7 @@ function send() {
   addUserMessage(text);
   const view = streamReply(addReply(modelSelect.value));
   view.article.classList.add("pending");
-  current = { requestId: newRequestId(), title: text.trim().slice(0, 60), view };
+  current = { requestId: newRequestId(), title: sessionTitle(text), view };
   socket.send(JSON.stringify({
     type: "chat",
     request_id: current.requestId,
@@ -150,12 +170,12 @@ function onEvent(event) {
   if (event.type === "ready") {
     ready = true;
     retryMs = 500;
-    connection.textContent = "Connected";
+    connection.textContent = gettext("Connected");
     setBusy(Boolean(current));
     return;
   }
   if (!current || event.request_id !== current.requestId) {
-    if (event.type === "error" && !event.request_id) connection.textContent = event.error_message;
+    if (event.type === "error" && !event.request_id) connection.textContent = errorText(event);
     return;
   }
   const view = current.view;
@@ -179,7 +199,7 @@ function onEvent(event) {
       finish(event.generation_stats.finish_reason, event);
       break;
     case "error":
-      view.stats.textContent = event.error_message;
+      view.stats.textContent = errorText(event);
       view.stats.classList.add("error");
       finish("error");
       break;
@@ -195,12 +215,12 @@ function connect() {
     ready = false;
     if (current) {
       // The server cancels what a closed socket started; the partial reply is kept in the session.
-      current.view.stats.textContent = "Connection lost; the reply was stopped.";
+      current.view.stats.textContent = gettext("Connection lost; the reply was stopped.");
       current.view.stats.classList.add("error");
       finish("error");
     }
     setBusy(false);
-    connection.textContent = "Reconnecting…";
+    connection.textContent = gettext("Reconnecting…");
     setTimeout(connect, retryMs);
     retryMs = Math.min(retryMs * 2, 10000);
   });
@@ -223,7 +243,7 @@ stopButton.addEventListener("click", () => {
 });
 
 document.getElementById("delete-session")?.addEventListener("submit", (event) => {
-  if (!confirm("Delete this chat and all its messages?")) event.preventDefault();
+  if (!confirm(gettext("Delete this chat and all its messages?"))) event.preventDefault();
 });
 
 // Export: the current chat to a session file in the user's folder on the server.
@@ -237,10 +257,11 @@ exportForm?.addEventListener("submit", async (event) => {
       session_id: exportForm.dataset.sessionId,
       ...(name ? { output_file: name } : {}),
     });
-    status.textContent = `Saved as ${saved.file_path} (${saved.file_size_bytes} bytes).`;
+    status.textContent = interpolate(gettext("Saved as %(file)s (%(bytes)s bytes)."),
+      { file: isolate(saved.file_path), bytes: formatNumber(saved.file_size_bytes) }, true);
     loadFiles();
   } catch (error) {
-    status.textContent = `Export failed: ${error.message}`;
+    status.textContent = interpolate(gettext("Export failed: %s"), [error.message]);
   }
 });
 
@@ -255,9 +276,9 @@ async function loadFiles() {
     const page = await api("GET", `/inference/sessions?limit=100&offset=${counts.data.database_count}`);
     const files = page.data.sessions.filter((entry) => entry.source === "file");
     list.replaceChildren(...files.map(fileItem));
-    status.textContent = files.length ? "" : "No session files yet. Export a chat to create one.";
+    status.textContent = files.length ? "" : gettext("No session files yet. Export a chat to create one.");
   } catch (error) {
-    status.textContent = `Session files are unavailable: ${error.message}`;
+    status.textContent = interpolate(gettext("Session files are unavailable: %s"), [error.message]);
   }
 }
 
@@ -265,17 +286,19 @@ function fileItem(file) {
   const item = el("li");
   const label = el("span", "file-name", file.name);
   label.dir = "auto";
-  const button = el("button", "small", "Import");
+  const button = el("button", "small", gettext("Import"));
   button.type = "button";
   button.disabled = !file.valid;
-  button.title = file.valid ? `${file.message_count} messages` : "Not a valid session file";
+  button.title = file.valid
+    ? interpolate(ngettext("%s message", "%s messages", file.message_count), [formatNumber(file.message_count)])
+    : gettext("Not a valid session file");
   button.addEventListener("click", async () => {
     button.disabled = true;
     try {
       const loaded = await api("POST", "/inference/sessions/load", { input_file: file.name });
       location.assign(`/chat/${loaded.session_id}/`);
     } catch (error) {
-      document.getElementById("files-status").textContent = `Import failed: ${error.message}`;
+      document.getElementById("files-status").textContent = interpolate(gettext("Import failed: %s"), [error.message]);
       button.disabled = false;
     }
   });

@@ -1,6 +1,6 @@
 // The operations dashboard: polls the JSON API every few seconds and updates the page in place.
 // Each panel fails on its own ("unavailable") so one missing route does not blank the page.
-import { api, el } from "./api.js";
+import { LOCALE, api, el, formatNumber } from "./api.js";
 
 const root = document.getElementById("dashboard");
 const REFRESH_MS = Number(root.dataset.refreshMs);
@@ -14,14 +14,37 @@ function field(scope, name) {
   return scope.querySelector(`[data-field="${name}"]`);
 }
 
-function percent(value) {
-  return value == null ? "–" : `${Math.round(value)}%`;
+// The runtime's and the file check's state words; the API sends them as English codes.
+const MODEL_STATES = {
+  loading: pgettext("model state", "loading"),
+  loaded: pgettext("model state", "loaded"),
+  unloaded: pgettext("model state", "unloaded"),
+  error: pgettext("model state", "error"),
+};
+const FILE_STATES = {
+  present: pgettext("model files", "present"),
+  missing: pgettext("model files", "missing"),
+  downloading: pgettext("model files", "downloading"),
+  failed: pgettext("model files", "failed"),
+};
+const UNAVAILABLE = gettext("unavailable");
+const clock = new Intl.DateTimeFormat(LOCALE, { hour: "2-digit", minute: "2-digit" });
+const clockSeconds = new Intl.DateTimeFormat(LOCALE, { timeStyle: "medium" });
+const relative = new Intl.RelativeTimeFormat(LOCALE, { numeric: "auto" });
+
+function percent(value, digits = 0) {
+  return value == null ? "–" : formatNumber(value / 100, { style: "percent", maximumFractionDigits: digits });
+}
+
+function perMinute(value) {
+  return interpolate(gettext("%s/min"), [formatNumber(value)]);
+}
+
+function gb(value) {
+  return value == null ? "–" : formatNumber(value, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
 }
 
 // value: a percentage, or a word ("none", "–") shown in place of one with an empty ring.
-function gb(value) {
-  return value == null ? "–" : value.toFixed(1);
-}
 
 function setGauge(key, value, detail) {
   const gauge = root.querySelector(`[data-gauge="${key}"]`);
@@ -36,16 +59,18 @@ function setGauge(key, value, detail) {
 async function refreshResources() {
   try {
     const { data } = await api("GET", "/system/resources");
-    setGauge("cpu", data.cpu.usage_percent, `${data.cpu.cores} cores`);
-    setGauge("memory", data.memory.usage_percent, `${gb(data.memory.available_gb)} of ${gb(data.memory.total_gb)} GB free`);
+    setGauge("cpu", data.cpu.usage_percent,
+      interpolate(ngettext("%s core", "%s cores", data.cpu.cores), [formatNumber(data.cpu.cores)]));
+    setGauge("memory", data.memory.usage_percent, interpolate(gettext("%(free)s of %(total)s GB free"),
+      { free: gb(data.memory.available_gb), total: gb(data.memory.total_gb) }, true));
     if (data.gpu.gpu_available) {
-      setGauge("gpu", data.gpu.usage_percent, `memory ${percent(data.gpu.memory_usage_percent)}`);
+      setGauge("gpu", data.gpu.usage_percent, interpolate(gettext("memory %s"), [percent(data.gpu.memory_usage_percent)]));
     } else {
-      setGauge("gpu", "none", "no GPU found");
+      setGauge("gpu", gettext("none"), gettext("no GPU found"));
     }
-    setGauge("disk", data.disk.usage_percent, `${gb(data.disk.available_gb)} GB free`);
+    setGauge("disk", data.disk.usage_percent, interpolate(gettext("%s GB free"), [gb(data.disk.available_gb)]));
   } catch {
-    for (const key of ["cpu", "memory", "gpu", "disk"]) setGauge(key, "–", "unavailable");
+    for (const key of ["cpu", "memory", "gpu", "disk"]) setGauge(key, "–", UNAVAILABLE);
   }
 }
 
@@ -54,13 +79,13 @@ async function refreshPerformance() {
   try {
     const { data } = await api("GET", `/system/performance?window_minutes=${windowSelect.value}`);
     const m = data.metrics;
-    field(tiles, "total_requests").textContent = m.total_requests;
-    field(tiles, "error_rate_percent").textContent = `${m.error_rate_percent}%`;
-    field(tiles, "avg_response_time_ms").textContent =
-      m.avg_response_time_ms == null ? "–" : `${Math.round(m.avg_response_time_ms)} ms`;
-    field(tiles, "throughput_requests_per_minute").textContent = `${m.throughput_requests_per_minute}/min`;
+    field(tiles, "total_requests").textContent = formatNumber(m.total_requests);
+    field(tiles, "error_rate_percent").textContent = percent(m.error_rate_percent, 2);
+    field(tiles, "avg_response_time_ms").textContent = m.avg_response_time_ms == null ? "–"
+      : interpolate(gettext("%s ms"), [formatNumber(Math.round(m.avg_response_time_ms), { useGrouping: false })]);
+    field(tiles, "throughput_requests_per_minute").textContent = perMinute(m.throughput_requests_per_minute);
   } catch {
-    tiles.querySelectorAll("dd").forEach((node) => { node.textContent = "unavailable"; });
+    tiles.querySelectorAll("dd").forEach((node) => { node.textContent = UNAVAILABLE; });
   }
 }
 
@@ -88,29 +113,32 @@ function drawChart() {
   svg.querySelector("polyline.line").setAttribute("points", points.join(" "));
   const area = points.length ? [`${offset.toFixed(1)},${height}`, ...points, `${width},${height}`] : [];
   svg.querySelector("polyline.area").setAttribute("points", area.join(" "));
-  document.getElementById("chart-max").textContent = `${top}/min`;
+  document.getElementById("chart-max").textContent = perMinute(top);
+  // A line needs two points: until then the chart says what it is waiting for.
+  document.getElementById("chart-waiting").hidden = throughput.length >= 2;
 }
 
 function untilText(iso) {
   if (!iso) return "–";
   const at = new Date(iso);
   const minutes = Math.round((at - Date.now()) / 60000);
-  const clock = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  return minutes > 0 ? `${clock} (in ${minutes} min)` : `${clock} (due)`;
+  const when = minutes > 0 ? relative.format(minutes, "minute") : gettext("due");
+  return `${clock.format(at)} (${when})`;
 }
 
 async function refreshRow(row) {
   const badge = field(row, "status");
   try {
     const { data } = await api("GET", row.dataset.statusUrl);
-    badge.textContent = data.status;
+    badge.textContent = MODEL_STATES[data.status] || data.status;
     badge.className = `badge status-${data.status}`;
-    field(row, "memory").textContent = data.memory_usage_mb ? `${Math.round(data.memory_usage_mb)} MB` : "–";
-    field(row, "queue").textContent = `${data.active_requests} / ${data.queue_depth}`;
+    field(row, "memory").textContent = data.memory_usage_mb
+      ? interpolate(gettext("%s MB"), [formatNumber(Math.round(data.memory_usage_mb), { useGrouping: false })]) : "–";
+    field(row, "queue").textContent = `${formatNumber(data.active_requests)} / ${formatNumber(data.queue_depth)}`;
     field(row, "expires").textContent = untilText(data.expires_at);
     field(row, "last_error").textContent = data.last_error || "";
   } catch {
-    badge.textContent = "unavailable";
+    badge.textContent = UNAVAILABLE;
     badge.className = "badge";
   }
 }
@@ -124,40 +152,49 @@ const DOWNLOAD_POLL_MS = 1000;
 const ACTIVE_DOWNLOAD = new Set(["queued", "downloading", "verifying"]);
 const following = new Set();
 
+const BYTE_UNITS = [gettext("%s B"), gettext("%s kB"), gettext("%s MB"), gettext("%s GB"), gettext("%s TB")];
+
 function bytes(count) {
-  const units = ["B", "kB", "MB", "GB", "TB"];
   let value = count;
   let unit = 0;
-  while (value >= 1000 && unit < units.length - 1) {
+  while (value >= 1000 && unit < BYTE_UNITS.length - 1) {
     value /= 1000;
     unit += 1;
   }
-  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+  const digits = unit === 0 ? 0 : 1;
+  return interpolate(BYTE_UNITS[unit], [formatNumber(value, { minimumFractionDigits: digits, maximumFractionDigits: digits })]);
 }
 
 function duration(seconds) {
   const s = Math.round(seconds);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  if (s < 60) return interpolate(gettext("%(s)s s"), { s }, true);
+  if (s < 3600) return interpolate(gettext("%(m)s min %(s)s s"), { m: Math.floor(s / 60), s: s % 60 }, true);
+  return interpolate(gettext("%(h)s h %(m)s min"), { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) }, true);
 }
 
 function progressText(job) {
-  if (job.status === "queued") return `queued · ${bytes(job.bytes_total)}`;
-  const parts = [`${bytes(job.bytes_done)} of ${bytes(job.bytes_total)}`];
+  if (job.status === "queued") return interpolate(gettext("queued · %s"), [bytes(job.bytes_total)]);
+  const parts = [interpolate(gettext("%(done)s of %(total)s"), { done: bytes(job.bytes_done), total: bytes(job.bytes_total) }, true)];
   if (job.status === "verifying") {
-    parts.push("verifying");
+    parts.push(gettext("verifying"));
   } else {
-    if (job.speed_bytes_per_second > 0) parts.push(`${bytes(job.speed_bytes_per_second)}/s`);
-    if (job.eta_seconds != null) parts.push(`${duration(job.eta_seconds)} left`);
+    if (job.speed_bytes_per_second > 0) parts.push(interpolate(gettext("%s/s"), [bytes(job.speed_bytes_per_second)]));
+    if (job.eta_seconds != null) parts.push(interpolate(gettext("%s left"), [duration(job.eta_seconds)]));
   }
   return parts.join(" · ");
 }
 
+// The server's texts for the two ways a download is cancelled, which the page knows in every language.
+const DOWNLOAD_OUTCOMES = {
+  "cancelled; partial data kept for a resume": gettext("cancelled; partial data kept for a resume"),
+  "cancelled; partial data discarded": gettext("cancelled; partial data discarded"),
+};
+
 // status: present | missing | downloading | failed. Download is offered for the last two only.
 function setDownloadStatus(row, status) {
   const badge = field(row, "download_status");
-  badge.textContent = status;
+  badge.textContent = FILE_STATES[status] || status;
+  badge.dataset.status = status;
   badge.className = `badge files-${status}`;
   const button = row.querySelector('button[data-action="download"]');
   if (button) button.hidden = status !== "missing" && status !== "failed";
@@ -175,7 +212,7 @@ function showDownload(row, job) {
     field(row, "download_progress").textContent = progressText(job);
   }
   const outcome = field(row, "download_outcome");
-  outcome.textContent = active ? "" : job.error || "";
+  outcome.textContent = active ? "" : DOWNLOAD_OUTCOMES[job.error] || job.error || "";
   outcome.classList.toggle("error", job.status === "failed");
 }
 
@@ -194,7 +231,7 @@ async function follow(row, job) {
       if (!ACTIVE_DOWNLOAD.has(latest.status)) break;
     }
   } catch (error) {
-    field(row, "download_progress").textContent = `progress unavailable: ${error.message}`;
+    field(row, "download_progress").textContent = interpolate(gettext("progress unavailable: %s"), [error.message]);
     return;
   } finally {
     following.delete(row);
@@ -213,7 +250,7 @@ async function showLastFailure(row) {
 
 function applyDownloadStatus(row, status) {
   if (following.has(row)) return; // the job's own polls are newer than a list fetched meanwhile
-  const before = field(row, "download_status").textContent;
+  const before = field(row, "download_status").dataset.status;
   setDownloadStatus(row, status);
   if (!row.dataset.downloadUrl) return; // no model_load here: the download routes would refuse
   if (status === "downloading") follow(row);
@@ -236,6 +273,13 @@ async function refreshRegistry() {
   }
 }
 
+// The log list reads left to right (English log text); its hints read in the page's direction.
+function hint(text) {
+  const item = el("li", "hint", text);
+  item.dir = "auto";
+  return item;
+}
+
 async function refreshLogs() {
   const list = document.getElementById("logs");
   if (!list) return;
@@ -243,23 +287,29 @@ async function refreshLogs() {
     const { data } = await api("GET", `/system/logs?lines=50&level=${logLevel.value}`);
     const lines = data.logs.map((entry) => {
       const item = el("li", `level-${entry.level.toLowerCase()}`);
-      item.append(el("time", null, new Date(entry.timestamp).toLocaleTimeString()), el("span", "level", entry.level),
+      item.append(el("time", null, clockSeconds.format(new Date(entry.timestamp))), el("span", "level", entry.level),
         el("span", "source", entry.source), el("span", "message", entry.message));
       return item;
     });
-    list.replaceChildren(...(lines.length ? lines : [el("li", "hint", "No log lines at this level.")]));
+    list.replaceChildren(...(lines.length ? lines : [hint(gettext("No log lines at this level."))]));
   } catch (error) {
-    list.replaceChildren(el("li", "hint", `Logs are unavailable: ${error.message}`));
+    list.replaceChildren(hint(interpolate(gettext("Logs are unavailable: %s"), [error.message])));
   }
 }
 
 const ACTIONS = {
-  load: { busy: "loading…", done: (body) => `loaded (${Math.round(body.memory_usage_mb)} MB, ${body.load_time_seconds?.toFixed(1)} s)` },
+  load: {
+    busy: gettext("loading…"),
+    done: (body) => interpolate(gettext("loaded (%(memory)s MB, %(seconds)s s)"), {
+      memory: formatNumber(Math.round(body.memory_usage_mb), { useGrouping: false }),
+      seconds: formatNumber(body.load_time_seconds ?? 0, { minimumFractionDigits: 1, maximumFractionDigits: 1 }),
+    }, true),
+  },
   download: {
     busy: null,
     done: (body, row) => {
       follow(row, body.data);
-      return `download started (${bytes(body.data.bytes_total)})`;
+      return interpolate(gettext("download started (%s)"), [bytes(body.data.bytes_total)]);
     },
   },
   cancel: {
@@ -267,14 +317,15 @@ const ACTIONS = {
     busy: null,
     done: (body, row) => {
       showDownload(row, body.data);
-      return "download cancelled";
+      return gettext("download cancelled");
     },
   },
-  unload: { busy: "unloading…", done: (body) => body.data.message },
-  default: { busy: null, done: () => "is now the default model" },
+  unload: { busy: gettext("unloading…"), done: () => gettext("unloaded") },
+  default: { busy: null, done: () => gettext("is now the default model") },
   validate: {
     busy: null,
-    done: (body) => (body.data.valid ? "configuration is valid" : `invalid: ${body.data.errors.join("; ")}`),
+    done: (body) => (body.data.valid ? gettext("configuration is valid")
+      : interpolate(gettext("not valid: %s"), [body.data.errors.join("; ")])),
   },
 };
 
@@ -304,7 +355,7 @@ document.getElementById("registry").addEventListener("click", async (event) => {
 
 async function refresh() {
   await Promise.all([refreshResources(), refreshPerformance(), sampleThroughput(), refreshRegistry(), refreshLogs()]);
-  document.getElementById("updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  document.getElementById("updated").textContent = interpolate(gettext("Updated %s"), [clockSeconds.format(new Date())]);
 }
 
 // A hidden tab skips its turns: nobody is watching, and the polling would only add to the traffic shown.

@@ -99,7 +99,7 @@ def sign_in(page, user, *, landing: str = "/chat/") -> None:
     page.goto(f"/login/?next={landing}")
     page.fill("#id_username", user.get_username())
     page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
+    page.click(".signin button[type=submit]")
     page.wait_for_url(f"**{landing}")
 
 

@@ -61,7 +61,7 @@ def test_a_user_signs_in_with_the_form_and_lands_on_the_chat_page(ui, make_user,
         expect(page).to_have_url(re.compile(r"/login/\?next=/chat/$"))
         page.fill("#id_username", user.username)
         page.fill("#id_password", "not the password")
-        page.click("button[type=submit]")
+        page.click(".signin button[type=submit]")
         expect(page.locator(".signin .error")).to_contain_text("did not match")
         screenshot(page, "01-sign-in-refused")
         sign_in(page, user)
