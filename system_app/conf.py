@@ -1,6 +1,6 @@
 """The system app's settings with their defaults, read at call time so that override_settings applies.
 
-settings.py sets them from the environment (see the README's table); a missing one takes the
+settings.py sets them from the environment (see docs/configuration.md); a missing one takes the
 default here.
 """
 
