@@ -548,8 +548,10 @@ def _database_ready() -> bool:
 def _migrations_applied() -> bool:
     from django.db.migrations.executor import MigrationExecutor
 
-    executor = MigrationExecutor(connection)
-    return not executor.migration_plan(executor.loader.graph.leaf_nodes())
+    # Every migration of the graph, not the plan to its leaves: a plan is empty when a leaf is recorded
+    # as applied, even if a migration before it is not.
+    loader = MigrationExecutor(connection).loader
+    return set(loader.graph.nodes) <= set(loader.applied_migrations)
 
 
 def _channel_layer_ready() -> bool:
