@@ -131,13 +131,12 @@ def is_loaded(name: str) -> bool:
 
 def load(model, *, force_reload: bool = False, user=None) -> dict:
     """Loads ``model``; a refusal for memory names only the loaded models ``user`` may read (none without a user)."""
+    from models_app import downloads
     from models_app.engines.base import EngineLoadError
     from models_app.manager import MemoryBudgetError
     from models_app.services import only_readable
 
     check_model_location(model.model_id)
-    from models_app import downloads
-
     if not downloads.files_present(model):
         raise downloads.missing_files_error(model)
     try:
