@@ -440,9 +440,10 @@ class EngineManager:
             if not runner.ready.done():
                 runner.ready.set_exception(EngineLoadError("load cancelled: model unloaded"))
             return
-        runner.reader = threading.Thread(target=self._read, args=(runner,), daemon=True,
-                                         name=f"runner-reader-{runner.name}")
-        runner.reader.start()
+        reader = threading.Thread(target=self._read, args=(runner,), daemon=True, name=f"runner-reader-{runner.name}")
+        reader.start()
+        # Published only once started: an unload racing this load joins it (joining an unstarted thread raises).
+        runner.reader = reader
 
     # -- spares ------------------------------------------------------------
 
