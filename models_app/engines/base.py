@@ -66,6 +66,13 @@ class GenerationParams:
     do_sample: bool | None = None
     enable_thinking: bool | None = None
     # None means "use the spec's generation_defaults"; temperature 0 or do_sample False means greedy
+    # OpenAI function tools ({"type": "function", "function": {name, description, parameters}}),
+    # handed to the chat template as ``tools``; parsing the reply's calls is the web process's job.
+    tools: list[dict] | None = None
+    # Constrained decoding: the reply is exactly ``prefix + <JSON> + suffix`` where <JSON> matches
+    # ``schema`` (any JSON object when ``schema`` is None), then end of sequence. Shape:
+    # {"schema": dict | None, "prefix": str, "suffix": str}; None means free decoding.
+    constraint: dict | None = None
 
 
 @dataclass
