@@ -807,11 +807,15 @@ class EngineManager:
     def count_tokens(self, name: str, messages: list[dict]) -> int:
         return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages))
 
-    def release_caches(self) -> None:
+    def release_caches(self) -> list[str]:
+        """Asks every loaded runner to free its caches; returns the names of those that answered."""
         with self._lock:
             runners = [r for r in self._runners.values() if r.status == "loaded"]
+        released = []
         for runner in runners:
             try:
                 self._call(runner, "release_caches")
+                released.append(runner.name)
             except EngineError as exc:
                 logger.warning("release_caches failed for %s: %s", runner.name, exc)
+        return sorted(released)

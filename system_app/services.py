@@ -229,8 +229,7 @@ def memory_clear(*, force: bool, user) -> dict:
             idle = [info.name for info in manager.loaded()
                     if info.status == "loaded" and info.active_requests == 0 and info.queue_depth == 0]
             unloaded = [name for name in idle if manager.unload(name)]
-        released = sorted(info.name for info in manager.loaded() if info.status == "loaded")
-        manager.release_caches()
+        released = manager.release_caches()
     after = _memory_snapshot()
     return {
         "force": force,
