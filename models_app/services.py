@@ -14,6 +14,8 @@ from beautyai_site.api.permissions import full_name, has_global, has_on
 from models_app import runtime
 from models_app.models import ModelConfig
 from models_app.serializers import ModelConfigSerializer
+# Host measurements: the serving core's one NVML implementation, for the system routes and the sampler.
+from models_app.serving.hardware import GpuReading, gpu_memory_by_pid, gpus  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
