@@ -212,3 +212,44 @@ def test_transformers_compiles_a_schema_once_and_reuses_it(safetensors_dir):
         assert (engine._guides.misses, engine._guides.hits) == (1, 1)
     finally:
         engine.close()
+
+
+# Engines that hand the constraint on ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_openai_engine_has_the_remote_server_constrain_a_json_object(manager, llama_server):
+    spec = LoadSpec(name="remote", engine="openai", model_id="smollm2", parameters={"base_url": llama_server})
+    manager.load(spec)
+    constraint = {"schema": None, "prefix": "", "suffix": ""}
+    text, _, final = collect(manager.generate(spec.name, ASK_CITY, _constrained(constraint, max_tokens=96)))
+    assert final.kind == "done", final.message
+    assert isinstance(json.loads(text), dict)
+
+
+def test_the_openai_engine_sends_a_schema_as_a_strict_json_schema_response_format():
+    from models_app.engines.openai_engine import response_format
+
+    assert response_format({"schema": CITY, "prefix": "", "suffix": ""}) == {
+        "type": "json_schema", "json_schema": {"name": "response", "schema": CITY, "strict": True}}
+    assert response_format({"schema": None}) == {"type": "json_object"}
+    with pytest.raises(ConstraintError, match="cannot constrain a reply to text around the JSON"):
+        response_format(TOOL_CALL)
+
+
+class _Params:
+    def __init__(self, **fields):
+        self.fields = fields
+
+
+def test_vllm_gets_a_schema_as_structured_outputs_json_and_a_prefix_as_a_grammar():
+    from types import SimpleNamespace
+
+    from models_app.engines.vllm_engine import structured_outputs
+
+    # A stand-in for vllm.sampling_params (vLLM cannot be installed here): >= 0.10.2, then older.
+    current = SimpleNamespace(StructuredOutputsParams=_Params)
+    older = SimpleNamespace(GuidedDecodingParams=_Params)
+    assert structured_outputs({"schema": CITY}, current)["structured_outputs"].fields == {"json": CITY}
+    assert structured_outputs({"schema": None}, current)["structured_outputs"].fields == {"json_object": True}
+    grammar = structured_outputs(TOOL_CALL, older)["guided_decoding"].fields["grammar"]
+    assert grammar.startswith('start: "<tool_call>\\n" json_value "\\n</tool_call>"\njson_value: %json {')
