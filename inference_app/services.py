@@ -19,9 +19,10 @@ from beautyai_site.api import errors
 from beautyai_site.api.permissions import has_on
 from inference_app import reasoning
 from inference_app.models import ChatMessage, ChatSession
-from inference_app.usage import quota_check
+from inference_app.usage import quota_check, usage_record_reply
 from models_app import runtime, services as registry
 from models_app.models import ModelConfig
+from system_app.metrics import record_generation as record_generation_metrics
 
 TITLE_CHARS = 60
 
@@ -319,7 +320,9 @@ def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
         finish_reason=builder.finish_reason,
     )
     ChatSession.objects.filter(pk=builder.plan.session.pk).update(updated_at=message.created_at)
-    runtime.record_generation(builder.plan, stats)
+    record_generation_metrics(builder.plan.model.name, stats.get("tokens_generated") or 0,
+                              stats.get("time_to_first_token_ms"))
+    usage_record_reply(builder.plan, stats)
     return message
 
 

@@ -272,10 +272,8 @@ class EngineManager:
     def __init__(self, *, memory_budget_mb: float, max_loaded_models: int, default_keep_alive_s: float,
                  load_timeout_s: float = 600, shutdown_timeout_s: float = 10,
                  log_callback: Callable[[str, str, str], None] | None = None, spares: bool = False):
-        self.memory_budget_mb = float(memory_budget_mb)
-        self.max_loaded_models = int(max_loaded_models)
-        self.default_keep_alive_s = float(default_keep_alive_s)
-        self.load_timeout_s = float(load_timeout_s)
+        self.configure(memory_budget_mb=memory_budget_mb, max_loaded_models=max_loaded_models,
+                       default_keep_alive_s=default_keep_alive_s, load_timeout_s=load_timeout_s)
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self.log_callback = log_callback
         self.spares = spares
@@ -292,6 +290,15 @@ class EngineManager:
         atexit.register(lambda: ref() is not None and ref().shutdown())
 
     # -- loading ---------------------------------------------------------
+
+    def configure(self, *, memory_budget_mb: float, max_loaded_models: int, default_keep_alive_s: float,
+                  load_timeout_s: float) -> None:
+        """Sets the limits (at start, and again on a restart that re-reads the settings); loads and
+        the reaper read them on their next decision."""
+        self.memory_budget_mb = float(memory_budget_mb)
+        self.max_loaded_models = int(max_loaded_models)
+        self.default_keep_alive_s = float(default_keep_alive_s)
+        self.load_timeout_s = float(load_timeout_s)
 
     def load(self, spec: LoadSpec, *, force_reload: bool = False) -> RunnerInfo:
         if force_reload:

@@ -298,13 +298,3 @@ def generate(model, messages: list[dict], params):
         ) from None
     except EngineError as exc:
         raise errors.ConflictError(f"Model '{model.name}' is not available: {exc}") from None
-
-
-def record_generation(plan, stats: dict) -> None:
-    """Hook for usage accounting and metrics, called once per stored reply."""
-    from system_app.metrics import record_generation as record_generation_metrics
-
-    record_generation_metrics(plan.model.name, stats.get("tokens_generated") or 0, stats.get("time_to_first_token_ms"))
-    from inference_app.usage import usage_record_reply
-
-    usage_record_reply(plan, stats)

@@ -434,8 +434,7 @@ def _apply_settings(manager) -> dict:
         "load_timeout_s": float(settings.LOAD_TIMEOUT_SECONDS),
     }
     if manager is not None:
-        for name, value in state.items():
-            setattr(manager, name, value)
+        manager.configure(**state)
     return state
 
 
