@@ -55,6 +55,7 @@ from models_app.engines.base import (
     estimate_memory_mb,
 )
 from models_app.runner import runner_main
+from models_app.serving.hardware import process_memory_mb
 
 logger = logging.getLogger(__name__)
 
@@ -265,51 +266,6 @@ class _Spare:
         self.conditions = conditions
         self.process = None
         self.conn = None
-
-
-_gpu_lock = threading.Lock()
-_nvml_ready: bool | None = None
-
-
-def _gpu_memory_mb(pid: int) -> float:
-    """GPU memory used by `pid` on all devices via NVML; 0 without a GPU or NVML."""
-    global _nvml_ready
-    with _gpu_lock:
-        try:
-            import pynvml
-        except ImportError:
-            return 0.0
-        if _nvml_ready is None:
-            try:
-                pynvml.nvmlInit()
-                _nvml_ready = True
-            except Exception:
-                _nvml_ready = False
-        if not _nvml_ready:
-            return 0.0
-        total = 0
-        try:
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if proc.pid == pid and proc.usedGpuMemory:
-                        total += proc.usedGpuMemory
-        except Exception:
-            return 0.0
-        return total / MIB
-
-
-def process_memory_mb(pid: int | None) -> float:
-    """Resident memory of `pid` plus its GPU memory, in MiB, measured now."""
-    if not pid:
-        return 0.0
-    import psutil
-
-    try:
-        rss = psutil.Process(pid).memory_info().rss / MIB
-    except psutil.Error:
-        return 0.0
-    return rss + _gpu_memory_mb(pid)
 
 
 class EngineManager:
@@ -807,11 +763,15 @@ class EngineManager:
     def count_tokens(self, name: str, messages: list[dict]) -> int:
         return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages))
 
-    def release_caches(self) -> None:
+    def release_caches(self) -> list[str]:
+        """Asks every loaded runner to free its caches; returns the names of those that answered."""
         with self._lock:
             runners = [r for r in self._runners.values() if r.status == "loaded"]
+        released = []
         for runner in runners:
             try:
                 self._call(runner, "release_caches")
+                released.append(runner.name)
             except EngineError as exc:
                 logger.warning("release_caches failed for %s: %s", runner.name, exc)
+        return sorted(released)

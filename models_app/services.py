@@ -12,8 +12,13 @@ from rest_framework.exceptions import ValidationError as DRFValidationError
 from beautyai_site.api import errors
 from beautyai_site.api.permissions import full_name, has_global, has_on
 from models_app import runtime
-from models_app.models import Alias, ModelConfig
+from models_app.models import Alias, ModelConfig, ModelDownload
 from models_app.serializers import ModelConfigSerializer
+# Host measurements: the serving core's one NVML implementation, for the system routes and the sampler.
+from models_app.serving.hardware import GpuReading, gpu_memory_by_pid, gpus  # noqa: F401 - re-exported
+# The Hugging Face cache: one scan (symlinked repos left out) and one delete, for the cache routes too.
+from models_app.hub import cached_repos, delete_cached_repos  # noqa: F401 - re-exported
+from models_app.runtime import hub_cache_dir  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +160,20 @@ def registry_update(*, model: ModelConfig, updates: dict, set_as_default: bool =
 
 
 def registry_delete(*, model: ModelConfig, clear_cache: bool = False) -> dict:
-    """Unloads the model, removes the entry, and keeps exactly one default among what remains."""
+    """Unloads the model, removes the entry, and keeps exactly one default among what remains.
+
+    A model being downloaded is refused (409) before anything changes, as a cache clear is: its
+    worker would write into files and a job row that are going away.
+    """
+    from models_app import downloads
+
+    # Held while the files go: a download of this model cannot start meanwhile. The runner is
+    # unloaded after, outside the row lock (an unload takes seconds); a file it maps stays readable.
+    with downloads.exclusive(model):
+        if ModelDownload.objects.filter(model=model, status__in=ModelDownload.ACTIVE).exists():
+            raise errors.ConflictError(f"Model '{model.name}' is being downloaded; cancel the download first.")
+        freed_bytes = runtime.clear_hub_cache(model.model_id) if clear_cache else 0
     was_loaded = runtime.unload(model.name)
-    freed_bytes = runtime.clear_hub_cache(model.model_id) if clear_cache else 0
     with transaction.atomic():
         was_default = model.is_default
         name = model.name

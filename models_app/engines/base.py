@@ -166,6 +166,11 @@ class TextStream:
     def count(self) -> int:
         return len(self._ids)
 
+    @property
+    def text(self) -> str:
+        """Everything decoded so far (cut at a stop string), including what is still held back."""
+        return self._text
+
     def push(self, token_id: int) -> tuple[str, bool]:
         """(delta to yield, whether a stop string matched)"""
         self._ids.append(token_id)
