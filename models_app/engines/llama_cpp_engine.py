@@ -171,7 +171,8 @@ class LlamaCppEngine(Engine):
             rest = stream.flush()
             if rest:
                 yield rest
-        yield make_stats(len(tokens), stream.count, finish, started, first_at, time.perf_counter())
+        yield make_stats(len(tokens), stream.count, finish, started, first_at, time.perf_counter(),
+                         stop_sequence=stream.stop_sequence)
 
     def _decode(self, ids: list[int]) -> str:
         return self._llm.detokenize(ids).decode("utf-8", "replace")

@@ -344,7 +344,8 @@ class TransformersEngine(Engine):
             tail = stream.flush()
             if tail:
                 yield tail
-        yield make_stats(prompt_len, stream.count, finish, started, first_at, time.perf_counter())
+        yield make_stats(prompt_len, stream.count, finish, started, first_at, time.perf_counter(),
+                         stop_sequence=stream.stop_sequence)
 
     def _generate_batched(self, req: "_Request") -> Iterator[str | GenerationStats]:
         """Hand the request to the batch scheduler and stream what it produces."""
@@ -389,7 +390,8 @@ class TransformersEngine(Engine):
             tail = stream.flush()
             if tail:
                 yield tail
-        yield make_stats(int(req.prompt.shape[-1]), stream.count, finish, started, first_at, time.perf_counter())
+        yield make_stats(int(req.prompt.shape[-1]), stream.count, finish, started, first_at, time.perf_counter(),
+                         stop_sequence=stream.stop_sequence)
 
     def close(self) -> None:
         if self._batcher is not None:
