@@ -39,7 +39,7 @@ from models_app.services import (
     models_readable_by,
     only_readable,
 )
-from system_app import conf, probes
+from system_app import probes
 from system_app.logging import writer
 from system_app.models import LogRecord, RequestMetric, ResourceSample, UserPreference
 from system_app.probes import gb, mb, percent
@@ -392,8 +392,8 @@ def performance_metrics(*, window_minutes: int) -> dict:
 def prune_old_rows(*, now: datetime | None = None) -> dict[str, int]:
     """Deletes request metrics and resource samples past their retention, and old log records."""
     now = now or timezone.now()
-    metrics_cutoff = now - timedelta(days=conf.metrics_retention_days())
-    logs_cutoff = now - timedelta(days=conf.log_retention_days())
+    metrics_cutoff = now - timedelta(days=float(settings.METRICS_RETENTION_DAYS))
+    logs_cutoff = now - timedelta(days=float(settings.LOG_RETENTION_DAYS))
     return {
         "request_metrics": RequestMetric.objects.filter(created_at__lt=metrics_cutoff).delete()[0],
         "resource_samples": ResourceSample.objects.filter(created_at__lt=metrics_cutoff).delete()[0],
@@ -457,7 +457,7 @@ def system_restart(*, force: bool) -> dict:
             if force:
                 cancelled = _in_flight(manager)
             else:
-                drained = _drain(manager, conf.restart_drain_timeout_s())
+                drained = _drain(manager, float(settings.RESTART_DRAIN_TIMEOUT_SECONDS))
             drain_s = time.monotonic() - started
             with ThreadPoolExecutor(max_workers=max(1, len(previous))) as pool:
                 stopped = [name for name, done in zip(previous, pool.map(manager.unload, previous)) if done]
@@ -553,7 +553,7 @@ def readiness_check() -> dict:
     """Database reachable, migrations applied, channel layer (Redis) reachable when configured."""
     checks = {"database": _check(_database_ready)}
     checks["migrations"] = _check(_migrations_applied) if checks["database"] == "ok" else "skipped"
-    checks["channel_layer"] = _check(_channel_layer_ready) if getattr(settings, "REDIS_URL", "") else "not_configured"
+    checks["channel_layer"] = _check(_channel_layer_ready) if settings.REDIS_URL else "not_configured"
     failed = [name for name, state in checks.items() if state == "failed"]
     if failed:
         raise errors.ServiceUnavailableError(f"Not ready: {', '.join(failed)}.", details={"checks": checks, "failed": failed})
