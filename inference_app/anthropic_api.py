@@ -24,12 +24,12 @@ from rest_framework.response import Response
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import anthropic_error
 from beautyai_site.api.exceptions import envelope_exception_handler
+from beautyai_site.api.validation import parse
 from inference_app import active, limits, services, streaming
 from inference_app.anthropic_serializers import CountTokensRequestSerializer, MessagesRequestSerializer
 from inference_app.openai_api import OpenAIView, chat_data
 from inference_app.views import api_key_id
 from models_app import runtime
-from models_app.views import parse
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 

@@ -23,11 +23,11 @@ from rest_framework.views import APIView
 from beautyai_site.api import errors
 from beautyai_site.api.exceptions import envelope_exception_handler
 from beautyai_site.api.envelope import openai_error
+from beautyai_site.api.validation import parse
 from inference_app import active, limits, services, streaming
 from inference_app.tool_serializers import ChatCompletionRequestSerializer, CompletionRequestSerializer
 from inference_app.views import api_key_id
 from models_app import services as registry
-from models_app.views import parse
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 

@@ -14,9 +14,9 @@ from rest_framework.views import APIView
 
 from beautyai_site.api.envelope import ok
 from beautyai_site.api.permissions import ContractPermission
+from beautyai_site.api.validation import parse
 from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from models_app.services import model_names_readable_by
-from models_app.views import parse
 from system_app import metrics, services
 from system_app.middleware import client_ip
 from system_app.serializers import (

@@ -7,9 +7,9 @@ import os
 import pytest
 from rest_framework.exceptions import ValidationError
 
+from beautyai_site.api.validation import parse
 from models_app.models import ModelConfig, ModelDownload
 from models_app.serializers import ModelListQuerySerializer, ModelUpdateRequestSerializer
-from models_app.views import parse
 from tests.envelope import assert_error, assert_ok
 from tests.system_app.conftest import make_hub_repo
 
