@@ -9,4 +9,5 @@ urlpatterns = [
     path("models/<str:model>", openai_api.ModelDetailView.as_view(), name="openai-model"),
     path("chat/completions", openai_api.ChatCompletionsView.as_view(), name="openai-chat-completions"),
     path("completions", openai_api.CompletionsView.as_view(), name="openai-completions"),
+    path("embeddings", openai_api.EmbeddingsView.as_view(), name="openai-embeddings"),
 ]

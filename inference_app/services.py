@@ -127,7 +127,8 @@ def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[
     return systems + history + [last], dropped
 
 
-def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int | None = None) -> ChatPlan:
+def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int | None = None,
+                 model_field: str = "model_name") -> ChatPlan:
     """Checks access, resolves the session and model, loads on demand, builds the context, stores the user message.
 
     The generation's id is made here, never taken from the client: it keys the runner's request
@@ -140,6 +141,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     if session is not None and data.get("chat_history"):
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
     model = _pick_model(user=user, model_name=data.get("model_name"), session=session)
+    runtime.require_task(model, "generate", field=model_field)  # ``model_field``: what the transport calls it
     quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
     params = generation_params(model, dict(data.get("generation_config") or {}))
     ensure_loaded(user=user, model=model)
