@@ -65,10 +65,10 @@ def bert_gguf(folder: Path, target: Path) -> Path:
     writer.add_token_list([t if t in specials else t[2:] if t.startswith("##") else "\u2581" + t for t in vocab])
     writer.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in vocab])
     for kind, token in (("bos", "[CLS]"), ("eos", "[SEP]"), ("unk", "[UNK]"), ("sep", "[SEP]"), ("pad", "[PAD]"),
-                        ("cls", "[CLS]"), ("mask", "[MASK]")):
+                        ("mask", "[MASK]")):
         getattr(writer, f"add_{kind}_token_id")(vocab.index(token))
     writer.add_add_bos_token(True)
-    writer.add_add_eos_token(True)
+    writer.add_add_sep_token(True)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, config["num_hidden_layers"])
     for name, tensor in load_file(str(folder / "model.safetensors")).items():
         name = name.removeprefix("bert.")

@@ -38,7 +38,11 @@ def embedders(tmp_path_factory):
 def tokenizer():
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(bundled_embedding_path() / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(bundled_embedding_path() / "tokenizer.json"))
+    # The file pads and truncates to 128 tokens, for sentence-transformers' batches; counting needs neither.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def cosine(a, b) -> float:

@@ -33,7 +33,11 @@ def embed_small(db):
 def tokenizer():
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(bundled_embedding_path() / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(bundled_embedding_path() / "tokenizer.json"))
+    # The file pads and truncates to 128 tokens, for sentence-transformers' batches; counting needs neither.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 @pytest.fixture
