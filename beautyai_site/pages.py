@@ -12,6 +12,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
+from django.db.models import Q
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
@@ -39,7 +40,10 @@ def login_limits() -> dict:
 
 
 def chat_models_for(user):
-    return get_objects_for_user(user, full_name("chat"), klass=ModelConfig, accept_global_perms=True).order_by("name")
+    # Embedding models answer /v1/embeddings only; a chat with one would be refused. (A plain exclude
+    # would also drop the entries without a task key: SQL's NULL = 'embed' is not false.)
+    return get_objects_for_user(user, full_name("chat"), klass=ModelConfig, accept_global_perms=True).filter(
+        Q(parameters__task__isnull=True) | ~Q(parameters__task="embed")).order_by("name")
 
 
 def chat_session_for(*, user, session_id) -> ChatSession:

@@ -273,7 +273,7 @@ class MessagesView(AnthropicView):
     def post(self, request):
         parsed = parse(MessagesRequestSerializer, request.data)
         plan = services.chat_prepare(user=request.user, data=message_data(parsed), transport="anthropic",
-                                     api_key_id=api_key_id(request))
+                                     api_key_id=api_key_id(request), model_field="model")
         # message_start carries the prompt's size; counted before the runner is busy generating.
         input_tokens = runtime.count_tokens(plan.model.name, plan.messages) if parsed["stream"] else None
         handle = services.chat_start(plan)

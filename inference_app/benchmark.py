@@ -241,6 +241,7 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
                   api_key_id: int | None = None) -> BenchmarkRun:
     """Runs the benchmark, records each generation's usage and stores the run."""
     model = registry.model_get_for_user(user=user, name=model_name, permission="benchmark")
+    runtime.require_task(model, "generate", field="model_name")
     cap = model.max_new_tokens
     max_tokens = config.get("max_tokens", min(DEFAULT_MAX_TOKENS, cap))
     if max_tokens > cap:

@@ -94,6 +94,7 @@ def model_test_run(*, user, model_name: str, prompt: str, generation_config: dic
                    api_key_id: int | None = None) -> dict:
     """Generates once (not stored as a chat session), records usage and checks the reply."""
     model = registry.model_get_for_user(user=user, name=model_name, permission="test")
+    runtime.require_task(model, "generate", field="model_name")
     if not runtime.accepting_generations():
         raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
     quota_check(user=user, model=model)

@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes under /v1: models, chat completions and completions.
+"""OpenAI-compatible routes under /v1: models, chat completions, completions and embeddings.
 
 The same API keys and per-model permissions as the rest of the API (``model_read`` to list,
 ``chat`` to generate). Generations run through the chat service, so each request is stored as a
@@ -12,8 +12,11 @@ the prompt is sent as one user message through the model's chat template.
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
 import time
+from array import array
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
@@ -24,8 +27,12 @@ from beautyai_site.api import errors
 from beautyai_site.api.exceptions import envelope_exception_handler
 from beautyai_site.api.envelope import openai_error
 from beautyai_site.api.validation import parse
-from inference_app import active, limits, services, streaming
-from inference_app.tool_serializers import ChatCompletionRequestSerializer, CompletionRequestSerializer
+from inference_app import active, embeddings, limits, services, streaming
+from inference_app.tool_serializers import (
+    ChatCompletionRequestSerializer,
+    CompletionRequestSerializer,
+    EmbeddingRequestSerializer,
+)
 from inference_app.views import api_key_id
 from models_app import services as registry
 
@@ -200,7 +207,8 @@ def stream_response(completion: Completion, handle) -> StreamingHttpResponse:
 
 def complete(request, parsed: dict, data: dict, *, kind: str):
     """Runs one reply through the chat service and answers it as OpenAI would."""
-    plan = services.chat_prepare(user=request.user, data=data, transport="openai", api_key_id=api_key_id(request))
+    plan = services.chat_prepare(user=request.user, data=data, transport="openai", api_key_id=api_key_id(request),
+                                 model_field="model")
     handle = services.chat_start(plan)
     active.register(plan.request_id, request.user.pk, handle)
     builder = services.ReplyBuilder(plan)
@@ -237,3 +245,30 @@ class CompletionsView(OpenAIView):
         parsed = parse(CompletionRequestSerializer, request.data)
         return complete(request, parsed, chat_data(parsed, [{"role": "user", "content": parsed["prompt"]}]),
                         kind="text")
+
+
+def encoded_embedding(vector: list[float], encoding_format: str):
+    """OpenAI's base64 form is the vector's little-endian float32 bytes (what its client decodes with numpy)."""
+    if encoding_format == "float":
+        return vector
+    values = array("f", vector)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+class EmbeddingsView(OpenAIView):
+    required_permissions = {"post": "chat"}
+    throttle_scope = limits.SCOPE
+
+    @extend_schema(request=EmbeddingRequestSerializer, responses={200: dict},
+                   description="OpenAI-compatible embeddings from a model whose entry has parameter task: embed.")
+    def post(self, request):
+        parsed = parse(EmbeddingRequestSerializer, request.data)
+        result = embeddings.embeddings_create(user=request.user, model_name=parsed["model"], inputs=parsed["input"],
+                                              dimensions=parsed.get("dimensions"), api_key_id=api_key_id(request))
+        data = [{"object": "embedding", "index": index, "embedding": encoded_embedding(vector, parsed["encoding_format"])}
+                for index, vector in enumerate(result["vectors"])]
+        tokens = result["prompt_tokens"]
+        return Response({"object": "list", "data": data, "model": result["model"],
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

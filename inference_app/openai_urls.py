@@ -11,4 +11,5 @@ urlpatterns = [
     path("completions", openai_api.CompletionsView.as_view(), name="openai-completions"),
     path("messages", anthropic_api.MessagesView.as_view(), name="anthropic-messages"),
     path("messages/count_tokens", anthropic_api.CountTokensView.as_view(), name="anthropic-count-tokens"),
+    path("embeddings", openai_api.EmbeddingsView.as_view(), name="openai-embeddings"),
 ]

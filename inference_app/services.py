@@ -114,8 +114,11 @@ def chat_count_tokens(*, user, model_name: str, messages: list[dict]) -> int:
     """The tokens ``messages`` take as the model's prompt (chat template included): what a chat
     with them would send, so access, aliases and on-demand loading are a chat's."""
     model, alias = _pick_model(user=user, model_name=model_name, session=None)
-    model = _ready_model(user=user, model=model, alias=alias)
-    return runtime.count_tokens(model.name, messages)
+    runtime.require_task(model, "generate", field="model")
+    ready = _ready_model(user=user, model=model, alias=alias)
+    if ready is not model:  # the alias's fallback: it must be able to chat too
+        runtime.require_task(ready, "generate", field="model")
+    return runtime.count_tokens(ready.name, messages)
 
 
 def generation_params(model: ModelConfig, config: dict):
@@ -157,7 +160,8 @@ def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[
     return systems + history + [last], dropped
 
 
-def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int | None = None) -> ChatPlan:
+def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int | None = None,
+                 model_field: str = "model_name") -> ChatPlan:
     """Checks access, resolves the session and model, loads on demand, builds the context, stores the user message.
 
     The generation's id is made here, never taken from the client: it keys the runner's request
@@ -170,8 +174,12 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     if session is not None and data.get("chat_history"):
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
     model, alias = _pick_model(user=user, model_name=data.get("model_name"), session=session)
+    runtime.require_task(model, "generate", field=model_field)  # ``model_field``: what the transport calls it
     quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
-    model = _ready_model(user=user, model=model, alias=alias)
+    ready = _ready_model(user=user, model=model, alias=alias)
+    if ready is not model:  # the alias's fallback: it must be able to chat too
+        runtime.require_task(ready, "generate", field=model_field)
+    model = ready
     params = generation_params(model, dict(data.get("generation_config") or {}))
     # A full queue answers 429 before anything is counted or stored (chat_start checks again, atomically).
     runtime.check_queue(model)

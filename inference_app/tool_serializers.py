@@ -18,6 +18,7 @@ from beautyai_site.api.fields import (
 )
 from inference_app.models import BENCHMARK_TYPES, FINISH_REASONS, ROLES
 from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS, GenerationConfigSerializer
+from models_app.engines.base import MAX_EMBEDDING_INPUTS
 from models_app.serializers import EnvelopeSerializer, ModelNameField
 
 REGEX_MAX_CHARS = 500
@@ -401,3 +402,57 @@ class PromptField(OpenAITextField):
 
 class CompletionRequestSerializer(OpenAIRequestSerializer):
     prompt = PromptField()
+
+
+@extend_schema_field({"oneOf": [
+    {"type": "string"}, {"type": "array", "items": {"type": "string"}},
+    {"type": "array", "items": {"type": "integer"}},
+    {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+]})
+class EmbeddingInputField(serializers.Field):
+    """A text, a list of texts, a token id list, or a list of token id lists; always a list of inputs inside."""
+
+    default_error_messages = {
+        "invalid": "must be a string, a list of strings, a list of token ids or a list of token id lists",
+        "empty": "must not be empty, nor hold an empty string or token list",
+        "too_many": f"at most {MAX_EMBEDDING_INPUTS} inputs",
+        "max_length": f"each text at most {MAX_MESSAGE_CHARS} characters",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) or (isinstance(data, list) and data and all(_is_token_id(t) for t in data)):
+            data = [data]
+        if not isinstance(data, list):
+            self.fail("invalid")
+        if not data:
+            self.fail("empty")
+        if len(data) > MAX_EMBEDDING_INPUTS:
+            self.fail("too_many")
+        for item in data:
+            if isinstance(item, list) and not all(_is_token_id(t) for t in item):
+                self.fail("invalid")
+            if not isinstance(item, (str, list)):
+                self.fail("invalid")
+            if not item:
+                self.fail("empty")
+            if isinstance(item, str) and len(item) > MAX_MESSAGE_CHARS:
+                self.fail("max_length")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+def _is_token_id(value) -> bool:
+    # Whether the id is in the model's vocabulary is the runner's check; negative ids never are.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class EmbeddingRequestSerializer(StrictSerializer):
+    """``user`` is accepted for compatibility and not used."""
+
+    model = ModelNameField()
+    input = EmbeddingInputField()
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
+    dimensions = StrictIntegerField(min_value=1, max_value=65536, required=False, allow_null=True)
+    user = StrictCharField(max_length=256, required=False)

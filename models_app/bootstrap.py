@@ -15,11 +15,12 @@ from system_app.models import APIKey
 
 BUNDLED_LLAMA_CPP = "smollm2-135m-instruct"
 BUNDLED_TRANSFORMERS = "smollm2-135m-instruct-hf"
+BUNDLED_EMBEDDING = "embed-small"
 ADMIN_USERNAME = "admin"
 
 
 def bundled_entries() -> dict[str, dict]:
-    from models_app.engines.bundled import bundled_gguf_path
+    from models_app.engines.bundled import bundled_embedding_path, bundled_gguf_path
 
     gguf = bundled_gguf_path()
     description = "SmolLM2-135M-Instruct (Apache-2.0), bundled for tests and first runs"
@@ -32,6 +33,13 @@ def bundled_entries() -> dict[str, dict]:
             "model_id": str(gguf.parent), "engine": "transformers", "dtype": "float32", "max_new_tokens": 512,
             "description": f"{description}; transformers on the dequantised GGUF",
             "parameters": {"gguf_file": gguf.name},
+        },
+        BUNDLED_EMBEDDING: {
+            "model_id": str(bundled_embedding_path()), "engine": "transformers", "dtype": "float32",
+            "architecture": "bert",
+            "description": "all-MiniLM-L6-v2 (Apache-2.0): 384-dimensional sentence embeddings, mean pooled "
+                           "and normalised; bundled for /v1/embeddings",
+            "parameters": {"task": "embed"},
         },
     }
 

@@ -770,6 +770,14 @@ class EngineManager:
     def count_tokens(self, name: str, messages: list[dict]) -> int:
         return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages))
 
+    def embed(self, name: str, inputs: list) -> tuple[list[list[float]], int]:
+        """Unit vectors of ``inputs`` and the prompt tokens they took; PromptError for bad input."""
+        runner = self._loaded_runner(name)
+        runner.last_used_at = _now()  # calls are not counted as in flight; this keeps the reaper off meanwhile
+        answer = self._call(runner, "embed", inputs=inputs)
+        runner.last_used_at = _now()
+        return answer["vectors"], int(answer["prompt_tokens"])
+
     def release_caches(self) -> list[str]:
         """Asks every loaded runner to free its caches; returns the names of those that answered."""
         with self._lock:

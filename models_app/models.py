@@ -21,6 +21,10 @@ def validate_model_name_free(name: str) -> None:
         raise ValidationError(f"'{name}' is a route segment under /models/ and cannot name a model")
 
 ENGINES = ("transformers", "vllm", "llama.cpp", "openai")
+# What a runner loads the model for (parameter ``task``): chat generation, or embeddings (/v1/embeddings).
+TASKS = ("generate", "embed")
+EMBEDDING_ENGINES = ("transformers", "llama.cpp")
+POOLINGS = ("mean", "cls", "last")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Quantisations each engine can run. llama.cpp takes a GGUF file type (see GGUF_TYPES) or "none".
 ENGINE_QUANTIZATIONS = {
@@ -91,6 +95,10 @@ class ModelConfig(models.Model):
             raise ValidationError({"name": [_("An alias already has this name.")]})
 
     GENERATION_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
+
+    @property
+    def task(self) -> str:
+        return (self.parameters or {}).get("task") or "generate"
 
     @property
     def generation_defaults(self) -> dict:

@@ -8,7 +8,7 @@ A spare runner starts without a model: it imports its engine's libraries, then w
 one {"op": "load", "spec": ...} message and from there on is an ordinary runner.
 
 Protocol (dicts, multiplexed by request id):
-  parent -> runner: load (a spare only, first), then generate, cancel, count_tokens, release_caches, shutdown
+  parent -> runner: load (a spare only, first), then generate, cancel, count_tokens, embed, release_caches, shutdown
   runner -> parent: ready | load_error first, then started, delta, done, error, result, log
 
 Every message with an id gets an answer under that id: a generation ends with done or error, a
@@ -111,6 +111,10 @@ class _Runner:
         except Exception as exc:
             self.send(error_reply(req_id, exc))
 
+    def _embed(self, inputs: list) -> dict:
+        vectors, prompt_tokens = self.engine.embed(inputs)
+        return {"vectors": vectors, "prompt_tokens": int(prompt_tokens)}
+
     def handle(self, msg: dict) -> bool:
         """Dispatch one parent message; False means stop serving."""
         op = msg.get("op")
@@ -127,6 +131,9 @@ class _Runner:
                 event.set()
         elif op == "count_tokens":
             threading.Thread(target=self._call, args=(msg["id"], lambda: self.engine.count_tokens(msg.get("messages") or [])),
+                             daemon=True).start()
+        elif op == "embed":
+            threading.Thread(target=self._call, args=(msg["id"], lambda: self._embed(msg.get("inputs") or [])),
                              daemon=True).start()
         elif op == "release_caches":
             threading.Thread(target=self._call, args=(msg["id"], lambda: self.engine.release_caches()), daemon=True).start()

@@ -44,12 +44,13 @@ def allowed_model_roots() -> list[Path]:
         return list(settings.MODEL_ROOTS)
     # Not DATA_DIR itself: it holds the database, the secret key, logs and caches.
     roots = [settings.DATA_DIR / "models", settings.HF_HOME]
-    try:
-        from models_app.engines.bundled import bundled_gguf_path
+    from models_app.engines.bundled import bundled_embedding_path, bundled_gguf_path
 
-        roots.append(bundled_gguf_path().parent)
-    except FileNotFoundError:
-        pass
+    for bundled in (lambda: bundled_gguf_path().parent, bundled_embedding_path):
+        try:
+            roots.append(bundled())
+        except FileNotFoundError:
+            pass
     return roots
 
 
@@ -257,6 +258,30 @@ def count_tokens(name: str, messages: list[dict]) -> int:
         raise errors.ConflictError(f"Model '{name}' is not available: {exc}") from None
 
 
+def require_task(model, task: str, *, field: str = "model") -> None:
+    """400 naming ``field`` when ``model`` is not loaded for ``task`` (generate | embed), before anything runs."""
+    if model.task == task:
+        return
+    if model.task == "embed":
+        message = f"'{model.name}' is an embedding model; use /v1/embeddings"
+    else:
+        message = f"'{model.name}' is not an embedding model"
+    raise errors.ValidationError(f"{field}: {message}", details={"fields": {field: [message]}})
+
+
+def embed(model, inputs: list) -> tuple[list[list[float]], int]:
+    """Unit vectors of ``inputs`` and their prompt tokens; input the model refuses answers 400 naming ``input``."""
+    from models_app.engines.base import EngineError, PromptError
+
+    require_task(model, "embed")
+    try:
+        return get_manager().embed(model.name, inputs)
+    except PromptError as exc:
+        raise errors.ValidationError(f"input: {exc}", details={"fields": {"input": [str(exc)]}}) from None
+    except EngineError as exc:
+        raise errors.ConflictError(f"Model '{model.name}' is not available: {exc}") from None
+
+
 def uses_think_tags(model) -> bool:
     """Per-model ``reasoning_parser`` (think_tags | none); when unset, what the chat template shows."""
     parser = (model.parameters or {}).get("reasoning_parser")
@@ -289,6 +314,7 @@ def generate(model, messages: list[dict], params):
     from models_app.engines.base import EngineError
     from models_app.manager import QueueFullError
 
+    require_task(model, "generate")
     try:
         return get_manager().generate(model.name, messages, params, max_queue=max_queue(model))
     except QueueFullError as exc:

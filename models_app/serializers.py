@@ -22,8 +22,11 @@ from models_app.models import (
     DTYPES,
     ENGINE_QUANTIZATIONS,
     ENGINES,
+    EMBEDDING_ENGINES,
     GGUF_TYPES,
     MODEL_NAME_PATTERN,
+    POOLINGS,
+    TASKS,
     validate_model_name_free,
 )
 
@@ -151,6 +154,18 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
     revision = parameters.get("revision")
     if revision is not None and not (isinstance(revision, str) and REVISION.match(revision)):
         bad(_("revision must be a branch, tag or commit name (letters, digits, . _ / -)"))
+    task = parameters.get("task", "generate")
+    if task not in TASKS:
+        bad(_("task must be one of %(allowed)s") % {"allowed": ", ".join(TASKS)})
+    if task == "embed" and engine not in EMBEDDING_ENGINES:
+        bad(_("task embed needs the %(engines)s engine, not %(engine)s")
+            % {"engines": " or ".join(EMBEDDING_ENGINES), "engine": engine})
+    if "pooling" in parameters and parameters["pooling"] not in POOLINGS:
+        bad(_("pooling must be one of %(allowed)s") % {"allowed": ", ".join(POOLINGS)})
+    if "matryoshka" in parameters and not isinstance(parameters["matryoshka"], bool):
+        bad(_("matryoshka must be true or false"))
+    if task != "embed" and ("pooling" in parameters or "matryoshka" in parameters):
+        bad(_("pooling and matryoshka are only for task embed"))
 
 
 class ModelAddRequestSerializer(StrictSerializer):
@@ -200,6 +215,7 @@ class ModelSummarySerializer(serializers.Serializer):
     model_id = StrictCharField()
     architecture = StrictCharField()
     engine = StrictCharField()
+    task = serializers.ChoiceField(choices=TASKS)
     status = serializers.ChoiceField(choices=["loaded", "loading", "unloaded", "error"])
     memory_usage_mb = serializers.FloatField()
     is_default = serializers.BooleanField()

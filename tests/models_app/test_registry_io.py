@@ -118,11 +118,13 @@ def test_export_without_a_path_prints_json(capsys):
 def test_bootstrap_sets_up_a_fresh_install(capsys):
     call_command("bootstrap")
     out = capsys.readouterr().out
-    assert ModelConfig.objects.count() == 11
+    assert ModelConfig.objects.count() == 12
     llama = ModelConfig.objects.get(name="smollm2-135m-instruct")
     hf = ModelConfig.objects.get(name="smollm2-135m-instruct-hf")
+    embed = ModelConfig.objects.get(name="embed-small")
     assert llama.is_default and llama.engine == "llama.cpp" and llama.model_id.endswith(".gguf")
     assert hf.engine == "transformers" and hf.parameters["gguf_file"].endswith(".gguf")
+    assert embed.engine == "transformers" and embed.task == "embed" and embed.model_id.endswith("/model")
     admin = get_user_model().objects.get(username="admin")
     assert admin.is_superuser
     raw_key = out.strip().splitlines()[-1].split(": ")[-1]

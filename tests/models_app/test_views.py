@@ -87,8 +87,8 @@ def test_it_lists_models_with_live_status_and_total(api_as, registry):
     assert [m["model_name"] for m in body["models"]] == ["alpha", "beta"]
     assert body["models"][0] == {
         "model_name": "alpha", "model_id": "org/alpha", "architecture": "causal_lm", "engine": "transformers",
-        "quantization": "4bit", "status": "unloaded", "memory_usage_mb": 0.0, "is_default": True,
-        "download_status": "missing",
+        "quantization": "4bit", "task": "generate", "status": "unloaded", "memory_usage_mb": 0.0,
+        "is_default": True, "download_status": "missing",
     }
 
 

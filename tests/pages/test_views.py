@@ -81,6 +81,14 @@ def test_chat_offers_only_models_the_user_may_chat_with(make_user, registry, gra
     assert '<option value="alpha"' not in body
 
 
+def test_chat_offers_no_embedding_model(make_user, registry):
+    registry["beta"].parameters = {"task": "embed"}
+    registry["beta"].save()
+    body = signed_in(make_user("chat")).get("/chat/").content.decode()
+    assert '<option value="alpha"' in body
+    assert '<option value="beta"' not in body
+
+
 def test_chat_without_any_chat_permission_disables_the_message_box(make_user, registry):
     body = signed_in(make_user("model_read")).get("/chat/").content.decode()
     assert "No model available to you" in body
