@@ -135,8 +135,9 @@ class DirectWorker:
 
         return float(self._ask({"op": "load", "spec": dataclasses.asdict(spec)})["load_s"])
 
-    def stream(self, max_tokens: int, prompt: str = PROMPT) -> StreamResult:
-        return StreamResult(**self._ask({"op": "generate", "max_tokens": max_tokens, "prompt": prompt})["result"])
+    def stream(self, max_tokens: int, prompt: str = PROMPT, constraint: dict | None = None) -> StreamResult:
+        return StreamResult(**self._ask({"op": "generate", "max_tokens": max_tokens, "prompt": prompt,
+                                         "constraint": constraint})["result"])
 
     def close_engine(self) -> None:
         self._ask({"op": "close"})
@@ -217,11 +218,11 @@ def fresh_process_load(spec, timeout: float = 600) -> float:
         proc.stdout.close()
 
 
-def direct_stream(engine, max_tokens: int, prompt: str = PROMPT) -> StreamResult:
+def direct_stream(engine, max_tokens: int, prompt: str = PROMPT, constraint: dict | None = None) -> StreamResult:
     from models_app.engines.base import GenerationParams, GenerationStats
 
     result = StreamResult("direct")
-    params = GenerationParams(max_tokens=max_tokens, **GREEDY)
+    params = GenerationParams(max_tokens=max_tokens, constraint=constraint, **GREEDY)
     result.sent_at = t0 = time.perf_counter()
     try:
         for item in engine.generate(messages_for(prompt), params, lambda: False):

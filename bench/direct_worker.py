@@ -10,7 +10,8 @@ taken inside this process (no pipe between the clock and the engine).
 Protocol: one JSON object per line on stdin, one JSON answer per line on the original stdout (the
 engine libraries' own prints go to stderr).
   {"op": "load", "spec": {...LoadSpec}}        -> {"load_s": float}
-  {"op": "generate", "max_tokens": N}           -> {"result": {...StreamResult fields}}
+  {"op": "generate", "max_tokens": N, "prompt": P, "constraint": C or null}
+                                                -> {"result": {...StreamResult fields}}
   {"op": "close"}                               -> {"ok": true}
   {"op": "exit"}                                -> (process exits)
 """
@@ -44,7 +45,8 @@ def main() -> int:
                 engine, seconds = clients.load_direct_engine(LoadSpec(**cmd["spec"]))
                 answer = {"load_s": seconds}
             elif op == "generate":
-                result = clients.direct_stream(engine, int(cmd["max_tokens"]), cmd.get("prompt") or clients.PROMPT)
+                result = clients.direct_stream(engine, int(cmd["max_tokens"]), cmd.get("prompt") or clients.PROMPT,
+                                               cmd.get("constraint"))
                 answer = {"result": asdict(result)}
             elif op == "close":
                 if engine is not None:

@@ -1,4 +1,4 @@
-"""The four parts of `make bench` (issue 8). Each returns a JSON-ready dict of raw numbers and checks.
+"""The parts of `make bench` (issue 8; part 5: issue 18). Each returns a JSON-ready dict of raw numbers and checks.
 
 Every check is ``{"id", "part", "engine", "what", "target", "measured", "passed"}`` where
 ``passed`` is None when the figure could not be measured. Targets are reported, never asserted.
@@ -786,3 +786,80 @@ def run_soak(bench: Bench, seconds: float) -> dict:
     server.unload(CYCLE_MODEL)
     return {"seconds": seconds, "requests": sum(counts.values()), "counts": counts, "errors": len(errors),
             "error_samples": errors[:10], "rss_series": rss_series}
+
+
+# =============================================================================================
+# Part 5: constrained decoding on the raw engines
+# =============================================================================================
+
+# A schema whose one string keeps the model writing, so that both sides decode about as many tokens.
+STORY_CONSTRAINT = {"schema": {"type": "object", "properties": {"title": {"type": "string", "maxLength": 60},
+                                                                "story": {"type": "string", "minLength": 400}},
+                               "required": ["title", "story"], "additionalProperties": False},
+                    "prefix": "", "suffix": ""}
+
+
+def part5_spec(engine_name: str, opts: Options):
+    """The bundled model on ``engine_name``, as bootstrap registers it, without a server."""
+    from models_app.engines.base import LoadSpec
+    from models_app.engines.bundled import bundled_gguf_path
+
+    gguf = bundled_gguf_path()
+    if engine_name == "llama.cpp":
+        return LoadSpec(name=LLAMA, engine="llama.cpp", model_id=str(gguf), quantization="Q4_1",
+                        parameters={"n_ctx": 2048})
+    parameters = {"gguf_file": gguf.name}
+    if opts.transformers_threads:
+        parameters["n_threads"] = opts.transformers_threads
+    return LoadSpec(name=HF, engine="transformers", model_id=str(gguf.parent), quantization="Q4_1",
+                    parameters=parameters)
+
+
+# Fewer tokens than part 1: the part should take about a minute, and every run pairs both sides.
+PART5_TOKENS = {"llama.cpp": 64, "transformers": 24}
+
+
+def part_constrained(bench: Bench, engine_name: str) -> dict:
+    """Decode tokens/s with a json_schema constraint against free decoding, same prompt, same engine
+    process (bench.direct_worker), sides alternating run by run. Figures are medians over the runs of
+    each run's pair (constrained against the free run next to it), which cancels most of the drift of
+    a shared machine: the cost per token is the difference of the two sides' time per token."""
+    opts = bench.opts
+    tokens = PART5_TOKENS[engine_name]
+    bench.label = f"5-{engine_name}"
+    spec = part5_spec(engine_name, opts)
+    bench.log(f"part 5 ({engine_name}): constrained against free decoding, {tokens} tokens, direct worker")
+    worker = clients.DirectWorker()
+    sides = {"free": lambda: worker.stream(tokens),
+             "constrained": lambda: worker.stream(tokens, constraint=STORY_CONSTRAINT)}
+    results: dict[str, list] = {side: [] for side in sides}
+    try:
+        load_s = worker.load(spec)
+        sides["free"]()  # warm-up
+        cold = sides["constrained"]()  # compiles the schema; later runs find it in the cache
+        for run in range(opts.runs):
+            for side in rotated(list(sides), run):
+                results[side].append(sides[side]())
+            bench.log(f"  run {run + 1}/{opts.runs}: " + ", ".join(
+                f"{s} {stats.fmt(results[s][-1].decode_tps, 1)} tok/s ({results[s][-1].tokens} tokens)"
+                + ("" if results[s][-1].ok else f" ERROR {results[s][-1].error}") for s in sides))
+    finally:
+        worker.stop()
+    summary = {side: _side_summary(rs) for side, rs in results.items()}
+    pairs = [(f.decode_tps, c.decode_tps) for f, c in zip(results["free"], results["constrained"])
+             if f.ok and c.ok and f.decode_tps and c.decode_tps]
+    cost_us = stats.median(1e6 / c - 1e6 / f for f, c in pairs)
+    ratio = stats.median(c / f for f, c in pairs)
+    compile_ms = stats.diff(cold.ttft_ms, summary["constrained"]["ttft_ms_median"])
+    errors = summary["free"]["errors"] + summary["constrained"]["errors"]
+    note = f"{len(errors)} failed run(s): {errors[0]}" if errors else ""
+    checks = [
+        check(f"5.{engine_name}.cost", 5, engine_name, "constrained decoding: added time per token (µs)",
+              "reported", cost_us, None, note),
+        check(f"5.{engine_name}.ratio", 5, engine_name, "decode tokens/s, constrained ÷ free", "reported",
+              ratio, None),
+    ]
+    return {"engine": engine_name, "model": spec.name, "tokens": tokens, "runs": opts.runs,
+            "constraint": STORY_CONSTRAINT, "load_s": load_s, "summary": summary,
+            "per_token_cost_us": cost_us, "tps_ratio": ratio, "first_constrained_added_ttft_ms": compile_ms,
+            "raw": {side: [r.row() for r in rs] for side, rs in results.items()}, "checks": checks}

@@ -81,7 +81,7 @@ def _clean(value):
 
 def all_checks(results: dict) -> list[dict]:
     checks = []
-    for key in ("part1", "part2", "part3", "part4"):
+    for key in ("part1", "part2", "part3", "part4", "part5"):
         part = results.get(key)
         if isinstance(part, dict) and "checks" in part:
             checks += part["checks"]
@@ -258,6 +258,19 @@ def markdown(results: dict) -> str:
                       f"{len(w['cycle_rss_mb'])} load/unload cycles {fmt(w['after_cycles_mb'], 1)} MB, after the "
                       f"{w['soak']['seconds']:.0f} s soak {fmt(w['after_soak_mb'], 1)} MB "
                       f"({w['soak']['requests']} requests: {w['soak']['counts']}; {w['soak']['errors']} errors).", ""]
+    p5 = results.get("part5") or {}
+    if p5:
+        lines += ["## Part 5 — constrained decoding on the raw engines (medians)", "",
+                  "| engine | tokens | free tok/s | json_schema tok/s | constrained ÷ free | added per token µs "
+                  "| first constrained request, added TTFT ms |", "|---|---|---|---|---|---|---|"]
+        for engine, c in p5.items():
+            lines.append(f"| {engine} | {c['tokens']} | {fmt(c['summary']['free']['decode_tps_median'], 1)} | "
+                         f"{fmt(c['summary']['constrained']['decode_tps_median'], 1)} | {fmt(c['tps_ratio'], 3)} | "
+                         f"{fmt(c['per_token_cost_us'], 0)} | {fmt(c['first_constrained_added_ttft_ms'], 1)} |")
+        lines += ["", "Same prompt, same engine process, sides alternating; ratio and cost are medians of each "
+                  "run's pair. The schema is an object with a title and a story string. llama.cpp: GBNF grammar "
+                  "in its sampler; transformers: llguidance token masks. The last column is the first "
+                  "constrained request's TTFT over the later ones' (compiling the schema, then cached).", ""]
     if results.get("part1_transformers_gguf_load"):
         g = results["part1_transformers_gguf_load"]
         lines += [f"Transformers on the GGUF (`{g['model']}`), measured once in part 1: platform load "

@@ -8,7 +8,7 @@ Options (environment):
   BENCH_TOKENS_TRANSFORMERS   tokens per stream for transformers (default 16: its CPU decode is 5-20x
                               slower than llama.cpp's on a busy 2-core machine, and the whole run should
                               stay near 25 minutes)
-  BENCH_PARTS                 e.g. "1,2,3,4" (default all)
+  BENCH_PARTS                 e.g. "1,2,3,4,5" (default all; 5, constrained decoding, needs no server)
   BENCH_ENGINES               e.g. "llama.cpp,transformers" (default both)
   BENCH_SOAK_SECONDS          mixed-traffic soak in part 4 (default 600)
   BENCH_LOAD_CYCLES           load/unload cycles in part 4 (default 20)
@@ -48,11 +48,11 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
 
 
 def options_from_env() -> parts.Options:
-    parts_raw = os.environ.get("BENCH_PARTS") or "1,2,3,4"
+    parts_raw = os.environ.get("BENCH_PARTS") or "1,2,3,4,5"
     engines_raw = os.environ.get("BENCH_ENGINES") or ",".join(ENGINES)
     selected = tuple(sorted({int(p) for p in parts_raw.replace(" ", "").split(",") if p}))
-    if not selected or any(p not in (1, 2, 3, 4) for p in selected):
-        raise SystemExit("BENCH_PARTS: a comma-separated subset of 1,2,3,4")
+    if not selected or any(p not in (1, 2, 3, 4, 5) for p in selected):
+        raise SystemExit("BENCH_PARTS: a comma-separated subset of 1,2,3,4,5")
     engines = tuple(e.strip() for e in engines_raw.split(",") if e.strip())
     if not engines or any(e not in ENGINES for e in engines):
         raise SystemExit(f"BENCH_ENGINES: a comma-separated subset of {','.join(ENGINES)}")
@@ -99,10 +99,11 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
     sampler = None
     bench.log(f"starting a private server (data dir {server.data_dir}); loadavg {results['loadavg_start']}")
     try:
-        server.start()
-        results["server"] = {"url": server.url, "pid": server.pid}
-        sampler = parts.Sampler(bench)
-        sampler.start()
+        if set(opts.parts) - {5}:  # part 5 runs the engines alone, without the platform
+            server.start()
+            results["server"] = {"url": server.url, "pid": server.pid}
+            sampler = parts.Sampler(bench)
+            sampler.start()
         plan = []
         if 1 in opts.parts:
             plan += [(1, e, lambda e=e: parts.part_streaming(bench, e)) for e in opts.engines]
@@ -112,6 +113,8 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
             plan.append((3, None, lambda: parts.part_management(bench)))
         if 4 in opts.parts:
             plan.append((4, None, lambda: parts.part_load_memory(bench)))
+        if 5 in opts.parts:
+            plan += [(5, e, lambda e=e: parts.part_constrained(bench, e)) for e in opts.engines]
         for number, engine, fn in plan:
             key = f"part{number}"
             load_before = list(os.getloadavg())

@@ -107,6 +107,8 @@ def chat_data(parsed: dict, messages: list[dict]) -> dict:
         config["max_tokens"] = max_tokens
     if parsed.get("stop"):
         config["stop"] = parsed["stop"]
+    if parsed.get("response_format") is not None:
+        config["response_format"] = parsed["response_format"]
     *history, last = messages
     if last["role"] != "user" or not last["content"].strip():
         raise _bad("messages", "the last message must be a non-empty user message")

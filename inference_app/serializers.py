@@ -1,12 +1,80 @@
 from __future__ import annotations
 
+import re
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from beautyai_site.api.fields import StrictCharField, StrictBooleanField, StrictFloatField, StrictIntegerField, StrictSerializer
+from models_app.engines.constraints import ConstraintError, check_schema
 from models_app.serializers import ModelNameField
 
 MAX_MESSAGE_CHARS = 100_000
 MAX_HISTORY = 200
+
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_JSON_SCHEMA_KEYS = {"name", "schema", "strict", "description"}
+
+
+@extend_schema_field({
+    "type": "object", "required": ["type"],
+    "properties": {
+        "type": {"enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "pattern": _SCHEMA_NAME.pattern}, "description": {"type": "string"},
+            "schema": {"type": "object"}, "strict": {"type": "boolean", "nullable": True}}},
+    },
+    "description": "OpenAI's response_format: the reply is constrained to JSON (see docs/api.md for the "
+                   "supported schema keywords).",
+})
+class ResponseFormatField(serializers.Field):
+    """OpenAI's ``response_format``, as the engines' constraint (``GenerationParams.constraint``).
+
+    ``text`` is no constraint (None); ``json_object`` any JSON object; ``json_schema`` a JSON value
+    matching its schema. ``strict: false`` is constrained all the same: an answer that does not
+    follow the schema is of no use to a caller who sent one. The schema is checked here, before
+    anything is stored or submitted; the runner compiles it.
+    """
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict) or "type" not in data:
+            raise serializers.ValidationError("must be an object with a type: text, json_object or json_schema")
+        kind = data["type"]
+        if kind not in ("text", "json_object", "json_schema"):
+            raise serializers.ValidationError(f"type: unknown response format {str(kind)[:40]!r}; "
+                                              "use text, json_object or json_schema")
+        allowed = {"type", "json_schema"} if kind == "json_schema" else {"type"}
+        extra = sorted(set(data) - allowed)
+        if extra:
+            raise serializers.ValidationError(f"{extra[0]}: not allowed with type {kind}")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"schema": None, "prefix": "", "suffix": ""}
+        spec = data.get("json_schema")
+        if not isinstance(spec, dict):
+            raise serializers.ValidationError("json_schema: required, an object with name and schema")
+        extra = sorted(set(spec) - _JSON_SCHEMA_KEYS)
+        if extra:
+            raise serializers.ValidationError(f"json_schema.{extra[0]}: unknown field")
+        if not isinstance(spec.get("name"), str) or not _SCHEMA_NAME.match(spec["name"]):
+            raise serializers.ValidationError("json_schema.name: required, 1 to 64 letters, digits, _ or -")
+        if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+            raise serializers.ValidationError("json_schema.strict: must be a boolean")
+        if spec.get("description") is not None and not isinstance(spec["description"], str):
+            raise serializers.ValidationError("json_schema.description: must be a string")
+        schema = spec.get("schema")
+        if schema is None:
+            return {"schema": None, "prefix": "", "suffix": ""}
+        try:
+            schema = check_schema(schema, field="json_schema.schema")
+        except ConstraintError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return {"schema": schema, "prefix": "", "suffix": ""}
+
+    def to_representation(self, value):
+        return value
 
 
 class GenerationConfigSerializer(StrictSerializer):
@@ -20,6 +88,7 @@ class GenerationConfigSerializer(StrictSerializer):
                                  max_length=4, required=False)
     do_sample = StrictBooleanField(required=False)
     enable_thinking = StrictBooleanField(required=False)
+    response_format = ResponseFormatField(required=False, allow_null=True)
 
     def validate_top_p(self, value):
         if value <= 0:

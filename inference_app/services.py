@@ -127,6 +127,8 @@ def generation_params(model: ModelConfig, config: dict):
 
     merged = {**model.generation_defaults, **config}
     merged["max_tokens"] = min(config.get("max_tokens", model.max_new_tokens), model.max_new_tokens)
+    # ResponseFormatField already made the engines' constraint of it (None for "text").
+    merged["constraint"] = config.get("response_format")
     return GenerationParams(**{k: v for k, v in merged.items() if k in GenerationParams.__dataclass_fields__})
 
 

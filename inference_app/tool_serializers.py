@@ -17,7 +17,7 @@ from beautyai_site.api.fields import (
     StrictSerializer,
 )
 from inference_app.models import BENCHMARK_TYPES, FINISH_REASONS, ROLES
-from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS, GenerationConfigSerializer
+from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS, GenerationConfigSerializer, ResponseFormatField
 from models_app.engines.base import MAX_EMBEDDING_INPUTS
 from models_app.serializers import EnvelopeSerializer, ModelNameField
 
@@ -374,6 +374,7 @@ class OpenAIRequestSerializer(StrictSerializer):
     top_k = StrictIntegerField(min_value=0, max_value=1000, required=False, allow_null=True)
     repetition_penalty = StrictFloatField(min_value=0.01, max_value=10.0, required=False, allow_null=True)
     session_id = serializers.UUIDField(required=False, allow_null=True)
+    response_format = ResponseFormatField(required=False, allow_null=True)
 
     def validate_top_p(self, value):
         if value is not None and value <= 0:

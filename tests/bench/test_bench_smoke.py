@@ -113,3 +113,22 @@ def test_harness_end_to_end_for_a_few_tokens(tmp_path):
         assert "matplotlib is not installed" in summary
     else:
         assert paths["png"] is not None and paths["png"].stat().st_size > 10_000
+
+
+def test_part_5_measures_constrained_against_free_decoding_on_the_raw_engine(tmp_path):
+    opts = parts.Options(runs=1, parts=(5,), engines=("llama.cpp",))
+    server = BenchServer()  # never started: part 5 needs no server, only the harness's Bench
+    try:
+        result = parts.part_constrained(parts.Bench(server=server, opts=opts), "llama.cpp")
+    finally:
+        server.stop()
+
+    for side, rows in result["raw"].items():
+        assert len(rows) == 1 and rows[0]["ok"] and rows[0]["tokens_generated"] == result["tokens"], (side, rows)
+    assert result["tps_ratio"] > 0 and result["per_token_cost_us"] is not None
+    doc = {"stamp": "smoke5", "options": {"runs": 1, "tokens": TOKENS, "tokens_transformers": TOKENS, "parts": [5],
+                                          "engines": ["llama.cpp"], "soak_seconds": 1},
+           "prompt": clients.PROMPT, "machine": report.machine_info(), "loadavg_start": list(os.getloadavg()),
+           "errors": [], "part5": {"llama.cpp": result}}
+    summary = report.write_outputs(doc, tmp_path)["md"].read_text()
+    assert "## Part 5 — constrained decoding" in summary and "constrained decoding: added time per token" in summary
