@@ -13,6 +13,7 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    chat_inputs,
     gguf_file_for,
     inspect_gguf,
     locate_model,
@@ -84,10 +85,14 @@ class LlamaCppEngine(Engine):
     def context_length(self) -> int:
         return int(self._llm.n_ctx())
 
-    def _prompt_tokens(self, messages: list[dict], enable_thinking: bool | None = None) -> list[int]:
-        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    def _prompt_tokens(self, messages: list[dict], enable_thinking: bool | None = None,
+                       tools: list[dict] | None = None) -> list[int]:
+        template = self._template or CHATML_TEMPLATE
+        messages, extra = chat_inputs(template, messages, tools)
+        if enable_thinking is not None:
+            extra["enable_thinking"] = enable_thinking
         marked, marker = with_content_markers(messages)
-        prompt = render_chat_template(self._template or CHATML_TEMPLATE, marked, bos_token=self._bos,
+        prompt = render_chat_template(template, marked, bos_token=self._bos,
                                       eos_token=self._eos, add_generation_prompt=True, **extra)
         # The template already wrote BOS where the model wants it. Special tokens are parsed in
         # the template's own text only, never in what users wrote.
@@ -96,8 +101,8 @@ class LlamaCppEngine(Engine):
             tokens += self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=not is_content)
         return tokens
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self._prompt_tokens(messages))
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        return len(self._prompt_tokens(messages, tools=tools))
 
     def generate(self, messages: list[dict], params: GenerationParams,
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
@@ -106,7 +111,7 @@ class LlamaCppEngine(Engine):
         import llama_cpp
 
         s = resolve_sampling(params, self._spec)
-        tokens = self._prompt_tokens(messages, params.enable_thinking)
+        tokens = self._prompt_tokens(messages, params.enable_thinking, params.tools)
         n_ctx = self.context_length()
         if len(tokens) >= n_ctx:
             raise EngineError(f"prompt is longer than the context window ({len(tokens)} >= {n_ctx} tokens)")
