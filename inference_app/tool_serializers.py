@@ -241,6 +241,8 @@ class JSONSchemaField(serializers.Field):
             raise serializers.ValidationError("must be a JSON Schema object")
         if data.get("type", "object") != "object":
             raise serializers.ValidationError('must describe an object ("type": "object")')
+        if not isinstance(data.get("$schema", ""), str):  # validator_for would raise TypeError on it
+            raise serializers.ValidationError("$schema must be a string")
         try:
             jsonschema.validators.validator_for(data).check_schema(data)
         except jsonschema.SchemaError as exc:
