@@ -531,6 +531,8 @@ class ChatCompletionRequestSerializer(OpenAIRequestSerializer):
     def validate_tools(self, value):
         if not value:
             return value
+        if any(tool is None for tool in value):  # allow_null on the list lets null items through too
+            raise serializers.ValidationError("each tool must be an object")
         if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_TOOLS_BYTES:
             raise serializers.ValidationError(f"larger than {MAX_TOOLS_BYTES // 1024} KB in all")
         names = [tool["function"]["name"] for tool in value]

@@ -227,3 +227,24 @@ def test_a_reply_without_tools_in_the_request_is_never_parsed_for_calls():
     builder.on_event(Event(kind="delta", text='<tool_call>{"name": "a", "arguments": {}}</tool_call>'))
     done = builder.on_event(Event(kind="done", stats=GenerationStats(5, 3, "stop", 1.0, 10.0, 600.0)))[-1][1]
     assert done["tool_calls"] == [] and done["response"].startswith("<tool_call>") and builder.finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_transformers_hands_tools_to_a_template_that_knows_them(safetensors_dir, tmp_path):
+    from models_app.engines.base import LoadSpec
+    from models_app.engines.transformers_engine import TransformersEngine
+    from tests.model_files import folder_with_template
+
+    folder = folder_with_template(safetensors_dir, tmp_path / "tools", TOOL_TEMPLATE)
+    engine = TransformersEngine()
+    engine.load(LoadSpec(name="x", engine="transformers", model_id=str(folder), dtype="float32"))
+    try:
+        text = engine._tokenizer.decode(engine._encode(CONVERSATION, tools=TOOLS)[0].tolist())
+        assert '<tools>{"type": "function"' in text or '"name": "get_weather", "parameters"' in text
+        assert '"arguments": {"city": "Paris"}' in text and "# Tools" not in text
+        assert engine.count_tokens(CONVERSATION, TOOLS) > engine.count_tokens(CONVERSATION) + 20
+        # The tool's special-token look-alike stays text: one <|im_start|> per turn, none forged.
+        ids = engine._encode(CONVERSATION, tools=TOOLS)[0].tolist()
+        assert ids.count(engine._tokenizer.convert_tokens_to_ids("<|im_start|>")) == 5
+    finally:
+        engine.close()

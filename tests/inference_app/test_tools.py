@@ -182,6 +182,7 @@ USER = {"role": "user", "content": "Hi"}
         ({"tools": [{"type": "function", "function": {"name": f"f{i}", "description": "x" * 700}}
                     for i in range(100)]}, "tools"),  # 70 KB in all
         ({"tools": [{"type": "code_interpreter"}]}, "tools"),
+        ({"tools": [None, None]}, "tools"),
         ({"parallel_tool_calls": "yes", "tools": TOOLS}, "parallel_tool_calls"),
         ({"messages": [USER, {"role": "assistant", "content": None}]}, "messages"),
         ({"messages": [{"role": "user", "content": None}]}, "messages"),
@@ -264,3 +265,10 @@ def test_session_files_with_broken_tool_turns_are_refused(make_user, client_for,
                            format="json")
     assert response.status_code == 400 and "session_data" in response.json()["error_message"]
     assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").rglob("*.json"))
+
+
+def test_a_models_tool_parser_parameter_overrides_what_its_template_shows():
+    from types import SimpleNamespace
+
+    # No runner is asked: the parameter decides (the model need not even be loaded).
+    assert runtime.tool_call_format(SimpleNamespace(name="not-loaded", parameters={"tool_parser": "mistral"})) == "mistral"
