@@ -59,7 +59,7 @@ class BenchmarkRunAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "user", "api_key", "model_name", "transport", "prompt_tokens",
+    list_display = ("created_at", "user", "api_key", "model_name", "requested_name", "transport", "prompt_tokens",
                     "completion_tokens", "duration_ms")
     list_filter = ("transport", "model_name")
     search_fields = ("user__username", "model_name")

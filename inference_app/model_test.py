@@ -28,7 +28,7 @@ CHECK_ORDER = ("min_length", "max_length", "contains", "not_contains", "regex", 
 
 
 def regex_timeout_s() -> float:
-    return float(getattr(settings, "TEST_REGEX_TIMEOUT_SECONDS", 1.0))
+    return float(settings.TEST_REGEX_TIMEOUT_SECONDS)
 
 
 def script_of(char: str) -> str | None:

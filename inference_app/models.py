@@ -66,7 +66,7 @@ class ChatMessage(models.Model):
 # Benchmarks, usage and quotas --------------------------------------------------------------------
 
 BENCHMARK_TYPES = ("latency", "throughput", "comprehensive")
-TRANSPORTS = ("rest", "sse", "websocket", "openai", "test", "benchmark")
+TRANSPORTS = ("rest", "sse", "websocket", "openai", "anthropic", "test", "benchmark")
 
 
 class BenchmarkRun(models.Model):
@@ -99,6 +99,8 @@ class UsageRecord(models.Model):
     api_key = models.ForeignKey("system_app.APIKey", null=True, blank=True, on_delete=models.SET_NULL,
                                 verbose_name=_("API key"))
     model_name = models.CharField(_("model name"), max_length=128)
+    # The alias the request named, when it named one; model_name is the model that answered.
+    requested_name = models.CharField(_("requested name"), max_length=128, blank=True)
     transport = models.CharField(_("transport"), max_length=16, choices=[(t, t) for t in TRANSPORTS])
     prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), default=0)
     completion_tokens = models.PositiveIntegerField(_("completion tokens"), default=0)

@@ -23,11 +23,11 @@ from rest_framework.views import APIView
 from beautyai_site.api import errors
 from beautyai_site.api.exceptions import envelope_exception_handler
 from beautyai_site.api.envelope import openai_error
+from beautyai_site.api.validation import parse
 from inference_app import active, limits, services, streaming
 from inference_app.tool_serializers import ChatCompletionRequestSerializer, CompletionRequestSerializer
 from inference_app.views import api_key_id
 from models_app import services as registry
-from models_app.views import parse
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"}
 
@@ -59,18 +59,21 @@ class OpenAIView(RetryAfterMixin, APIView):
         return openai_exception_handler
 
 
-def model_object(model) -> dict:
-    return {"id": model.name, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": "beautyai"}
+def model_object(model, name: str | None = None) -> dict:
+    """``model`` as OpenAI lists it; ``name``: the alias it is listed under."""
+    return {"id": name or model.name, "object": "model", "created": int(model.created_at.timestamp()),
+            "owned_by": "beautyai"}
 
 
 class ModelListView(OpenAIView):
     required_permissions = {"get": "model_read"}
 
     @extend_schema(operation_id="v1_models_list", responses={200: dict},
-                   description="OpenAI-compatible model list: the models you may read.")
+                   description="OpenAI-compatible model list: the models you may read, and the aliases of those.")
     def get(self, request):
-        models = registry.models_readable_by(request.user).order_by("name")
-        return Response({"object": "list", "data": [model_object(model) for model in models]})
+        entries = [(model.name, model_object(model)) for model in registry.models_readable_by(request.user)]
+        entries += [(alias.name, model_object(alias, alias.name)) for alias in registry.aliases_readable_by(request.user)]
+        return Response({"object": "list", "data": [entry for _, entry in sorted(entries, key=lambda e: e[0])]})
 
 
 class ModelDetailView(OpenAIView):
@@ -78,7 +81,8 @@ class ModelDetailView(OpenAIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request, model: str):
-        return Response(model_object(registry.model_get_for_user(user=request.user, name=model)))
+        target, alias = registry.model_resolve_for_user(user=request.user, name=model, permission="model_read")
+        return Response(model_object(alias or target, model))
 
 
 # Requests to chat data --------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from beautyai_site.api import errors
 from beautyai_site.api.permissions import has_on
 from inference_app import reasoning, tool_calls
 from inference_app.models import ROLES, ChatMessage, ChatSession
-from inference_app.usage import quota_check
+from inference_app.usage import quota_check, usage_record_reply
 from models_app import runtime, services as registry
 from models_app.models import ModelConfig
+from system_app.metrics import record_generation as record_generation_metrics
 
 TITLE_CHARS = 60
 
@@ -58,22 +59,43 @@ class ChatPlan:
     user_message: str = ""
     new_session: bool = False  # the session is saved by chat_start, with these earlier turns
     seeded: list[dict] = field(default_factory=list)
+    requested_name: str = ""  # the alias the request named, when it named one (usage records keep both)
     # The request's new turns, stored by chat_start: the user's message, or tool results.
     turns: list[dict] = field(default_factory=list)
     tool_format: str | None = None  # set when the reply is parsed for tool calls
     tool_limit: int | None = None  # parallel_tool_calls: false keeps one call
 
 
-def _pick_model(*, user, model_name: str | None, session: ChatSession | None) -> ModelConfig:
+def _pick_model(*, user, model_name: str | None, session: ChatSession | None):
+    """The model to chat with and the alias that named it (None when the name was a model's own)."""
     if model_name:
-        return registry.model_get_for_user(user=user, name=model_name, permission="chat")
+        return registry.model_resolve_for_user(user=user, name=model_name, permission="chat")
     if session is not None and session.model is not None:
-        return registry.model_get_for_user(user=user, name=session.model.name, permission="chat")
+        return registry.model_get_for_user(user=user, name=session.model.name, permission="chat"), None
     default = registry.default_model()
     # A default the caller may not see is answered like no default: its name is not theirs to learn.
     if default is None or not (has_on(user, "model_read", default) or has_on(user, "chat", default)):
         raise errors.ModelNotFoundError("No model_name given and no default model is available.")
-    return registry.model_get_for_user(user=user, name=default.name, permission="chat")
+    return registry.model_get_for_user(user=user, name=default.name, permission="chat"), None
+
+
+def _ready_model(*, user, model: ModelConfig, alias) -> ModelConfig:
+    """``model`` loaded (on demand), or the alias's fallback when the target cannot serve this caller.
+
+    The target cannot serve when it is not loaded and this caller may not load it, or loading it
+    fails (bad files, memory budget, a crash: also what a model in ``error`` gets). The fallback
+    is used only if the caller may chat with it; otherwise the target's own error stands.
+    """
+    try:
+        ensure_loaded(user=user, model=model)
+        return model
+    except (errors.ConflictError, errors.ModelLoadError):
+        fallback = alias.fallback if alias is not None else None
+        if fallback is None or not has_on(user, "chat", fallback):
+            raise
+    quota_check(user=user, model=fallback)
+    ensure_loaded(user=user, model=fallback)
+    return fallback
 
 
 def session_get_for_user(*, user, session_id) -> ChatSession:
@@ -91,6 +113,14 @@ def ensure_loaded(*, user, model: ModelConfig) -> None:
     if not has_on(user, "model_load", model):
         raise errors.ConflictError(f"Model '{model.name}' is not loaded.", details={"model_name": model.name})
     runtime.load(model, user=user)
+
+
+def chat_count_tokens(*, user, model_name: str, messages: list[dict]) -> int:
+    """The tokens ``messages`` take as the model's prompt (chat template included): what a chat
+    with them would send, so access, aliases and on-demand loading are a chat's."""
+    model, alias = _pick_model(user=user, model_name=model_name, session=None)
+    model = _ready_model(user=user, model=model, alias=alias)
+    return runtime.count_tokens(model.name, messages)
 
 
 def generation_params(model: ModelConfig, config: dict):
@@ -176,7 +206,15 @@ def tool_setup(*, model: ModelConfig, data: dict, params) -> str | None:
     fmt = runtime.tool_call_format(model)
     params.tools = [{"type": "function", "function": dict(tool["function"])} for tool in tools]
     if choice == "required" or isinstance(choice, dict):
-        params.constraint = tool_calls.constraint_for(params.tools, choice, fmt)
+        from models_app.engines.constraints import ConstraintError, normalize_constraint
+
+        # Checked here, before anything is stored, so that a schema the engines cannot enforce is a
+        # 400 naming tools rather than a failed generation.
+        try:
+            params.constraint = normalize_constraint(tool_calls.constraint_for(params.tools, choice, fmt),
+                                                     field="tools")
+        except (ConstraintError, tool_calls.DefinitionClash) as exc:
+            raise _bad_tools(f"cannot force a call with these parameters: {exc}") from None
     return fmt
 
 
@@ -192,13 +230,13 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     session = session_get_for_user(user=user, session_id=data["session_id"]) if data.get("session_id") else None
     if session is not None and data.get("chat_history"):
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
-    model = _pick_model(user=user, model_name=data.get("model_name"), session=session)
+    model, alias = _pick_model(user=user, model_name=data.get("model_name"), session=session)
     if data.get("tools") and data.get("tool_choice") != "none" and model.engine == "openai":
         # The remote server would answer calls as structured deltas, which the engine's text stream drops.
         raise _bad_tools("not supported for models served by the openai engine")
     quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
+    model = _ready_model(user=user, model=model, alias=alias)
     params = generation_params(model, dict(data.get("generation_config") or {}))
-    ensure_loaded(user=user, model=model)
     # A full queue answers 429 before anything is counted or stored (chat_start checks again, atomically).
     runtime.check_queue(model)
 
@@ -231,6 +269,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
         user_message=data["message"],
         new_session=new_session,
         seeded=seeded,
+        requested_name=alias.name if alias is not None else "",
         turns=turns,
         tool_format=tool_format,
         tool_limit=1 if data.get("parallel_tool_calls") is False else None,
@@ -418,7 +457,9 @@ def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
         tool_calls=builder.tool_calls(),
     )
     ChatSession.objects.filter(pk=builder.plan.session.pk).update(updated_at=message.created_at)
-    runtime.record_generation(builder.plan, stats)
+    record_generation_metrics(builder.plan.model.name, stats.get("tokens_generated") or 0,
+                              stats.get("time_to_first_token_ms"))
+    usage_record_reply(builder.plan, stats)
     return message
 
 

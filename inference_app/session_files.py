@@ -42,7 +42,7 @@ NAME_RULE = ("a file name: letters, digits, space, '.', '_', '-', at most 100 ch
 
 
 def max_file_bytes() -> int:
-    return int(getattr(settings, "SESSION_FILE_MAX_BYTES", 10 * 1024 * 1024))
+    return int(settings.SESSION_FILE_MAX_BYTES)
 
 
 def _bad(field: str, message: str):

@@ -335,17 +335,33 @@ def parse_complete(text: str, fmt: str = "hermes", *, limit: int | None = None) 
     return "".join(event[1] for event in events if event[0] == "content"), parser.calls
 
 
-def _call_schema(tool: dict) -> dict:
+class DefinitionClash(ValueError):
+    pass
+
+
+def _call_schema(tool: dict, definitions: dict) -> dict:
     function = tool["function"]
+    parameters = dict(function.get("parameters") or {"type": "object"})
+    # "$ref": "#/$defs/x" points at the root of the schema it is in; nested under "arguments" that
+    # root is the call's schema, so the definitions move up there.
+    for key in ("$defs", "definitions"):
+        for name, definition in (parameters.pop(key, None) or {}).items():
+            if definitions.setdefault(key, {}).setdefault(name, definition) != definition:
+                raise DefinitionClash(f"two tools define {key}/{name} differently")
     return {"type": "object",
-            "properties": {"name": {"const": function["name"]},
-                           "arguments": function.get("parameters") or {"type": "object"}},
+            "properties": {"name": {"const": function["name"]}, "arguments": parameters},
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
 def constraint_for(tools: list[dict], choice, fmt: str) -> dict:
     """GenerationParams.constraint forcing one call: of the named function, or of any tool for "required"."""
     chosen = [tool for tool in tools if choice == "required" or tool["function"]["name"] == choice["name"]]
-    schemas = [_call_schema(tool) for tool in chosen]
+    definitions: dict = {}
+    schemas = [_call_schema(tool, definitions) for tool in chosen]
+    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    if definitions:
+        schema = {**schema, **definitions} if len(schemas) == 1 else {"$ref": "#/$defs/call", **definitions}
+        if len(schemas) > 1:
+            schema.setdefault("$defs", {})["call"] = {"anyOf": schemas}
     prefix, suffix = CONSTRAINT_AFFIXES.get(fmt, CONSTRAINT_AFFIXES["hermes"])
-    return {"schema": schemas[0] if len(schemas) == 1 else {"anyOf": schemas}, "prefix": prefix, "suffix": suffix}
+    return {"schema": schema, "prefix": prefix, "suffix": suffix}

@@ -32,9 +32,9 @@ class QuotaExceededError(errors.RateLimitError):
 
 
 def usage_record(*, user, model_name: str, transport: str, prompt_tokens: int, completion_tokens: int,
-                 duration_ms: float, api_key_id: int | None = None) -> UsageRecord:
+                 duration_ms: float, api_key_id: int | None = None, requested_name: str = "") -> UsageRecord:
     return UsageRecord.objects.create(
-        user=user, api_key_id=api_key_id, model_name=model_name, transport=transport,
+        user=user, api_key_id=api_key_id, model_name=model_name, requested_name=requested_name, transport=transport,
         prompt_tokens=max(int(prompt_tokens or 0), 0), completion_tokens=max(int(completion_tokens or 0), 0),
         duration_ms=max(float(duration_ms or 0.0), 0.0),
     )
@@ -44,6 +44,7 @@ def usage_record_reply(plan, stats: dict) -> UsageRecord:
     """The record of one stored chat reply (REST, SSE, WebSocket, /v1)."""
     return usage_record(
         user=plan.user, api_key_id=plan.api_key_id, model_name=plan.model.name, transport=plan.transport,
+        requested_name=plan.requested_name,
         prompt_tokens=stats.get("prompt_tokens") or 0, completion_tokens=stats.get("tokens_generated") or 0,
         duration_ms=stats.get("inference_time_ms") or 0.0,
     )

@@ -12,7 +12,7 @@ from beautyai_site.api import errors
 from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from beautyai_site.api.permissions import has_global
 from models_app import downloads, runtime, services
-from models_app.models import ModelConfig, ModelDownload
+from models_app.models import Alias, ModelConfig, ModelDownload
 
 # The runtime's and the file check's state words, shown translated; the API keeps them as English codes.
 MODEL_STATES = {"loading": pgettext_lazy("model state", "loading"), "loaded": pgettext_lazy("model state", "loaded"),
@@ -178,6 +178,27 @@ class ModelConfigAdmin(GuardedModelAdmin):
             return _("is now the default model")
 
         self._each(request, queryset, make)
+
+
+@admin.register(Alias)
+class AliasAdmin(admin.ModelAdmin):
+    """Aliases belong to the registry: the same permissions as its entries."""
+
+    list_display = ("name", "target", "fallback", "created_at")
+    search_fields = ("name", "target__name", "description")
+    autocomplete_fields = ("target", "fallback")
+
+    def has_view_permission(self, request, obj=None):
+        return has_global(request.user, "model_read")
+
+    def has_add_permission(self, request):
+        return has_global(request.user, "model_write")
+
+    def has_change_permission(self, request, obj=None):
+        return has_global(request.user, "model_write")
+
+    def has_delete_permission(self, request, obj=None):
+        return has_global(request.user, "model_write")
 
 
 @admin.register(ModelDownload)

@@ -99,6 +99,39 @@ def cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def cached_repos(cache: Path) -> tuple[object | None, list]:
+    """huggingface_hub's scan of the cache folder ``cache`` and its repos, sorted by type and id;
+    (None, []) when the folder does not exist yet.
+
+    A repo folder that is a symlink is left out: deleting it could reach outside the cache.
+    """
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        scan = scan_cache_dir(cache_dir=cache)
+    except CacheNotFound:
+        return None, []
+    return scan, sorted((repo for repo in scan.repos if not repo.repo_path.is_symlink()),
+                        key=lambda repo: (repo.repo_type, repo.repo_id))
+
+
+def delete_cached_repos(scan, repos: list) -> int:
+    """Removes ``repos`` (from ``cached_repos``) whole, through huggingface_hub's delete strategy,
+    which removes folders inside the cache only; returns the bytes freed."""
+    import dataclasses
+
+    if not repos:
+        return 0
+    # Only the chosen repos are offered to the strategy, so a commit hash shared with a kept repo
+    # can never select the kept one.
+    strategy = dataclasses.replace(scan, repos=frozenset(repos)).delete_revisions(
+        *(rev.commit_hash for repo in repos for rev in repo.revisions))
+    freed = strategy.expected_freed_size
+    strategy.execute()
+    return freed
+
+
 def repo_dir(repo_id: str, cache: Path | None = None) -> Path:
     from huggingface_hub.file_download import repo_folder_name
 

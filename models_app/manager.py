@@ -55,6 +55,7 @@ from models_app.engines.base import (
     estimate_memory_mb,
 )
 from models_app.runner import runner_main
+from models_app.serving.hardware import process_memory_mb
 
 logger = logging.getLogger(__name__)
 
@@ -268,59 +269,12 @@ class _Spare:
         self.conn = None
 
 
-_gpu_lock = threading.Lock()
-_nvml_ready: bool | None = None
-
-
-def _gpu_memory_mb(pid: int) -> float:
-    """GPU memory used by `pid` on all devices via NVML; 0 without a GPU or NVML."""
-    global _nvml_ready
-    with _gpu_lock:
-        try:
-            import pynvml
-        except ImportError:
-            return 0.0
-        if _nvml_ready is None:
-            try:
-                pynvml.nvmlInit()
-                _nvml_ready = True
-            except Exception:
-                _nvml_ready = False
-        if not _nvml_ready:
-            return 0.0
-        total = 0
-        try:
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if proc.pid == pid and proc.usedGpuMemory:
-                        total += proc.usedGpuMemory
-        except Exception:
-            return 0.0
-        return total / MIB
-
-
-def process_memory_mb(pid: int | None) -> float:
-    """Resident memory of `pid` plus its GPU memory, in MiB, measured now."""
-    if not pid:
-        return 0.0
-    import psutil
-
-    try:
-        rss = psutil.Process(pid).memory_info().rss / MIB
-    except psutil.Error:
-        return 0.0
-    return rss + _gpu_memory_mb(pid)
-
-
 class EngineManager:
     def __init__(self, *, memory_budget_mb: float, max_loaded_models: int, default_keep_alive_s: float,
                  load_timeout_s: float = 600, shutdown_timeout_s: float = 10,
                  log_callback: Callable[[str, str, str], None] | None = None, spares: bool = False):
-        self.memory_budget_mb = float(memory_budget_mb)
-        self.max_loaded_models = int(max_loaded_models)
-        self.default_keep_alive_s = float(default_keep_alive_s)
-        self.load_timeout_s = float(load_timeout_s)
+        self.configure(memory_budget_mb=memory_budget_mb, max_loaded_models=max_loaded_models,
+                       default_keep_alive_s=default_keep_alive_s, load_timeout_s=load_timeout_s)
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self.log_callback = log_callback
         self.spares = spares
@@ -337,6 +291,15 @@ class EngineManager:
         atexit.register(lambda: ref() is not None and ref().shutdown())
 
     # -- loading ---------------------------------------------------------
+
+    def configure(self, *, memory_budget_mb: float, max_loaded_models: int, default_keep_alive_s: float,
+                  load_timeout_s: float) -> None:
+        """Sets the limits (at start, and again on a restart that re-reads the settings); loads and
+        the reaper read them on their next decision."""
+        self.memory_budget_mb = float(memory_budget_mb)
+        self.max_loaded_models = int(max_loaded_models)
+        self.default_keep_alive_s = float(default_keep_alive_s)
+        self.load_timeout_s = float(load_timeout_s)
 
     def load(self, spec: LoadSpec, *, force_reload: bool = False) -> RunnerInfo:
         if force_reload:
@@ -813,11 +776,15 @@ class EngineManager:
     def count_tokens(self, name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
         return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages, tools=tools))
 
-    def release_caches(self) -> None:
+    def release_caches(self) -> list[str]:
+        """Asks every loaded runner to free its caches; returns the names of those that answered."""
         with self._lock:
             runners = [r for r in self._runners.values() if r.status == "loaded"]
+        released = []
         for runner in runners:
             try:
                 self._call(runner, "release_caches")
+                released.append(runner.name)
             except EngineError as exc:
                 logger.warning("release_caches failed for %s: %s", runner.name, exc)
+        return sorted(released)

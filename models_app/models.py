@@ -87,12 +87,54 @@ class ModelConfig(models.Model):
             validate_model_name_free(self.name)
         except ValidationError as exc:
             raise ValidationError({"name": exc.messages}) from None
+        if Alias.objects.filter(name=self.name).exists():
+            raise ValidationError({"name": [_("An alias already has this name.")]})
 
     GENERATION_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
 
     @property
     def generation_defaults(self) -> dict:
         return {f: getattr(self, f) for f in self.GENERATION_FIELDS if getattr(self, f) is not None}
+
+
+class Alias(models.Model):
+    """Another name for a registry entry, resolved wherever a chat names its model (see models_app.services).
+
+    Names share one namespace with models: a request naming either must mean exactly one thing.
+    """
+
+    name = models.CharField(_("name"), max_length=128, unique=True, validators=[RegexValidator(MODEL_NAME_PATTERN)],
+                            help_text=_("Used in place of a model name by /v1, /v1/messages and the chat routes."))
+    target = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="aliases",
+                               verbose_name=_("target"))
+    fallback = models.ForeignKey(ModelConfig, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="fallback_for", verbose_name=_("fallback"),
+                                 help_text=_("Used when the target is in error, cannot be loaded, or is not loaded "
+                                             "and the caller may not load it."))
+    description = models.TextField(_("description"), blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("model alias")
+        verbose_name_plural = _("model aliases")
+        default_permissions = ()  # part of the registry: the contract's model_read / model_write govern it
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.target}"
+
+    def clean(self):
+        problems = {}
+        try:
+            validate_model_name_free(self.name)
+        except ValidationError as exc:
+            problems["name"] = exc.messages
+        if ModelConfig.objects.filter(name=self.name).exists():
+            problems["name"] = [_("A model already has this name.")]
+        if self.fallback_id is not None and self.fallback_id == self.target_id:
+            problems["fallback"] = [_("The fallback must be another model than the target.")]
+        if problems:
+            raise ValidationError(problems)
 
 
 class ModelDownload(models.Model):

@@ -160,29 +160,25 @@ def unload(name: str) -> bool:
     return bool(manager and manager.unload(name))
 
 
-def clear_hub_cache(model_id: str) -> int:
-    """Removes ``model_id``'s repo from the Hugging Face cache through huggingface_hub; returns bytes freed.
+def hub_cache_dir() -> Path:
+    # Read at call time: HF_HOME can be overridden (tests), and huggingface_hub's own constant is fixed at import.
+    return Path(settings.HF_HOME) / "hub"
 
-    Only hub ids qualify: a local path is never deleted, and huggingface_hub only touches its cache folder.
+
+def clear_hub_cache(model_id: str) -> int:
+    """Removes ``model_id``'s repo from the Hugging Face cache; returns bytes freed.
+
+    Only hub ids qualify: a local path is never deleted. The same scan and delete as the cache
+    routes (``models_app.hub``): a symlinked repo folder is never followed.
     """
+    from models_app import hub
     from models_app.engines.base import is_hub_id
 
     if not is_hub_id(model_id):
         return 0
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        cache = scan_cache_dir()
-    except CacheNotFound:
-        return 0
-    revisions = [rev.commit_hash for repo in cache.repos if repo.repo_id == model_id for rev in repo.revisions]
-    if not revisions:
-        return 0
-    strategy = cache.delete_revisions(*revisions)
-    freed = strategy.expected_freed_size
-    strategy.execute()
-    return freed
+    scan, repos = hub.cached_repos(hub_cache_dir())
+    return hub.delete_cached_repos(scan, [repo for repo in repos
+                                          if repo.repo_type == "model" and repo.repo_id == model_id])
 
 
 def inspect(model) -> dict:
@@ -312,13 +308,3 @@ def generate(model, messages: list[dict], params):
         ) from None
     except EngineError as exc:
         raise errors.ConflictError(f"Model '{model.name}' is not available: {exc}") from None
-
-
-def record_generation(plan, stats: dict) -> None:
-    """Hook for usage accounting and metrics, called once per stored reply."""
-    from system_app.metrics import record_generation as record_generation_metrics
-
-    record_generation_metrics(plan.model.name, stats.get("tokens_generated") or 0, stats.get("time_to_first_token_ms"))
-    from inference_app.usage import usage_record_reply
-
-    usage_record_reply(plan, stats)

@@ -12,8 +12,13 @@ from rest_framework.exceptions import ValidationError as DRFValidationError
 from beautyai_site.api import errors
 from beautyai_site.api.permissions import full_name, has_global, has_on
 from models_app import runtime
-from models_app.models import ModelConfig
+from models_app.models import Alias, ModelConfig, ModelDownload
 from models_app.serializers import ModelConfigSerializer
+# Host measurements: the serving core's one NVML implementation, for the system routes and the sampler.
+from models_app.serving.hardware import GpuReading, gpu_memory_by_pid, gpus  # noqa: F401 - re-exported
+# The Hugging Face cache: one scan (symlinked repos left out) and one delete, for the cache routes too.
+from models_app.hub import cached_repos, delete_cached_repos  # noqa: F401 - re-exported
+from models_app.runtime import hub_cache_dir  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +47,42 @@ def only_readable(user, names) -> list[str]:
     return [name for name in names if readable is None or name in readable]
 
 
-def model_get_for_user(*, user, name: str, permission: str = "model_read") -> ModelConfig:
+def model_get_for_user(*, user, name: str, permission: str = "model_read", shown_as: str | None = None) -> ModelConfig:
     """The entry ``name`` if ``user`` holds ``permission`` on it.
 
     A model the user may not read answers 404 exactly like a missing one, so names do not leak;
-    one they may read but not act on answers 403.
+    one they may read but not act on answers 403. ``shown_as``: the name the request used (an
+    alias), the only one an error may mention.
     """
     model = ModelConfig.objects.filter(name=name).first()
     if model is None or not has_on(user, "model_read", model) and not has_on(user, permission, model):
-        raise errors.ModelNotFoundError(f"Model '{name}' not found in the registry.")
+        raise errors.ModelNotFoundError(f"Model '{shown_as or name}' not found in the registry.")
     if not has_on(user, permission, model):
         raise errors.PermissionDeniedError(f"You do not have the '{permission}' permission on this model.")
     return model
+
+
+def resolve_model_name(name: str) -> tuple[str, str | None]:
+    """The registry entry a requested name means, and the alias it went through (None for a model's own name).
+
+    Names of aliases and models never overlap (both sides refuse a taken name), so this is unambiguous.
+    """
+    target = Alias.objects.filter(name=name).values_list("target__name", flat=True).first()
+    return (target, name) if target is not None else (name, None)
+
+
+def model_resolve_for_user(*, user, name: str, permission: str) -> tuple[ModelConfig, Alias | None]:
+    """``model_get_for_user`` for a name that may be an alias: access is checked on the target, and
+    errors name what the caller asked for, so an alias does not reveal its target to whoever may not read it."""
+    model_name, alias_name = resolve_model_name(name)
+    model = model_get_for_user(user=user, name=model_name, permission=permission, shown_as=name)
+    alias = Alias.objects.select_related("fallback").get(name=alias_name) if alias_name else None
+    return model, alias
+
+
+def aliases_readable_by(user):
+    """The aliases whose target ``user`` may read, as /v1/models lists them."""
+    return Alias.objects.filter(target__in=models_readable_by(user)).select_related("target")
 
 
 def default_model() -> ModelConfig | None:
@@ -101,6 +130,8 @@ def registry_set_default(*, model: ModelConfig) -> ModelConfig:
 
 def registry_add(*, name: str, config: dict, set_as_default: bool = False, user=None) -> ModelConfig:
     config = validated_config(config, user=user)
+    if Alias.objects.filter(name=name).exists():
+        raise errors.ConflictError(f"An alias named '{name}' already exists.")
     try:
         with transaction.atomic():
             model = ModelConfig.objects.create(name=name, **config)
@@ -129,9 +160,20 @@ def registry_update(*, model: ModelConfig, updates: dict, set_as_default: bool =
 
 
 def registry_delete(*, model: ModelConfig, clear_cache: bool = False) -> dict:
-    """Unloads the model, removes the entry, and keeps exactly one default among what remains."""
+    """Unloads the model, removes the entry, and keeps exactly one default among what remains.
+
+    A model being downloaded is refused (409) before anything changes, as a cache clear is: its
+    worker would write into files and a job row that are going away.
+    """
+    from models_app import downloads
+
+    # Held while the files go: a download of this model cannot start meanwhile. The runner is
+    # unloaded after, outside the row lock (an unload takes seconds); a file it maps stays readable.
+    with downloads.exclusive(model):
+        if ModelDownload.objects.filter(model=model, status__in=ModelDownload.ACTIVE).exists():
+            raise errors.ConflictError(f"Model '{model.name}' is being downloaded; cancel the download first.")
+        freed_bytes = runtime.clear_hub_cache(model.model_id) if clear_cache else 0
     was_loaded = runtime.unload(model.name)
-    freed_bytes = runtime.clear_hub_cache(model.model_id) if clear_cache else 0
     with transaction.atomic():
         was_default = model.is_default
         name = model.name

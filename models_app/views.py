@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
-import functools
 import json
 
 from channels.db import database_sync_to_async
@@ -18,6 +16,7 @@ from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
+from beautyai_site.api.validation import parse  # noqa: F401 - also imported from here by branches not yet merged
 from models_app import downloads, runtime, services
 from models_app.models import ModelDownload
 from models_app.serializers import (
@@ -37,26 +36,6 @@ from models_app.serializers import (
 
 ERRORS = {status: ErrorResponseSerializer for status in (400, 401, 403, 404, 409, 500)}
 NAME = OpenApiParameter("model_name", str, OpenApiParameter.PATH)
-
-
-def parse(serializer_class, data):
-    if isinstance(data, dict) and not data:  # QueryDict is a dict; [] or "" or null must still be refused
-        # No parameters (the common listing call): the defaults, validated once per serializer; a deep
-        # copy, since a default may be a dict that the caller fills in.
-        return copy.deepcopy(_defaults(serializer_class))
-    serializer = serializer_class(data=data)
-    if not serializer.is_valid():
-        raise DRFValidationError(serializer.errors)
-    return serializer.validated_data
-
-
-@functools.cache
-def _defaults(serializer_class) -> dict:
-    """What ``serializer_class`` makes of no input; not cached when that is an error (a required field)."""
-    serializer = serializer_class(data={})
-    if not serializer.is_valid():
-        raise DRFValidationError(serializer.errors)
-    return dict(serializer.validated_data)
 
 
 SUMMARY_FIELDS = ("name", "model_id", "architecture", "engine", "quantization", "is_default")

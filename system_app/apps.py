@@ -11,13 +11,15 @@ _lock = threading.Lock()
 
 def start_background_tasks() -> None:
     """Starts the background writer (log records, request metrics) and the resource sampler; idempotent."""
-    from system_app import conf
+    from django.conf import settings
+
     from system_app.logging import writer
     from system_app.sampler import sampler
 
     with _lock:
-        writer.start(queue_size=conf.log_queue_size())
-        sampler.start(interval_s=conf.sampler_interval_s(), prune_interval_s=conf.prune_interval_s())
+        writer.start(queue_size=int(settings.LOG_QUEUE_SIZE))
+        sampler.start(interval_s=float(settings.SAMPLER_INTERVAL_SECONDS),
+                      prune_interval_s=float(settings.PRUNE_INTERVAL_SECONDS))
 
 
 def stop_background_tasks() -> None:
@@ -38,10 +40,10 @@ def _under_test() -> bool:
 
 
 def _autostart(**kwargs) -> None:
-    from system_app import conf
+    from django.conf import settings
 
     request_started.disconnect(_autostart, dispatch_uid="system_app.autostart")
-    if conf.background_autostart() and not _under_test():
+    if settings.BACKGROUND_TASKS_AUTOSTART and not _under_test():
         start_background_tasks()
         atexit.register(stop_background_tasks)
 

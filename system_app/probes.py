@@ -1,6 +1,6 @@
-"""Measurements of this host: psutil for CPU, memory, disk and network; NVML (nvidia-ml-py) for GPUs.
-
-No Django here. Nothing blocks: CPU usage comes from a meter that the sampler advances, never from
+"""Measurements of this host: psutil for CPU, memory, disk and network; GPUs through the serving
+core's NVML reader (models_app/serving/hardware.py), so runners' figures and these agree.
+Nothing blocks: CPU usage comes from a meter that the sampler advances, never from
 ``psutil.cpu_percent(interval=...)``. Without a GPU (or without NVML) the GPU list is empty and the
 callers report ``gpu_available: false`` and GPU figures of 0.
 """
@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import psutil
+
+# GPU devices and per-process GPU memory: one NVML implementation, shared with the serving core.
+from models_app.services import GpuReading, gpu_memory_by_pid, gpus  # noqa: F401 - re-exported
 
 GIB = 1024**3
 MIB = 1024**2
@@ -107,92 +110,6 @@ def process_memory(pid: int | None = None) -> ProcessMemory | None:
 
 
 # GPUs --------------------------------------------------------------------------------------------
-
-@dataclass
-class GpuReading:
-    index: int
-    name: str
-    memory_total_bytes: int
-    memory_used_bytes: int
-    utilization_percent: float
-    temperature_c: float
-
-
-_nvml_lock = threading.Lock()
-_nvml_ready: bool | None = None
-
-
-def _nvml():
-    """The pynvml module once NVML is initialised, or None without a driver. Call with _nvml_lock held."""
-    global _nvml_ready
-    if _nvml_ready is None:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            _nvml_ready = True
-        except Exception:  # no library, no driver, no device: all mean "no GPU" here
-            _nvml_ready = False
-    if not _nvml_ready:
-        return None
-    import pynvml
-
-    return pynvml
-
-
-def gpus() -> list[GpuReading]:
-    """One reading per GPU; a device that stops answering is left out rather than failing the request."""
-    readings: list[GpuReading] = []
-    with _nvml_lock:
-        nvml = _nvml()
-        if nvml is None:
-            return readings
-        try:
-            count = nvml.nvmlDeviceGetCount()
-        except nvml.NVMLError:
-            return readings
-        for index in range(count):
-            try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                name = nvml.nvmlDeviceGetName(handle)
-                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-                utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
-                temperature = nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
-            except nvml.NVMLError:
-                continue
-            readings.append(GpuReading(
-                index=index,
-                name=name.decode() if isinstance(name, bytes) else str(name),
-                memory_total_bytes=int(memory.total),
-                memory_used_bytes=int(memory.used),
-                utilization_percent=float(utilization.gpu),
-                temperature_c=float(temperature),
-            ))
-    return readings
-
-
-def gpu_memory_by_pid() -> dict[int, int]:
-    """GPU memory in bytes per process id, summed over devices (compute and graphics contexts).
-
-    NVML reports host process ids; inside a container with its own pid namespace they do not match
-    and runners then show 0 GPU memory.
-    """
-    used: dict[int, int] = {}
-    with _nvml_lock:
-        nvml = _nvml()
-        if nvml is None:
-            return used
-        try:
-            for index in range(nvml.nvmlDeviceGetCount()):
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                for lister in (nvml.nvmlDeviceGetComputeRunningProcesses, nvml.nvmlDeviceGetGraphicsRunningProcesses):
-                    for proc in lister(handle):
-                        if proc.usedGpuMemory:  # None where the driver does not account per process
-                            used[proc.pid] = used.get(proc.pid, 0) + int(proc.usedGpuMemory)
-        except nvml.NVMLError:
-            return used
-    return used
-
 
 @dataclass
 class GpuSummary:

@@ -6,7 +6,6 @@ through the EngineManager only, and only once something started it: a status rea
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -31,13 +30,16 @@ from models_app import downloads, runtime
 from models_app.models import ModelConfig, ModelDownload
 from models_app.engines.base import is_hub_id
 from models_app.services import (
+    cached_repos,
     default_model,
+    delete_cached_repos,
+    hub_cache_dir,
     model_get_for_user,
     model_names_readable_by,
     models_readable_by,
     only_readable,
 )
-from system_app import conf, probes
+from system_app import probes
 from system_app.logging import writer
 from system_app.models import LogRecord, RequestMetric, ResourceSample, UserPreference
 from system_app.probes import gb, mb, percent
@@ -229,8 +231,7 @@ def memory_clear(*, force: bool, user) -> dict:
             idle = [info.name for info in manager.loaded()
                     if info.status == "loaded" and info.active_requests == 0 and info.queue_depth == 0]
             unloaded = [name for name in idle if manager.unload(name)]
-        released = sorted(info.name for info in manager.loaded() if info.status == "loaded")
-        manager.release_caches()
+        released = manager.release_caches()
     after = _memory_snapshot()
     return {
         "force": force,
@@ -249,30 +250,13 @@ def memory_clear(*, force: bool, user) -> dict:
 
 # Hugging Face cache ------------------------------------------------------------------------------
 
-def hub_cache_dir() -> Path:
-    # Read at call time: HF_HOME can be overridden (tests), and huggingface_hub's own constant is fixed at import.
-    return Path(settings.HF_HOME) / "hub"
-
-
 def _cache_location(user) -> str:
     """The cache folder; its absolute path (which names the server's home or layout) for admins only."""
     return str(hub_cache_dir()) if has_global(user, "admin") else "$HF_HOME/hub"
 
 
 def _cached_repos():
-    """The cache scan and its repos; (None, []) when the cache folder does not exist yet.
-
-    A repo folder that is a symlink is left out: deleting it could reach outside the cache.
-    """
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        cache = scan_cache_dir(cache_dir=hub_cache_dir())
-    except CacheNotFound:
-        return None, []
-    return cache, sorted((repo for repo in cache.repos if not repo.repo_path.is_symlink()),
-                         key=lambda repo: (repo.repo_type, repo.repo_id))
+    return cached_repos(hub_cache_dir())
 
 
 def _uses(model_id: str | None, repo) -> bool:
@@ -357,14 +341,7 @@ def _cache_clear(*, model: ModelConfig | None, force: bool, user) -> dict:
         for name in sorted({name for repo in busy for name in users[repo.repo_path]}):
             if runtime.unload(name):
                 unloaded.append(name)
-    freed = 0
-    if repos:
-        # Only the chosen repos are offered to the strategy, so a commit hash shared with a kept repo
-        # can never select the kept one.
-        strategy = dataclasses.replace(cache, repos=frozenset(repos)).delete_revisions(
-            *(rev.commit_hash for repo in repos for rev in repo.revisions))
-        freed = strategy.expected_freed_size
-        strategy.execute()
+    freed = delete_cached_repos(cache, repos)
     return {
         "model_name": model_name,
         "force": force,
@@ -415,8 +392,8 @@ def performance_metrics(*, window_minutes: int) -> dict:
 def prune_old_rows(*, now: datetime | None = None) -> dict[str, int]:
     """Deletes request metrics and resource samples past their retention, and old log records."""
     now = now or timezone.now()
-    metrics_cutoff = now - timedelta(days=conf.metrics_retention_days())
-    logs_cutoff = now - timedelta(days=conf.log_retention_days())
+    metrics_cutoff = now - timedelta(days=float(settings.METRICS_RETENTION_DAYS))
+    logs_cutoff = now - timedelta(days=float(settings.LOG_RETENTION_DAYS))
     return {
         "request_metrics": RequestMetric.objects.filter(created_at__lt=metrics_cutoff).delete()[0],
         "resource_samples": ResourceSample.objects.filter(created_at__lt=metrics_cutoff).delete()[0],
@@ -457,8 +434,7 @@ def _apply_settings(manager) -> dict:
         "load_timeout_s": float(settings.LOAD_TIMEOUT_SECONDS),
     }
     if manager is not None:
-        for name, value in state.items():
-            setattr(manager, name, value)
+        manager.configure(**state)
     return state
 
 
@@ -481,7 +457,7 @@ def system_restart(*, force: bool) -> dict:
             if force:
                 cancelled = _in_flight(manager)
             else:
-                drained = _drain(manager, conf.restart_drain_timeout_s())
+                drained = _drain(manager, float(settings.RESTART_DRAIN_TIMEOUT_SECONDS))
             drain_s = time.monotonic() - started
             with ThreadPoolExecutor(max_workers=max(1, len(previous))) as pool:
                 stopped = [name for name, done in zip(previous, pool.map(manager.unload, previous)) if done]
@@ -577,7 +553,7 @@ def readiness_check() -> dict:
     """Database reachable, migrations applied, channel layer (Redis) reachable when configured."""
     checks = {"database": _check(_database_ready)}
     checks["migrations"] = _check(_migrations_applied) if checks["database"] == "ok" else "skipped"
-    checks["channel_layer"] = _check(_channel_layer_ready) if getattr(settings, "REDIS_URL", "") else "not_configured"
+    checks["channel_layer"] = _check(_channel_layer_ready) if settings.REDIS_URL else "not_configured"
     failed = [name for name, state in checks.items() if state == "failed"]
     if failed:
         raise errors.ServiceUnavailableError(f"Not ready: {', '.join(failed)}.", details={"checks": checks, "failed": failed})

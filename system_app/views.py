@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+
+from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -11,10 +14,10 @@ from rest_framework.views import APIView
 
 from beautyai_site.api.envelope import ok
 from beautyai_site.api.permissions import ContractPermission
+from beautyai_site.api.validation import parse
 from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from models_app.services import model_names_readable_by
-from models_app.views import parse
-from system_app import conf, metrics, services
+from system_app import metrics, services
 from system_app.middleware import client_ip
 from system_app.serializers import (
     CacheClearQuerySerializer,
@@ -112,11 +115,25 @@ class ReadyView(APIView):
         return ok(request, data=services.readiness_check())
 
 
+def metrics_address_allowed(address: str | None) -> bool:
+    """Whether a client address may scrape /metrics without a key (METRICS_ALLOWED_IPS: addresses or
+    networks, checked in settings.py).
+
+    Empty by default: every scraper then needs a key with system_status. A reverse proxy on the same
+    host makes every client look like 127.0.0.1, which is why loopback is not allowed by default.
+    """
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(entry, strict=False) for entry in settings.METRICS_ALLOWED_IPS)
+
+
 class MetricsPermission(ContractPermission):
     """An address in METRICS_ALLOWED_IPS (empty by default), or a key with system_status."""
 
     def has_permission(self, request, view):
-        return conf.metrics_address_allowed(client_ip(request)) or super().has_permission(request, view)
+        return metrics_address_allowed(client_ip(request)) or super().has_permission(request, view)
 
 
 class MetricsView(APIView):

@@ -37,7 +37,7 @@ def start_server(log_path: Path, *, env: dict | None = None, timeout: float = 60
     port = free_port()
     # Offline unless the test set otherwise (the hub_server fixture points HF_ENDPOINT at a local hub).
     full_env = {"HF_HUB_OFFLINE": "1", **os.environ, "DATABASE_URL": test_database_url(),
-                "DJANGO_SETTINGS_MODULE": "beautyai_site.settings", "PYTHONUNBUFFERED": "1", **(env or {})}
+                "DJANGO_SETTINGS_MODULE": "beautyai_site.settings_test", "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(port),

@@ -62,11 +62,12 @@ def session_user(session_key: str | None):
 
 
 class APIKeyAuthentication(BaseAuthentication):
-    """``Authorization: Bearer <key>``. Without the header, the next authenticator (the session) is tried."""
+    """``Authorization: Bearer <key>``, or ``x-api-key: <key>`` as Anthropic's clients send it (the
+    Bearer header wins when both come). Without either, the next authenticator (the session) is tried."""
 
     def authenticate(self, request):
-        token = bearer_token(request.headers.get("Authorization", ""))
-        if token is None:
+        token = bearer_token(request.headers.get("Authorization", "")) or request.headers.get("x-api-key", "").strip()
+        if not token:
             return None
         key = authenticate_api_key(token)
         return key.user, key
@@ -82,4 +83,5 @@ class APIKeySchema(OpenApiAuthenticationExtension):
     name = "BearerAPIKey"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "description": "An API key: bai_<prefix>_<secret>"}
+        return {"type": "http", "scheme": "bearer",
+                "description": "An API key: bai_<prefix>_<secret> (also accepted as an x-api-key header)"}

@@ -58,8 +58,24 @@ def openai_error(status: int, code: str, message: str, param: str | None = None)
 
 
 
+# The Anthropic-compatible routes (/v1/messages...) answer errors in Anthropic's shape.
+ANTHROPIC_PREFIX = "/v1/messages"
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                         500: "api_error", 503: "overloaded_error"}
+
+
+def anthropic_error(status: int, message: str) -> dict:
+    """Statuses Anthropic has no type for (405, 409) are invalid requests; other 5xx are api errors."""
+    return {"type": "error", "error": {"type": ANTHROPIC_ERROR_TYPES.get(
+        status, "api_error" if status >= 500 else "invalid_request_error"), "message": message}}
+
+
 def error_body_for_path(path: str, request, *, status: int, code: str, message: str, details=None) -> dict:
-    """The error body a route answers with: OpenAI's shape under /v1/, the envelope elsewhere."""
+    """The error body a route answers with: Anthropic's shape under /v1/messages, OpenAI's under
+    the rest of /v1/, the envelope elsewhere."""
+    if path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/"):
+        return anthropic_error(status, message)
     if path.startswith(OPENAI_PREFIX):
         return openai_error(status, code, message)
     return error_body(request, code=code, message=message, details=details)

@@ -83,6 +83,9 @@ class GenerationStats:
     time_to_first_token_ms: float
     inference_time_ms: float
     tokens_per_second: float
+    # The stop string that ended the reply (finish_reason "stop"), when the engine knows it: the
+    # Anthropic API reports it, and the reply text never contains it.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ def resolve_sampling(params: GenerationParams, spec: LoadSpec) -> Sampling:
 
 
 def make_stats(prompt_tokens: int, tokens_generated: int, finish_reason: str,
-               started: float, first_token_at: float | None, ended: float) -> GenerationStats:
+               started: float, first_token_at: float | None, ended: float,
+               stop_sequence: str | None = None) -> GenerationStats:
     inference_s = max(ended - started, 1e-9)
     # Decode speed excludes prefill, which is what users compare between engines.
     decode_s = ended - first_token_at if first_token_at is not None else inference_s
@@ -137,6 +141,7 @@ def make_stats(prompt_tokens: int, tokens_generated: int, finish_reason: str,
         inference_time_ms=inference_s * 1000.0,
         tokens_per_second=(decode_tokens / decode_s) if decode_s > 0 and decode_tokens else
         (tokens_generated / inference_s if tokens_generated else 0.0),
+        stop_sequence=stop_sequence,
     )
 
 
@@ -155,10 +160,16 @@ class TextStream:
         self._ids: list[int] = []
         self._text = ""
         self._emitted = 0
+        self.stop_sequence: str | None = None  # the stop string that cut the text, once one did
 
     @property
     def count(self) -> int:
         return len(self._ids)
+
+    @property
+    def text(self) -> str:
+        """Everything decoded so far (cut at a stop string), including what is still held back."""
+        return self._text
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """(delta to yield, whether a stop string matched)"""
@@ -166,6 +177,7 @@ class TextStream:
         text = self._text = self._decode(self._ids)
         cut = _stop_index(text, self._stops)
         if cut is not None:
+            self.stop_sequence = next(stop for stop in self._stops if text.find(stop) == cut)
             text = self._text = text[:cut]
             delta = text[self._emitted:]
             self._emitted = max(self._emitted, len(text))

@@ -25,6 +25,7 @@ from .base import (
     scrub_paths,
     with_content_markers,
 )
+from .constraints import CompiledCache, ConstraintError, json_value_closed, llama_gbnf
 
 # Used when a GGUF carries no template of its own; ChatML is what most small chat models expect.
 CHATML_TEMPLATE = (
@@ -44,6 +45,7 @@ class LlamaCppEngine(Engine):
         self._template: str | None = None
         self._bos = ""
         self._eos = ""
+        self._grammars = CompiledCache(self._compile_grammar)
 
     @classmethod
     def preload(cls) -> None:
@@ -104,6 +106,19 @@ class LlamaCppEngine(Engine):
     def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
         return len(self._prompt_tokens(messages, tools=tools))
 
+    def _compile_grammar(self, constraint: dict):
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        gbnf = llama_gbnf(constraint)
+        # LlamaGrammar only holds the text; llama.cpp parses it when generate() builds its sampler, and
+        # a grammar it refuses would become a NULL sampler in the chain. Parse it once here instead.
+        sampler = llama_cpp.llama_sampler_init_grammar(self._llm._model.vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            raise ConstraintError("constraint", "llama.cpp refused the grammar made from this schema")
+        llama_cpp.llama_sampler_free(sampler)
+        return LlamaGrammar.from_string(gbnf)
+
     def generate(self, messages: list[dict], params: GenerationParams,
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
         """Samples token by token (llama-cpp-python's ``generate``), so that counts are exact,
@@ -111,6 +126,8 @@ class LlamaCppEngine(Engine):
         import llama_cpp
 
         s = resolve_sampling(params, self._spec)
+        constraint = params.constraint
+        grammar = self._grammars.get(constraint) if constraint is not None else None
         tokens = self._prompt_tokens(messages, params.enable_thinking, params.tools)
         n_ctx = self.context_length()
         if len(tokens) >= n_ctx:
@@ -133,7 +150,8 @@ class LlamaCppEngine(Engine):
         started = time.perf_counter()
         first_at = None
         finish = "length"
-        for token in self._llm.generate(tokens, reset=True, **sampling):
+        closed = False
+        for token in self._llm.generate(tokens, reset=True, grammar=grammar, **sampling):
             if should_stop():
                 finish = "cancelled"
                 break
@@ -148,13 +166,18 @@ class LlamaCppEngine(Engine):
             if stopped:
                 finish = "stop"
                 break
+            # The grammar would allow nothing but end of sequence now: spare the model that step.
+            if grammar is not None and json_value_closed(stream.text, constraint):
+                finish, closed = "stop", True
+                break
             if stream.count >= max_tokens:
                 break
-        if finish != "stop":
+        if finish != "stop" or closed:
             rest = stream.flush()
             if rest:
                 yield rest
-        yield make_stats(len(tokens), stream.count, finish, started, first_at, time.perf_counter())
+        yield make_stats(len(tokens), stream.count, finish, started, first_at, time.perf_counter(),
+                         stop_sequence=stream.stop_sequence)
 
     def _decode(self, ids: list[int]) -> str:
         return self._llm.detokenize(ids).decode("utf-8", "replace")

@@ -21,6 +21,7 @@ from .base import (
     make_stats,
     resolve_sampling,
 )
+from .constraints import ConstraintError, normalize_constraint
 
 DEFAULT_CONTEXT_LENGTH = 4096
 # A registry entry names the variable that holds its key; only variables with this prefix may be
@@ -32,6 +33,20 @@ CHARS_PER_TOKEN = 4  # rough English average; the API has no portable tokenize e
 
 def api_key_env_allowed(name) -> bool:
     return isinstance(name, str) and bool(_API_KEY_ENV.match(name))
+
+
+def response_format(constraint: dict) -> dict:
+    """OpenAI's response_format for a constraint; the remote server does the constrained decoding.
+
+    The API has no way to ask for a fixed prefix or suffix around the JSON, so such a constraint
+    (tool calling's) is refused rather than half-kept.
+    """
+    constraint = normalize_constraint(constraint)
+    if constraint["prefix"] or constraint["suffix"]:
+        raise ConstraintError("constraint", "the openai engine cannot constrain a reply to text around the JSON")
+    if constraint["schema"] is None:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "response", "schema": constraint["schema"], "strict": True}}
 
 
 def _host(base_url: str) -> str:
@@ -136,6 +151,8 @@ class OpenAIEngine(Engine):
             body["seed"] = s.seed
         if s.stop:
             body["stop"] = list(s.stop)
+        if params.constraint is not None:
+            body["response_format"] = response_format(params.constraint)
 
         started = time.perf_counter()
         first_at = None

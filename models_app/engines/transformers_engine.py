@@ -59,6 +59,7 @@ from .base import (
     scrub_paths,
     with_content_markers,
 )
+from .constraints import CompiledCache, ConstraintError, lark_grammar
 from .llama_cpp_engine import CHATML_TEMPLATE
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class TransformersEngine(Engine):
         self._forward_lock = threading.Lock()
         self._encode_lock = threading.Lock()
         self._batcher: _Batcher | None = None
+        self._guides: CompiledCache | None = None
+        self._guides_lock = threading.Lock()
 
     @classmethod
     def preload(cls) -> None:
@@ -244,6 +247,23 @@ class TransformersEngine(Engine):
     def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
         return int(self._encode(messages, tools=tools).shape[-1])
 
+    def _guide(self, constraint: dict) -> "_Guide":
+        with self._guides_lock:
+            if self._guides is None:
+                # llguidance's view of the vocabulary takes a moment to build: only once a model
+                # meets its first constraint.
+                try:
+                    import llguidance.hf
+                except ImportError:
+                    raise EngineError("constrained decoding needs llguidance, which is not installed") from None
+                tokenizer = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self._vocab_size(),
+                                                         eos_token=sorted(self._eos_ids) or None)
+                self._guides = CompiledCache(lambda c: _compile_matcher(tokenizer, c))
+        return _Guide(self._guides.get(constraint).deep_copy())
+
+    def _vocab_size(self) -> int:
+        return int(self._model.get_output_embeddings().weight.shape[0])
+
     def _processors(self, s):
         from transformers.generation.logits_process import (
             LogitsProcessorList,
@@ -270,6 +290,7 @@ class TransformersEngine(Engine):
         import torch
 
         s = resolve_sampling(params, self._spec)
+        guide = self._guide(params.constraint) if params.constraint is not None else None
         input_ids = self._encode(messages, params.enable_thinking, params.tools).to(self._device)
         prompt_len = int(input_ids.shape[-1])
         n_ctx = self.context_length()
@@ -281,12 +302,13 @@ class TransformersEngine(Engine):
         if s.seed is not None and not s.greedy:
             generator = torch.Generator(device=self._device).manual_seed(int(s.seed))
         if self._batcher is not None:
-            yield from self._generate_batched(_Request(input_ids, s, procs, generator, max_tokens, should_stop))
+            yield from self._generate_batched(_Request(input_ids, s, procs, generator, max_tokens, should_stop, guide))
             return
 
         started = time.perf_counter()
         first_at = None
         finish = "length"
+        closed = False
         stream = TextStream(self._decode, s.stop)
         all_ids = input_ids
         step_ids = input_ids
@@ -299,7 +321,10 @@ class TransformersEngine(Engine):
                 with self._forward_lock:
                     out = self._model(input_ids=step_ids, cache=cache, use_cache=True, logits_to_keep=1)
                 cache = out.cache
-                scores = procs(all_ids, out.logits[:, -1, :].float())
+                logits = out.logits[:, -1, :].float()
+                if guide is not None:
+                    guide.mask(torch, logits)
+                scores = procs(all_ids, logits)
                 next_id = _pick(torch, scores, s.greedy, generator)
                 if first_at is None:
                     first_at = time.perf_counter()
@@ -314,11 +339,15 @@ class TransformersEngine(Engine):
                 if stopped:
                     finish = "stop"
                     break
-        if finish != "stop":
+                if guide is not None and guide.advance(next_id):
+                    finish, closed = "stop", True
+                    break
+        if finish != "stop" or closed:
             tail = stream.flush()
             if tail:
                 yield tail
-        yield make_stats(prompt_len, stream.count, finish, started, first_at, time.perf_counter())
+        yield make_stats(prompt_len, stream.count, finish, started, first_at, time.perf_counter(),
+                         stop_sequence=stream.stop_sequence)
 
     def _generate_batched(self, req: "_Request") -> Iterator[str | GenerationStats]:
         """Hand the request to the batch scheduler and stream what it produces."""
@@ -326,6 +355,7 @@ class TransformersEngine(Engine):
         started = time.perf_counter()
         first_at = None
         finish = "length"
+        closed = False
         stream = TextStream(self._decode, req.s.stop)
         batcher.submit(req)
         try:
@@ -349,17 +379,21 @@ class TransformersEngine(Engine):
                     if first_at is None and value != "cancelled":
                         first_at = time.perf_counter()  # EOS as the very first token still ends prefill
                     finish = value
+                    closed = value == "closed"
                     break
                 else:
                     raise EngineError(f"generation failed: {value.__class__.__name__}: {scrub_paths(str(value))}")
         finally:
             # Tells the scheduler to drop the sequence: a stop string matched or nobody reads any more.
             req.abandoned = True
-        if finish != "stop":
+        if closed:
+            finish = "stop"
+        if finish != "stop" or closed:
             tail = stream.flush()
             if tail:
                 yield tail
-        yield make_stats(int(req.prompt.shape[-1]), stream.count, finish, started, first_at, time.perf_counter())
+        yield make_stats(int(req.prompt.shape[-1]), stream.count, finish, started, first_at, time.perf_counter(),
+                         stop_sequence=stream.stop_sequence)
 
     def close(self) -> None:
         if self._batcher is not None:
@@ -377,6 +411,36 @@ def _pick(torch, scores, greedy: bool, generator) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def _compile_matcher(tokenizer, constraint: dict):
+    import llguidance
+
+    matcher = llguidance.LLMatcher(tokenizer, lark_grammar(constraint), log_level=0)
+    if matcher.is_error():
+        raise ConstraintError("constraint", f"llguidance refused the schema: {matcher.get_error()[:300]}")
+    return matcher
+
+
+class _Guide:
+    """One request's llguidance matcher: masks each step's logits, then follows the token picked."""
+
+    def __init__(self, matcher):
+        self._matcher = matcher
+
+    def mask(self, torch, logits) -> None:
+        """Sets the logits of every token the grammar forbids now to -inf, in place (row 0)."""
+        allowed = torch.frombuffer(bytearray(self._matcher.compute_logit_bias()), dtype=torch.uint8)
+        n = min(int(allowed.shape[0]), int(logits.shape[-1]))
+        row = logits[0]
+        row[n:] = float("-inf")  # rows past the tokenizer's vocabulary (padding) never make text
+        row[:n].masked_fill_(allowed[:n].to(row.device) == 0, float("-inf"))
+
+    def advance(self, token: int) -> bool:
+        """Follows ``token``; True when the constraint is complete (nothing but end of sequence may follow)."""
+        if not self._matcher.consume_token(token):
+            raise EngineError(f"constrained decoding failed: {self._matcher.get_error()[:300]}")
+        return self._matcher.is_stopped()
+
+
 def _batchable(model) -> bool:
     """Whether the model's cache is all plain DynamicLayers, which the scheduler can pad and merge."""
     try:
@@ -391,15 +455,18 @@ def _batchable(model) -> bool:
 
 
 class _Request:
-    def __init__(self, prompt, s, procs, generator, max_tokens: int, should_stop: Callable[[], bool]):
+    def __init__(self, prompt, s, procs, generator, max_tokens: int, should_stop: Callable[[], bool],
+                 guide: "_Guide | None" = None):
         self.prompt = prompt  # [1, prompt_len]
+        self.guide = guide
         self.all_ids = prompt  # prompt + generated, for processors such as the repetition penalty
         self.s = s
         self.procs = procs
         self.generator = generator
         self.max_tokens = max_tokens
         self.should_stop = should_stop
-        # ("token", id) | ("end", finish_reason) | ("error", exception), read by the generate() caller
+        # ("token", id) | ("end", finish_reason or "closed": the constraint is complete) | ("error", exception),
+        # read by the generate() caller
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.abandoned = False
         self.count = 0
@@ -479,13 +546,25 @@ class _Batcher:
 
     def _sample(self, torch, req: _Request, logits) -> bool:
         """Pick the request's next token from its row of logits; False when the sequence ended."""
-        scores = req.procs(req.all_ids, logits.float())
+        logits = logits.float()
+        if req.guide is not None:
+            req.guide.mask(torch, logits)
+        scores = req.procs(req.all_ids, logits)
         next_id = _pick(torch, scores, req.s.greedy, req.generator)
         if next_id in self._eos_ids:
             req.out.put(("end", "stop"))
             return False
         req.count += 1
         req.out.put(("token", next_id))
+        if req.guide is not None:
+            try:
+                closed = req.guide.advance(next_id)
+            except EngineError as exc:
+                req.out.put(("error", exc))  # this sequence only; the others in the batch go on
+                return False
+            if closed:
+                req.out.put(("end", "closed"))
+                return False
         if req.count >= req.max_tokens:
             req.out.put(("end", "length"))
             return False

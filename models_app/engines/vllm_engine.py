@@ -24,6 +24,7 @@ from .base import (
     resolve_sampling,
     scrub_paths,
 )
+from .constraints import lark_grammar, normalize_constraint
 
 VLLM_QUANTIZATIONS = ("awq", "gptq", "fp8", "squeezelm")
 VLLM_DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -59,6 +60,28 @@ def build_engine_args(spec: LoadSpec) -> dict:
     if spec.parameters.get("trust_remote_code") is True:
         args["trust_remote_code"] = True
     return args
+
+
+def structured_outputs(constraint: dict, sampling_params_module) -> dict:
+    """SamplingParams keyword arguments for a constraint, for the vLLM installed (``vllm.sampling_params``).
+
+    A bare schema is vLLM's ``json`` (``json_object`` without one). A prefix or suffix becomes a Lark
+    grammar that embeds the schema (llguidance's ``%json``), which vLLM hands to its ``guidance``
+    backend (the ``auto`` backend falls back to it when xgrammar cannot read the grammar).
+    vLLM >= 0.10.2 calls it ``structured_outputs=StructuredOutputsParams``; older releases
+    ``guided_decoding=GuidedDecodingParams`` with the same fields.
+    """
+    constraint = normalize_constraint(constraint)
+    if constraint["prefix"] or constraint["suffix"]:
+        fields = {"grammar": lark_grammar(constraint)}
+    elif constraint["schema"] is None:
+        fields = {"json_object": True}
+    else:
+        fields = {"json": constraint["schema"]}
+    params_class = getattr(sampling_params_module, "StructuredOutputsParams", None)
+    if params_class is not None:
+        return {"structured_outputs": params_class(**fields)}
+    return {"guided_decoding": sampling_params_module.GuidedDecodingParams(**fields)}
 
 
 class VLLMEngine(Engine):
@@ -120,16 +143,18 @@ class VLLMEngine(Engine):
 
     def generate(self, messages: list[dict], params: GenerationParams,
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
-        from vllm import SamplingParams
+        from vllm import SamplingParams, sampling_params
         from vllm.sampling_params import RequestOutputKind
 
         s = resolve_sampling(params, self._spec)
+        constrained = structured_outputs(params.constraint, sampling_params) if params.constraint is not None else {}
         ids = self._prompt_ids(messages, params.enable_thinking, params.tools)
         sampling = SamplingParams(
             max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed, stop=list(s.stop) or None,
             top_p=1.0 if s.greedy or s.top_p is None else float(s.top_p),
             top_k=-1 if s.greedy or not s.top_k else int(s.top_k),
-            repetition_penalty=float(s.repetition_penalty or 1.0), output_kind=RequestOutputKind.DELTA)
+            repetition_penalty=float(s.repetition_penalty or 1.0), output_kind=RequestOutputKind.DELTA,
+            **constrained)
         request_id = uuid.uuid4().hex
         out: queue.Queue = queue.Queue()
 

@@ -63,12 +63,15 @@ def test_an_oversized_body_answers_413_and_changes_nothing(api_as, registry):
 
 
 @override_settings(MAX_REQUEST_BODY_BYTES=4096)
-def test_an_oversized_body_with_a_lying_content_length_answers_413(api_as, registry):
+def test_a_body_longer_than_its_declared_length_is_read_only_to_that_length(api_as, registry):
+    before = ModelConfig.objects.count()
     response = api_as("model_write").generic(
         "POST", "/models/", b"{" + b" " * 9000 + b"}", content_type="application/json", CONTENT_LENGTH="10"
     )
-    # Django trusts CONTENT_LENGTH for how much to read; the short read is not valid JSON.
-    assert response.status_code in (400, 413)
+    # Django trusts CONTENT_LENGTH for how much to read: the first 10 bytes are not valid JSON, and
+    # the rest is never read (the real server refuses oversized bodies at the headers: test_http_protocol).
+    assert_error(response, 400, "ValidationError")
+    assert ModelConfig.objects.count() == before
 
 
 def test_an_unexpected_exception_answers_500_without_internals(api_as, registry, monkeypatch, caplog):

@@ -67,3 +67,17 @@ def test_llama_cpp_repeats_a_seeded_sampled_reply_even_after_the_same_prompt(man
     sampled = GenerationParams(max_tokens=16, temperature=1.2, top_p=0.95, seed=7)
     replies = [collect(manager.generate(spec.name, story, sampled))[0] for _ in range(3)]
     assert replies[0] and replies[0] == replies[1] == replies[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["llama.cpp", "transformers-gguf"])
+def test_a_reply_cut_by_a_stop_string_reports_which_one(manager, spec_for, case):
+    from dataclasses import replace
+
+    spec = spec_for(case)
+    manager.load(spec)
+    text, _, final = collect(manager.generate(spec.name, FRANCE, replace(GREEDY, stop=["Lyon", "Paris"])))
+    assert final.kind == "done" and "Paris" not in text
+    assert (final.stats.finish_reason, final.stats.stop_sequence) == ("stop", "Paris")
+    _, _, free = collect(manager.generate(spec.name, FRANCE, GREEDY))
+    assert free.stats.stop_sequence is None

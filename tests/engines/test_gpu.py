@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models_app.engines.base import LoadSpec  # noqa: E402
-from models_app.manager import EngineManager, _gpu_memory_mb  # noqa: E402
+from models_app.manager import EngineManager  # noqa: E402
+from models_app.serving.hardware import gpu_memory_mb  # noqa: E402
 
 from .conftest import FRANCE, GREEDY, collect  # noqa: E402
 
@@ -35,8 +36,8 @@ def test_transformers_on_cuda_uses_and_then_frees_gpu_memory(safetensors_dir):
         info = mgr.load(spec)
         text, deltas, final = collect(mgr.generate("cuda", FRANCE, GREEDY))
         assert final.kind == "done" and "Paris" in text and deltas > 1
-        assert _gpu_memory_mb(info.pid) > 0
-        assert mgr.status("cuda").memory_usage_mb > _gpu_memory_mb(info.pid)
+        assert gpu_memory_mb(info.pid) > 0
+        assert mgr.status("cuda").memory_usage_mb > gpu_memory_mb(info.pid)
         assert mgr.unload("cuda")
     finally:
         mgr.shutdown()

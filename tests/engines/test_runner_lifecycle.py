@@ -220,9 +220,11 @@ def test_keep_alive_minus_one_never_expires(manager, gguf_path):
 
 
 def test_release_caches_reaches_every_runner(manager, gguf_path):
-    manager.load(llama_spec(gguf_path))
-    manager.release_caches()
-    assert manager.status("smol-gguf").status == "loaded"
+    first, second = llama_spec(gguf_path), llama_spec(gguf_path, name="smol-gguf-2")
+    manager.load(first)
+    manager.load(second)
+    assert manager.release_caches() == ["smol-gguf", "smol-gguf-2"]  # each runner answered the call
+    assert manager.status("smol-gguf").status == "loaded" and manager.status("smol-gguf-2").status == "loaded"
 
 
 def test_a_handle_can_be_consumed_from_asyncio(manager, gguf_path):

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from models_app.engines.base import GenerationParams, LoadSpec  # noqa: E402
 from models_app.engines.bundled import ensure_safetensors_folder  # noqa: E402
-from models_app.manager import EngineManager, _gpu_memory_mb  # noqa: E402
+from models_app.manager import EngineManager  # noqa: E402
+from models_app.serving.hardware import gpu_memory_mb  # noqa: E402
 
 TOLERANCE_MIB = 64
 
@@ -61,7 +62,7 @@ def main() -> int:
         print(f"answer: {text!r}")
         print(f"stats: {stats}")
         ok &= "Paris" in text
-        runner_gpu = _gpu_memory_mb(info.pid)
+        runner_gpu = gpu_memory_mb(info.pid)
         print(f"runner GPU memory by pid: {runner_gpu:.0f} MiB; status reports {mgr.status('cuda').memory_usage_mb:.0f} MiB")
         ok &= runner_gpu > 0
         mgr.unload("cuda")

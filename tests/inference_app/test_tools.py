@@ -103,6 +103,18 @@ def test_tool_choice_required_calls_one_of_the_tools(oai):
 
 
 @live
+def test_a_forced_call_of_a_function_whose_parameters_use_defs_matches_them(oai):
+    parameters = {"type": "object", "properties": {"place": {"$ref": "#/$defs/place"}}, "required": ["place"],
+                  "$defs": {"place": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                                      "required": ["city"]}}}
+    tools = [{"type": "function", "function": {"name": "locate", "parameters": parameters}}]
+    reply = oai.chat.completions.create(model=MODEL, messages=ASK, tools=tools, temperature=0, max_tokens=64,
+                                        tool_choice={"type": "function", "function": {"name": "locate"}})
+    (call,) = reply.choices[0].message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), parameters)
+
+
+@live
 def test_a_tool_result_turn_is_answered_with_content_and_stored_in_the_session(oai):
     call = {"id": "call_abc123", "type": "function",
             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
@@ -183,6 +195,9 @@ USER = {"role": "user", "content": "Hi"}
                     for i in range(100)]}, "tools"),  # 70 KB in all
         ({"tools": [{"type": "code_interpreter"}]}, "tools"),
         ({"tools": [None, None]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}], "tool_choice": "required"},
+         "tools"),  # a keyword the engines cannot enforce, in a forced call
         ({"parallel_tool_calls": "yes", "tools": TOOLS}, "parallel_tool_calls"),
         ({"messages": [USER, {"role": "assistant", "content": None}]}, "messages"),
         ({"messages": [{"role": "user", "content": None}]}, "messages"),

@@ -16,16 +16,15 @@ from models_app.registry_io import SEED_REGISTRY
 from system_app.models import APIKey
 
 pytestmark = pytest.mark.django_db
-SHARED_SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "model_registry.json"
+CONTRACT_SEED = Path(__file__).resolve().parents[2] / "docs" / "contract" / "model_registry.json"
 
 
 def snapshot():
     return list(ModelConfig.objects.order_by("name").values())
 
 
-def test_the_shipped_seed_is_the_shared_one():
-    if SHARED_SEED.exists():  # beside the checkout on developer machines and in CI
-        assert json.loads(SHARED_SEED.read_text()) == json.loads(SEED_REGISTRY.read_text())
+def test_the_shipped_seed_is_the_contracts_registry():
+    assert json.loads(CONTRACT_SEED.read_text()) == json.loads(SEED_REGISTRY.read_text())
 
 
 def test_importing_the_seed_creates_its_nine_models_and_default(capsys):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from rest_framework.exceptions import ValidationError
 
-from models_app.models import ModelConfig
+from beautyai_site.api.validation import parse
+from models_app.models import ModelConfig, ModelDownload
 from models_app.serializers import ModelListQuerySerializer, ModelUpdateRequestSerializer
-from models_app.views import parse
 from tests.envelope import assert_error, assert_ok
+from tests.system_app.conftest import make_hub_repo
 
 pytestmark = pytest.mark.django_db
 
@@ -306,6 +309,30 @@ def test_deleting_the_default_hands_the_flag_to_another_model(api_as, registry):
 def test_delete_refuses_a_bad_clear_cache_flag(api_as, registry):
     assert_error(api_as("model_delete").delete("/models/beta?clear_cache=maybe"), 400, "ValidationError")
     assert ModelConfig.objects.filter(name="beta").exists()
+
+
+def test_delete_with_clear_cache_removes_the_models_repo_and_no_other(api_as, registry, settings, tmp_path):
+    settings.HF_HOME = tmp_path / "hf"
+    beta = make_hub_repo(tmp_path / "hf" / "hub", "org/beta", {"model.gguf": b"GGUF" + b"\0" * 4096})
+    other = make_hub_repo(tmp_path / "hf" / "hub", "org/alpha", {"config.json": b"{}"})
+    data = assert_ok(api_as("model_delete").delete("/models/beta?clear_cache=true"))["data"]
+    assert data["cache_cleared_bytes"] >= 4100 and not beta.exists() and other.exists()
+
+
+def test_delete_with_clear_cache_never_follows_a_symlinked_repo_folder(api_as, registry, settings, tmp_path):
+    settings.HF_HOME = tmp_path / "hf"
+    (tmp_path / "hf" / "hub").mkdir(parents=True)
+    elsewhere = make_hub_repo(tmp_path / "elsewhere", "org/beta", {"model.gguf": b"precious"})
+    os.symlink(elsewhere, tmp_path / "hf" / "hub" / elsewhere.name)
+    data = assert_ok(api_as("model_delete").delete("/models/beta?clear_cache=true"))["data"]
+    assert data["cache_cleared_bytes"] == 0 and (elsewhere / "blobs").is_dir()
+
+
+def test_delete_refuses_a_model_being_downloaded_and_changes_nothing(api_as, registry):
+    ModelDownload.objects.create(model=registry["beta"], model_name="beta", repo_id="org/beta",
+                                 status=ModelDownload.DOWNLOADING)
+    assert_error(api_as("model_delete").delete("/models/beta"), 409, "ConflictError")
+    assert ModelConfig.objects.filter(name="beta").exists() and ModelDownload.objects.filter(model_name="beta").exists()
 
 
 def test_validate_reports_configuration_problems(api_as, registry):

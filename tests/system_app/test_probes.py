@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from models_app.serving import hardware
 from system_app import probes
 from tests.envelope import assert_ok
 
@@ -15,7 +16,8 @@ GIB = 1024**3
 
 
 class FakeNvml:
-    """Two GPUs; pid 4242 holds 2 GiB on the first and 1 GiB on the second; one process NVML cannot account."""
+    """Two GPUs; pid 4242 holds 2 GiB (compute) + 0.5 GiB (graphics) on the first and 1 GiB on the second;
+    one process NVML cannot account."""
 
     NVML_TEMPERATURE_GPU = 0
 
@@ -54,19 +56,19 @@ class FakeNvml:
         return handle["procs"]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle):
-        return []
+        return [SimpleNamespace(pid=4242, usedGpuMemory=GIB // 2)] if handle is self.devices[0] else []
 
 
 @pytest.fixture
 def fake_nvml(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml())
-    monkeypatch.setattr(probes, "_nvml_ready", None)
+    monkeypatch.setattr(hardware, "_nvml_ready", None)
 
 
 @pytest.fixture
 def no_nvml(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails as without nvidia-ml-py
-    monkeypatch.setattr(probes, "_nvml_ready", None)
+    monkeypatch.setattr(hardware, "_nvml_ready", None)
 
 
 def test_every_gpu_is_read_and_summed_up(fake_nvml):
@@ -80,7 +82,12 @@ def test_every_gpu_is_read_and_summed_up(fake_nvml):
 
 
 def test_gpu_memory_is_summed_per_process_over_devices(fake_nvml):
-    assert probes.gpu_memory_by_pid() == {4242: 3 * GIB}
+    assert probes.gpu_memory_by_pid() == {4242: 3.5 * GIB}
+
+
+def test_a_runners_gpu_memory_counts_the_contexts_system_memory_counts(fake_nvml):
+    # The manager's budget and /system/memory once read NVML separately, one without graphics contexts.
+    assert hardware.gpu_memory_mb(4242) * hardware.MIB == probes.gpu_memory_by_pid()[4242] == 3.5 * GIB
 
 
 def test_without_nvml_there_are_no_gpus_and_every_figure_is_zero(no_nvml):

@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('inference_app', '0003_translatable_labels'),
+        ('inference_app', '0004_usage_requested_name_anthropic'),
     ]
 
     operations = [
