@@ -225,8 +225,7 @@ class ToolCallParser:
         self.pending_space += text[len(shown):]
 
     def _enter_call(self, out: list, opener: str, region: str) -> None:
-        self.mode, self.opener, self.region, self.streamed, self.buffer = "call", opener, "", [], ""
-        self.region = region
+        self.mode, self.opener, self.region, self.streamed, self.buffer = "call", opener, region, [], ""
         self._advance_call(out)
 
     def _advance_text(self, out: list) -> None:
