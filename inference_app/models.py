@@ -7,13 +7,15 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
-ROLES = ("system", "user", "assistant")
-FINISH_REASONS = ("stop", "length", "cancelled", "error")
+ROLES = ("system", "user", "assistant", "tool")
+FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled", "error")
 ROLE_LABELS = {"system": pgettext_lazy("message role", "system"), "user": pgettext_lazy("message role", "user"),
-               "assistant": pgettext_lazy("message role", "assistant")}
+               "assistant": pgettext_lazy("message role", "assistant"), "tool": pgettext_lazy("message role", "tool")}
 FINISH_REASON_LABELS = {"stop": pgettext_lazy("finish reason", "stop"), "length": pgettext_lazy("finish reason", "length"),
+                        "tool_calls": pgettext_lazy("finish reason", "tool calls"),
                         "cancelled": pgettext_lazy("finish reason", "cancelled"),
                         "error": pgettext_lazy("finish reason", "error")}
+TOOL_CALL_ID_CHARS = 64
 
 
 class ChatSession(models.Model):
@@ -46,6 +48,10 @@ class ChatMessage(models.Model):
     completion_tokens = models.PositiveIntegerField(_("completion tokens"), null=True, blank=True)
     stats = models.JSONField(_("statistics"), default=dict, blank=True)
     finish_reason = models.CharField(_("finish reason"), max_length=16, blank=True, choices=list(FINISH_REASON_LABELS.items()))
+    # An assistant turn's calls, as OpenAI writes them: [{"id", "type": "function", "function": {"name", "arguments"}}].
+    tool_calls = models.JSONField(_("tool calls"), default=list, blank=True)
+    # A tool turn answers the call with this id.
+    tool_call_id = models.CharField(_("tool call id"), max_length=TOOL_CALL_ID_CHARS, blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True, db_index=True)
 
     class Meta:

@@ -36,7 +36,7 @@ from inference_app.tool_serializers import (
 from inference_app.views import api_key_id
 from models_app import services as registry
 
-FINISH_REASONS = {"stop": "stop", "length": "length"}
+FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"}
 
 
 def openai_exception_handler(exc, context):
@@ -109,19 +109,43 @@ def chat_data(parsed: dict, messages: list[dict]) -> dict:
         config["stop"] = parsed["stop"]
     if parsed.get("response_format") is not None:
         config["response_format"] = parsed["response_format"]
-    *history, last = messages
-    if last["role"] != "user" or not last["content"].strip():
-        raise _bad("messages", "the last message must be a non-empty user message")
+    results = len(messages) - next((i + 1 for i in reversed(range(len(messages))) if messages[i]["role"] != "tool"), 0)
+    if results:  # tool results answering the previous assistant turn's calls
+        history, turns, message = messages[:-results], messages[-results:], ""
+    else:
+        *history, last = messages
+        if last["role"] != "user" or not last["content"].strip():
+            raise _bad("messages", "the last message must be a non-empty user message or tool results")
+        turns, message = None, last["content"]
     if parsed.get("session_id") and history:
-        raise _bad("messages", "with session_id, send only the new user message; the session has its history")
+        raise _bad("messages", "with session_id, send only the new user message or tool results; "
+                               "the session has its history")
     return {
         "model_name": parsed["model"],
-        "message": last["content"],
+        "message": message,
+        "turns": turns,
         "session_id": parsed.get("session_id"),
         "chat_history": history,
         "generation_config": config,
         "stream": parsed["stream"],
+        "tools": parsed.get("tools"),
+        "tool_choice": parsed.get("tool_choice"),
+        "parallel_tool_calls": parsed.get("parallel_tool_calls"),
     }
+
+
+def prompt_message(message: dict) -> dict:
+    """A validated /v1 message as the chat service's turn (content "" rather than null)."""
+    turn = {"role": "system" if message["role"] == "developer" else message["role"],
+            "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        turn["tool_calls"] = [{"id": call["id"], "type": "function",
+                               "function": {"name": call["function"]["name"],
+                                            "arguments": call["function"]["arguments"]}}
+                              for call in message["tool_calls"]]
+    if message["role"] == "tool":
+        turn["tool_call_id"] = message["tool_call_id"]
+    return turn
 
 
 # Answers ----------------------------------------------------------------------------------------
@@ -157,7 +181,10 @@ class Completion:
     def body(self) -> dict:
         thinking, answer = self.builder.texts()
         if self.kind == "chat":
-            message = {"role": "assistant", "content": answer}
+            calls = self.builder.tool_calls()
+            message = {"role": "assistant", "content": answer or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = calls
             if self.builder.plan.think_tags:
                 message["reasoning_content"] = thinking or None
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason()}
@@ -182,6 +209,12 @@ class Completion:
             return [self.chunk({"content": payload["content"]} if self.kind == "chat" else payload["content"])]
         if event_type == "reasoning":
             return [self.chunk({"reasoning_content": payload["content"]})] if self.kind == "chat" else []
+        if event_type == "tool_call":
+            return [self.chunk({"tool_calls": [{"index": payload["index"], "id": payload["id"], "type": "function",
+                                                "function": {"name": payload["name"], "arguments": ""}}]})]
+        if event_type == "tool_arguments":
+            return [self.chunk({"tool_calls": [{"index": payload["index"],
+                                                "function": {"arguments": payload["arguments"]}}]})]
         if event_type == "done":
             out = [self.chunk(None, self.finish_reason())]
             if self.include_usage:
@@ -232,8 +265,7 @@ class ChatCompletionsView(OpenAIView):
                    description="OpenAI-compatible chat completion; stream=true answers OpenAI's SSE chunks.")
     def post(self, request):
         parsed = parse(ChatCompletionRequestSerializer, request.data)
-        messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                    for m in parsed["messages"]]
+        messages = [prompt_message(m) for m in parsed["messages"]]
         return complete(request, parsed, chat_data(parsed, messages), kind="chat")
 
 

@@ -122,7 +122,7 @@ class GenerationStatsSerializer(serializers.Serializer):
     time_to_first_token_ms = serializers.FloatField(allow_null=True)
     tokens_per_second = serializers.FloatField()
     queue_time_ms = serializers.FloatField(allow_null=True)
-    finish_reason = serializers.ChoiceField(choices=["stop", "length", "cancelled", "error"])
+    finish_reason = serializers.ChoiceField(choices=["stop", "length", "tool_calls", "cancelled", "error"])
     dropped_turns = serializers.IntegerField()
 
 
@@ -135,5 +135,6 @@ class ChatResponseSerializer(serializers.Serializer):
     request_id = StrictCharField()
     model_name = StrictCharField()
     generation_stats = GenerationStatsSerializer()
+    tool_calls = serializers.ListField(child=serializers.JSONField())  # always empty here: tools are /v1's
     timestamp = serializers.DateTimeField()
     execution_time_ms = serializers.FloatField(allow_null=True)

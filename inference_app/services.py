@@ -8,6 +8,7 @@ events, whose result ``chat_record`` stores once per reply.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -17,8 +18,8 @@ from django.db import transaction
 from beautyai_site import disconnect
 from beautyai_site.api import errors
 from beautyai_site.api.permissions import has_on
-from inference_app import reasoning
-from inference_app.models import ChatMessage, ChatSession
+from inference_app import reasoning, tool_calls
+from inference_app.models import ROLES, ChatMessage, ChatSession
 from inference_app.usage import quota_check, usage_record_reply
 from models_app import runtime, services as registry
 from models_app.models import ModelConfig
@@ -59,6 +60,10 @@ class ChatPlan:
     new_session: bool = False  # the session is saved by chat_start, with these earlier turns
     seeded: list[dict] = field(default_factory=list)
     requested_name: str = ""  # the alias the request named, when it named one (usage records keep both)
+    # The request's new turns, stored by chat_start: the user's message, or tool results.
+    turns: list[dict] = field(default_factory=list)
+    tool_format: str | None = None  # set when the reply is parsed for tool calls
+    tool_limit: int | None = None  # parallel_tool_calls: false keeps one call
 
 
 def _pick_model(*, user, model_name: str | None, session: ChatSession | None):
@@ -132,23 +137,24 @@ def generation_params(model: ModelConfig, config: dict):
     return GenerationParams(**{k: v for k, v in merged.items() if k in GenerationParams.__dataclass_fields__})
 
 
-def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[dict], int]:
+def fit_context(*, model_name: str, messages: list[dict], params, tail: int = 1) -> tuple[list[dict], int]:
     """Drops the oldest turns (system messages kept) until the prompt and max_tokens fit the window.
 
-    A prompt that cannot fit even with every earlier turn dropped is refused; when the prompt fits
-    but leaves less room than max_tokens, max_tokens shrinks (the reply then ends with "length").
+    The last ``tail`` messages (the new turn, or tool results with the call they answer) are always
+    kept. A prompt that cannot fit even with every earlier turn dropped is refused; when the prompt
+    fits but leaves less room than max_tokens, max_tokens shrinks (the reply then ends with "length").
     """
     window = runtime.context_length(model_name)
     if not window:
         return messages, 0
-    count = lambda msgs: runtime.count_tokens(model_name, msgs)  # noqa: E731 - local shorthand
+    count = lambda msgs: runtime.count_tokens(model_name, msgs, params.tools)  # noqa: E731 - local shorthand
     total = count(messages)  # one round trip to the runner in the common case: it all fits
     if total + params.max_tokens <= window:
         return messages, 0
-    systems = [m for m in messages if m["role"] == "system"]
-    history = [m for m in messages[:-1] if m["role"] != "system"]
-    last = messages[-1]
-    if count(systems + [last]) >= window:
+    systems = [m for m in messages[:-tail] if m["role"] == "system"]
+    history = [m for m in messages[:-tail] if m["role"] != "system"]
+    last = messages[-tail:]
+    if count(systems + last) >= window:
         raise errors.ValidationError(
             "message: longer than the model's context window on its own",
             details={"context_window_tokens": window},
@@ -157,9 +163,64 @@ def fit_context(*, model_name: str, messages: list[dict], params) -> tuple[list[
     while history and total + params.max_tokens > window:
         history.pop(0)
         dropped += 1
-        total = count(systems + history + [last])
+        # A tool result without the call it answers means nothing (and some templates refuse it).
+        while history and history[0]["role"] == "tool":
+            history.pop(0)
+            dropped += 1
+        total = count(systems + history + last)
     params.max_tokens = max(1, min(params.max_tokens, window - total))
-    return systems + history + [last], dropped
+    return systems + history + last, dropped
+
+
+def _prompt_message(message: ChatMessage) -> dict:
+    turn = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        turn["tool_calls"] = message.tool_calls
+    if message.role == "tool":
+        turn["tool_call_id"] = message.tool_call_id
+    return turn
+
+
+def _check_tool_results(history: list[dict], turns: list[dict]) -> None:
+    """Tool results must answer the calls of the assistant turn just before them."""
+    previous = history[-1] if history else {}
+    ids = {call["id"] for call in previous.get("tool_calls") or []}
+    if not ids:
+        raise errors.ValidationError("messages: tool results must follow an assistant message with tool_calls",
+                                     details={"fields": {"messages": ["tool results follow no tool calls"]}})
+    for turn in turns:
+        if turn["tool_call_id"] not in ids:
+            message = f"tool_call_id {turn['tool_call_id']!r} answers no call of the previous assistant message"
+            raise errors.ValidationError(f"messages: {message}", details={"fields": {"messages": [message]}})
+
+
+def _bad_tools(message: str):
+    return errors.ValidationError(f"tools: {message}", details={"fields": {"tools": [message]}})
+
+
+def tool_setup(*, model: ModelConfig, data: dict, params) -> str | None:
+    """Puts the request's tools (and, for a forced call, the decoding constraint) into ``params``;
+    answers the format the reply is parsed with, or None when it is not parsed for calls.
+
+    ``tool_choice: "none"`` hands the template no tools at all, so the model is not told of them.
+    """
+    tools = data.get("tools") or None
+    choice = data.get("tool_choice") or "auto"
+    if not tools or choice == "none":
+        return None
+    fmt = runtime.tool_call_format(model)
+    params.tools = [{"type": "function", "function": dict(tool["function"])} for tool in tools]
+    if choice == "required" or isinstance(choice, dict):
+        from models_app.engines.constraints import ConstraintError, normalize_constraint
+
+        # Checked here, before anything is stored, so that a schema the engines cannot enforce is a
+        # 400 naming tools rather than a failed generation.
+        try:
+            params.constraint = normalize_constraint(tool_calls.constraint_for(params.tools, choice, fmt),
+                                                     field="tools")
+        except (ConstraintError, tool_calls.DefinitionClash) as exc:
+            raise _bad_tools(f"cannot force a call with these parameters: {exc}") from None
+    return fmt
 
 
 def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int | None = None,
@@ -177,6 +238,9 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
     model, alias = _pick_model(user=user, model_name=data.get("model_name"), session=session)
     runtime.require_task(model, "generate", field=model_field)  # ``model_field``: what the transport calls it
+    if data.get("tools") and data.get("tool_choice") != "none" and model.engine == "openai":
+        # The remote server would answer calls as structured deltas, which the engine's text stream drops.
+        raise _bad_tools("not supported for models served by the openai engine")
     quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
     ready = _ready_model(user=user, model=model, alias=alias)
     if ready is not model:  # the alias's fallback: it must be able to chat too
@@ -187,17 +251,20 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     runtime.check_queue(model)
 
     seeded = [dict(turn) for turn in data.get("chat_history") or []]
-    history = seeded if session is None else [
-        {"role": m.role, "content": m.content} for m in session.messages.all() if m.role in ("system", "user", "assistant")
-    ]
-    messages = history + [{"role": "user", "content": data["message"]}]
-    messages, dropped = fit_context(model_name=model.name, messages=messages, params=params)
+    history = seeded if session is None else [_prompt_message(m) for m in session.messages.all() if m.role in ROLES]
+    turns = [dict(turn) for turn in data.get("turns") or []] or [{"role": "user", "content": data["message"]}]
+    tail = len(turns)
+    if turns[0]["role"] == "tool":
+        _check_tool_results(history, turns)
+        tail += 1  # the call they answer stays with them
+    tool_format = tool_setup(model=model, data=data, params=params)
+    messages, dropped = fit_context(model_name=model.name, messages=history + turns, params=params, tail=tail)
 
     new_session = session is None
     if new_session:
         # Not saved yet (chat_start stores it), but its id is already fixed for the start event.
-        session = ChatSession(owner=user, model=model, model_name=model.name,
-                              title=session_title(data["message"]))
+        first = data["message"] or next((t["content"] for t in seeded if t["role"] == "user"), "")
+        session = ChatSession(owner=user, model=model, model_name=model.name, title=session_title(first))
     return ChatPlan(
         request_id=uuid.uuid4().hex,
         user=user,
@@ -213,6 +280,9 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
         new_session=new_session,
         seeded=seeded,
         requested_name=alias.name if alias is not None else "",
+        turns=turns,
+        tool_format=tool_format,
+        tool_limit=1 if data.get("parallel_tool_calls") is False else None,
     )
 
 
@@ -225,7 +295,8 @@ def _store_user_turn(plan: ChatPlan) -> None:
         elif session.model_id != model.pk:
             session.model, session.model_name = model, model.name
             session.save(update_fields=["model", "model_name", "updated_at"])
-        ChatMessage.objects.create(session=session, role="user", content=plan.user_message)
+        for turn in plan.turns:
+            ChatMessage.objects.create(session=session, **turn)
 
 
 def chat_start(plan: ChatPlan):
@@ -249,12 +320,16 @@ class ReplyBuilder:
     """Turns runner events into transport events and remembers the reply.
 
     Transport events are ``(type, payload)`` with type start | delta | reasoning | done | error,
-    the same for SSE and WebSocket.
+    the same for SSE and WebSocket; a request with tools adds tool_call (index, id, name) and
+    tool_arguments (index, the next piece of the arguments' JSON text).
     """
 
     def __init__(self, plan: ChatPlan):
         self.plan = plan
         self.splitter = reasoning.ThinkSplitter() if plan.think_tags else None
+        fmt = getattr(plan, "tool_format", None)  # plans built before tools (tests, benchmarks) have none
+        self.tools = tool_calls.ToolCallParser(fmt, limit=getattr(plan, "tool_limit", None)) if fmt else None
+        self.call_ids: dict[int, str] = {}
         self.answer: list[str] = []
         self.thinking: list[str] = []
         self.stats: dict | None = None
@@ -269,23 +344,45 @@ class ReplyBuilder:
         return "start", {"session_id": str(self.plan.session.id), "request_id": self.plan.request_id,
                          "model_name": self.plan.model.name}
 
-    def _pieces(self, text: str) -> list[tuple[str, str]]:
-        pieces = self.splitter.feed(text) if self.splitter else [("content", text)]
+    def _tool_events(self, parsed: list[tuple]) -> list[tuple[str, dict]]:
+        out = []
+        for kind, *rest in parsed:
+            if kind == "content":
+                self.answer.append(rest[0])
+                out.append(("delta", {"content": rest[0]}))
+            elif kind == "call":
+                index, name = rest
+                # Call ids join a call to its result in the next request: made here, never by the model.
+                self.call_ids[index] = "call_" + secrets.token_hex(12)
+                out.append(("tool_call", {"index": index, "id": self.call_ids[index], "name": name}))
+            else:
+                out.append(("tool_arguments", {"index": rest[0], "arguments": rest[1]}))
+        return out
+
+    def _route(self, pieces: list[tuple[str, str]]) -> list[tuple[str, dict]]:
         out = []
         for kind, piece in pieces:
-            (self.thinking if kind == "reasoning" else self.answer).append(piece)
-            out.append(("reasoning" if kind == "reasoning" else "delta", {"content": piece}))
+            if kind == "reasoning":
+                self.thinking.append(piece)
+                out.append(("reasoning", {"content": piece}))
+            elif self.tools is not None:
+                out += self._tool_events(self.tools.feed(piece))
+            else:
+                self.answer.append(piece)
+                out.append(("delta", {"content": piece}))
         return out
+
+    def _pieces(self, text: str) -> list[tuple[str, dict]]:
+        return self._route(self.splitter.feed(text) if self.splitter else [("content", text)])
 
     def on_event(self, event, queue_time_ms: float | None = None) -> list[tuple[str, dict]]:
         self.queue_time_ms = queue_time_ms
         if event.kind == "delta":
             self.deltas += 1
             return self._pieces(event.text)
-        tail = [(("reasoning" if kind == "reasoning" else "delta"), {"content": piece})
-                for kind, piece in (self.splitter.flush() if self.splitter else [])]
-        for kind, payload in tail:
-            (self.thinking if kind == "reasoning" else self.answer).append(payload["content"])
+        tail = self._route(self.splitter.flush() if self.splitter else [])
+        if self.tools is not None:
+            tail += self._tool_events(self.tools.flush())
         if event.kind == "done":
             self.stats = asdict(event.stats) if event.stats is not None else None
             return tail + [("done", self.response_fields())]
@@ -310,7 +407,15 @@ class ReplyBuilder:
     def finish_reason(self) -> str:
         if self.error is not None:
             return "error"
-        return (self.stats or {}).get("finish_reason", "error")
+        reason = (self.stats or {}).get("finish_reason", "error")
+        return "tool_calls" if reason == "stop" and self.tool_calls() else reason
+
+    def tool_calls(self) -> list[dict]:
+        """The reply's complete calls, as OpenAI writes them."""
+        if self.tools is None:
+            return []
+        return [{"id": self.call_ids[call["index"]], "type": "function",
+                 "function": {"name": call["name"], "arguments": call["arguments"]}} for call in self.tools.calls]
 
     def texts(self) -> tuple[str, str]:
         return reasoning.finish("".join(self.thinking), "".join(self.answer), self.splitter)
@@ -332,6 +437,7 @@ class ReplyBuilder:
             "request_id": self.plan.request_id,
             "model_name": self.plan.model.name,
             "generation_stats": self.generation_stats(),
+            "tool_calls": self.tool_calls(),
         }
 
     def error_payload(self) -> dict:
@@ -358,6 +464,7 @@ def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
         completion_tokens=stats.get("tokens_generated"),
         stats=stats,
         finish_reason=builder.finish_reason,
+        tool_calls=builder.tool_calls(),
     )
     ChatSession.objects.filter(pk=builder.plan.session.pk).update(updated_at=message.created_at)
     record_generation_metrics(builder.plan.model.name, stats.get("tokens_generated") or 0,

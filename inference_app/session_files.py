@@ -175,6 +175,18 @@ def _iso(value) -> str | None:
     return None if value is None else value.astimezone(dt_timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _tool_fields(tool_calls: list, tool_call_id: str) -> dict:
+    """A message's tool fields, written only when it has them (files without tools look as before)."""
+    fields = {}
+    if tool_calls:
+        fields["tool_calls"] = [{"id": call["id"], "type": "function",
+                                 "function": {"name": call["function"]["name"],
+                                              "arguments": call["function"]["arguments"]}} for call in tool_calls]
+    if tool_call_id:
+        fields["tool_call_id"] = tool_call_id
+    return fields
+
+
 def session_document(session: ChatSession) -> dict:
     """The file form of a stored session. It holds no save time, so saving twice gives the same bytes."""
     return {
@@ -194,6 +206,7 @@ def session_document(session: ChatSession) -> dict:
                 "completion_tokens": message.completion_tokens,
                 "stats": message.stats,
                 "created_at": _iso(message.created_at),
+                **_tool_fields(message.tool_calls, message.tool_call_id),
             }
             for message in session.messages.all()
         ],
@@ -219,6 +232,7 @@ def _document_from_data(document: dict, session_id) -> dict:
                 "completion_tokens": message.get("completion_tokens"),
                 "stats": message["stats"],
                 "created_at": _iso(message.get("created_at")),
+                **_tool_fields(message["tool_calls"], message["tool_call_id"]),
             }
             for message in document["messages"]
         ],
@@ -294,7 +308,8 @@ def _store(user, document: dict) -> ChatSession:
     messages = ChatMessage.objects.bulk_create(
         ChatMessage(session=session, role=m["role"], content=m["content"], reasoning=m["reasoning"],
                     finish_reason=m["finish_reason"], prompt_tokens=m.get("prompt_tokens"),
-                    completion_tokens=m.get("completion_tokens"), stats=m["stats"])
+                    completion_tokens=m.get("completion_tokens"), stats=m["stats"],
+                    tool_calls=m.get("tool_calls") or [], tool_call_id=m.get("tool_call_id") or "")
         for m in document["messages"]
     )
     # auto_now_add overwrote the times on insert; the file's times are put back.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import regex
@@ -16,7 +17,7 @@ from beautyai_site.api.fields import (
     StrictQueryBooleanField,
     StrictSerializer,
 )
-from inference_app.models import BENCHMARK_TYPES, FINISH_REASONS, ROLES
+from inference_app.models import BENCHMARK_TYPES, FINISH_REASONS, ROLES, TOOL_CALL_ID_CHARS
 from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS, GenerationConfigSerializer, ResponseFormatField
 from models_app.engines.base import MAX_EMBEDDING_INPUTS
 from models_app.serializers import EnvelopeSerializer, ModelNameField
@@ -216,6 +217,128 @@ class PageQuerySerializer(StrictSerializer):
     offset = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
 
 
+# Tools -------------------------------------------------------------------------------------------
+
+MAX_TOOLS = 128
+MAX_TOOLS_BYTES = 64 * 1024
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOOL_CALL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % TOOL_CALL_ID_CHARS)
+
+
+def _tool_name(value: str) -> str:
+    if not TOOL_NAME.fullmatch(value):
+        raise serializers.ValidationError("must be 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class JSONSchemaField(serializers.Field):
+    """A function's parameters: a JSON Schema (checked against its meta-schema) describing an object."""
+
+    def to_internal_value(self, data):
+        import jsonschema
+
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("must be a JSON Schema object")
+        if data.get("type", "object") != "object":
+            raise serializers.ValidationError('must describe an object ("type": "object")')
+        if not isinstance(data.get("$schema", ""), str):  # validator_for would raise TypeError on it
+            raise serializers.ValidationError("$schema must be a string")
+        try:
+            jsonschema.validators.validator_for(data).check_schema(data)
+        except jsonschema.SchemaError as exc:
+            raise serializers.ValidationError(f"not a valid JSON Schema: {exc.message[:200]}") from None
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+class ToolFunctionSerializer(StrictSerializer):
+    name = StrictCharField(max_length=64)
+    description = StrictCharField(max_length=MAX_TOOLS_BYTES, allow_blank=True, trim_whitespace=False, required=False)
+    parameters = JSONSchemaField(required=False)
+    strict = StrictBooleanField(required=False, allow_null=True)
+
+    def validate_name(self, value):
+        return _tool_name(value)
+
+
+class ToolSerializer(StrictSerializer):
+    type = serializers.ChoiceField(choices=["function"])
+    function = ToolFunctionSerializer()
+
+
+@extend_schema_field({"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {
+    "type": "object", "properties": {"type": {"enum": ["function"]},
+                                     "function": {"type": "object", "properties": {"name": {"type": "string"}}}}}]})
+class ToolChoiceField(serializers.Field):
+    """``none``, ``auto``, ``required``, or ``{"type": "function", "function": {"name": ...}}`` (kept as the name)."""
+
+    # DRF formats these messages: doubled braces are literal ones.
+    default_error_messages = {"invalid": 'must be "none", "auto", "required" or {{"type": "function", '
+                                         '"function": {{"name": ...}}}}'}
+
+    def to_internal_value(self, data):
+        if data in ("none", "auto", "required"):
+            return data
+        if not (isinstance(data, dict) and set(data) == {"type", "function"} and data["type"] == "function"):
+            self.fail("invalid")
+        function = data["function"]
+        if not (isinstance(function, dict) and set(function) == {"name"} and isinstance(function["name"], str)
+                and TOOL_NAME.fullmatch(function["name"])):
+            self.fail("invalid")
+        return {"name": function["name"]}
+
+    def to_representation(self, value):
+        return value
+
+
+class ToolCallFunctionSerializer(StrictSerializer):
+    name = StrictCharField(max_length=64)
+    arguments = StrictCharField(max_length=MAX_MESSAGE_CHARS, trim_whitespace=False)
+
+    def validate_name(self, value):
+        return _tool_name(value)
+
+    def validate_arguments(self, value):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise serializers.ValidationError("must be the JSON text of an object")
+        return value
+
+
+class ToolCallSerializer(StrictSerializer):
+    """One call of an assistant turn, as the server answered it."""
+
+    id = StrictCharField(max_length=TOOL_CALL_ID_CHARS)
+    type = serializers.ChoiceField(choices=["function"])
+    function = ToolCallFunctionSerializer()
+
+    def validate_id(self, value):
+        if not TOOL_CALL_ID.fullmatch(value):
+            raise serializers.ValidationError("must be letters, digits, '_', '.', ':' or '-'")
+        return value
+
+
+def tool_turn_errors(attrs: dict) -> dict:
+    """Which fields of a message break the rules of tool turns (shared by /v1 and session files)."""
+    role = attrs.get("role")
+    if attrs.get("tool_calls") and role != "assistant":
+        return {"tool_calls": ["only assistant messages carry tool calls"]}
+    if attrs.get("tool_call_id") and role != "tool":
+        return {"tool_call_id": ["only tool messages answer a tool call"]}
+    if role == "tool" and not attrs.get("tool_call_id"):
+        return {"tool_call_id": ["a tool message must name the call it answers"]}
+    ids = [call["id"] for call in attrs.get("tool_calls") or []]
+    if len(set(ids)) != len(ids):
+        return {"tool_calls": ["call ids must be unique"]}
+    return {}
+
+
 # Session files ----------------------------------------------------------------------------------
 
 class SessionSaveRequestSerializer(StrictSerializer):
@@ -268,6 +391,14 @@ class SessionFileMessageSerializer(StrictSerializer):
     completion_tokens = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
     stats = FlatStatsField(required=False, default=dict)
     created_at = serializers.DateTimeField(required=False, allow_null=True)
+    tool_calls = ToolCallSerializer(many=True, required=False, default=list, max_length=MAX_TOOLS)
+    tool_call_id = StrictCharField(max_length=TOOL_CALL_ID_CHARS, allow_blank=True, required=False, default="")
+
+    def validate(self, attrs):
+        problems = tool_turn_errors(attrs)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return attrs
 
 
 class SessionFileSerializer(StrictSerializer):
@@ -347,9 +478,19 @@ class StopField(serializers.Field):
 
 
 class OpenAIMessageSerializer(StrictSerializer):
-    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
-    content = OpenAIContentField()
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = OpenAIContentField(allow_null=True, required=False)
     name = StrictCharField(max_length=64, required=False)
+    tool_calls = ToolCallSerializer(many=True, required=False, max_length=MAX_TOOLS)
+    tool_call_id = StrictCharField(max_length=TOOL_CALL_ID_CHARS, required=False)
+
+    def validate(self, attrs):
+        problems = tool_turn_errors(attrs)
+        if not problems and attrs.get("content") is None and not (attrs["role"] == "assistant" and attrs.get("tool_calls")):
+            problems = {"content": ["required, except for an assistant message with tool_calls"]}
+        if problems:
+            raise serializers.ValidationError(problems)
+        return attrs
 
 
 class StreamOptionsSerializer(StrictSerializer):
@@ -385,6 +526,31 @@ class OpenAIRequestSerializer(StrictSerializer):
 class ChatCompletionRequestSerializer(OpenAIRequestSerializer):
     messages = OpenAIMessageSerializer(many=True, min_length=1, max_length=MAX_HISTORY + 1)
     max_completion_tokens = StrictIntegerField(min_value=1, max_value=32768, required=False, allow_null=True)
+    tools = ToolSerializer(many=True, required=False, allow_null=True, max_length=MAX_TOOLS)
+    tool_choice = ToolChoiceField(required=False, allow_null=True)
+    parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
+
+    def validate_tools(self, value):
+        if not value:
+            return value
+        if any(tool is None for tool in value):  # allow_null on the list lets null items through too
+            raise serializers.ValidationError("each tool must be an object")
+        if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_TOOLS_BYTES:
+            raise serializers.ValidationError(f"larger than {MAX_TOOLS_BYTES // 1024} KB in all")
+        names = [tool["function"]["name"] for tool in value]
+        if len(set(names)) != len(names):
+            raise serializers.ValidationError("function names must be unique")
+        return value
+
+    def validate(self, attrs):
+        choice = attrs.get("tool_choice")
+        names = {tool["function"]["name"] for tool in attrs.get("tools") or []}
+        if choice in ("required",) or isinstance(choice, dict):
+            if not names:
+                raise serializers.ValidationError({"tool_choice": ["needs tools"]})
+            if isinstance(choice, dict) and choice["name"] not in names:
+                raise serializers.ValidationError({"tool_choice": [f"names no function in tools: {choice['name']}"]})
+        return attrs
 
 
 @extend_schema_field(TEXT_OR_TEXTS)

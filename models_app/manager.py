@@ -214,6 +214,7 @@ class _RunnerProcess:
         self.context_length: int | None = None
         self.max_concurrency = 1
         self.think_tags = False
+        self.tool_format = "hermes"
         self.stopping = False
         self.prestarted = False
 
@@ -533,6 +534,7 @@ class EngineManager:
                     runner.context_length = msg.get("context_length")
                     runner.max_concurrency = int(msg.get("max_concurrency") or 1)
                     runner.think_tags = bool(msg.get("think_tags"))
+                    runner.tool_format = msg.get("tool_format") or "hermes"
                     runner.loaded_at = runner.last_used_at = _now()
                 if not runner.ready.done():
                     runner.ready.set_result(True)
@@ -767,8 +769,12 @@ class EngineManager:
         """Whether the model's chat template marks reasoning with <think> tags."""
         return self._loaded_runner(name).think_tags
 
-    def count_tokens(self, name: str, messages: list[dict]) -> int:
-        return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages))
+    def tool_format(self, name: str) -> str:
+        """The tool-call format the model's chat template teaches (engines.base.detect_tool_format)."""
+        return self._loaded_runner(name).tool_format
+
+    def count_tokens(self, name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
+        return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages, tools=tools))
 
     def embed(self, name: str, inputs: list) -> tuple[list[list[float]], int]:
         """Unit vectors of ``inputs`` and the prompt tokens they took; PromptError for bad input."""

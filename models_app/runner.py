@@ -27,7 +27,15 @@ import time
 from dataclasses import asdict, fields
 
 from models_app.engines import get_engine_class
-from models_app.engines.base import EngineError, GenerationParams, GenerationStats, LoadSpec, PromptError, scrub_paths
+from models_app.engines.base import (
+    EngineError,
+    GenerationParams,
+    GenerationStats,
+    LoadSpec,
+    PromptError,
+    detect_tool_format,
+    scrub_paths,
+)
 
 _PARAM_FIELDS = {f.name for f in fields(GenerationParams)}
 _PARENT_POLL_S = 1.0
@@ -130,8 +138,8 @@ class _Runner:
             if event is not None:
                 event.set()
         elif op == "count_tokens":
-            threading.Thread(target=self._call, args=(msg["id"], lambda: self.engine.count_tokens(msg.get("messages") or [])),
-                             daemon=True).start()
+            threading.Thread(target=self._call, args=(msg["id"], lambda: self.engine.count_tokens(
+                msg.get("messages") or [], tools=msg.get("tools") or None)), daemon=True).start()
         elif op == "embed":
             threading.Thread(target=self._call, args=(msg["id"], lambda: self._embed(msg.get("inputs") or [])),
                              daemon=True).start()
@@ -214,7 +222,8 @@ def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str 
           "context_length": engine.context_length(), "max_concurrency": engine.max_concurrency,
           "chat_template_present": bool(template),
           # Reasoning models mark their reasoning with <think>…</think>; their templates mention the tags.
-          "think_tags": bool(template) and "</think>" in template})
+          "think_tags": bool(template) and "</think>" in template,
+          "tool_format": detect_tool_format(template)})
 
     while True:
         try:

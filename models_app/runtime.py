@@ -247,11 +247,11 @@ def context_length(name: str) -> int | None:
     return get_manager().context_length(name)
 
 
-def count_tokens(name: str, messages: list[dict]) -> int:
+def count_tokens(name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
     from models_app.engines.base import EngineError, PromptError
 
     try:
-        return get_manager().count_tokens(name, messages)
+        return get_manager().count_tokens(name, messages, tools)
     except PromptError as exc:
         raise errors.ValidationError(f"messages: {exc}", details={"fields": {"messages": [str(exc)]}}) from None
     except EngineError as exc:
@@ -288,6 +288,16 @@ def uses_think_tags(model) -> bool:
     if parser in ("think_tags", "none"):
         return parser == "think_tags"
     return get_manager().think_tags(model.name)
+
+
+def tool_call_format(model) -> str:
+    """Per-model ``tool_parser`` (hermes | llama3 | mistral); when unset, what the chat template shows."""
+    from models_app.engines.base import TOOL_FORMATS
+
+    parser = (model.parameters or {}).get("tool_parser")
+    if parser in TOOL_FORMATS:
+        return parser
+    return get_manager().tool_format(model.name)
 
 
 def max_queue(model) -> int:

@@ -15,7 +15,7 @@ from beautyai_site.api.fields import (
     StrictSerializer,
 )
 from beautyai_site.api.jsonsafe import first_path
-from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS
+from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS, TOOL_FORMATS
 from models_app.engines.openai_engine import API_KEY_ENV_PREFIX, api_key_env_allowed
 from models_app.hub import REVISION
 from models_app.models import (
@@ -151,6 +151,8 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
             % {"prefix": API_KEY_ENV_PREFIX})
     if "allow_pickle_weights" in parameters and not isinstance(parameters["allow_pickle_weights"], bool):
         bad(_("allow_pickle_weights must be true or false"))
+    if "tool_parser" in parameters and parameters["tool_parser"] not in TOOL_FORMATS:
+        bad(_("tool_parser must be one of %(formats)s") % {"formats": ", ".join(TOOL_FORMATS)})
     revision = parameters.get("revision")
     if revision is not None and not (isinstance(revision, str) and REVISION.match(revision)):
         bad(_("revision must be a branch, tag or commit name (letters, digits, . _ / -)"))

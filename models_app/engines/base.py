@@ -231,7 +231,7 @@ class Engine(ABC):
     def generate(self, messages: list[dict], params: GenerationParams,
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]: ...
 
-    def count_tokens(self, messages: list[dict]) -> int:
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
         raise NotImplementedError
 
     def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
@@ -367,6 +367,89 @@ def render_chat_template(template: str, messages, *, bos_token: str = "", eos_to
     return "".join(parts)
 
 
+# The reply formats of tool calls, told apart by the markers their chat templates teach; the web
+# process parses replies with the matching parser (inference_app/tool_calls.py).
+TOOL_FORMATS = ("hermes", "llama3", "mistral")
+
+# For templates that know nothing of tools (SmolLM2's): the Hermes/Qwen wording, in the system turn.
+TOOL_PREAMBLE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}}\n</tool_call>"
+)
+
+
+def detect_tool_format(template: str | None) -> str:
+    """The tool-call format a chat template teaches; ``hermes`` when it shows none (see TOOL_PREAMBLE)."""
+    template = template or ""
+    if "[TOOL_CALLS]" in template:
+        return "mistral"
+    if "<tool_call>" in template:
+        return "hermes"
+    if "<|python_tag|>" in template or ("ipython" in template and '"parameters"' in template):
+        return "llama3"
+    return "hermes"
+
+
+def template_knows_tools(template: str | None) -> bool:
+    return bool(template) and "tools" in template
+
+
+def _arguments_object(text):
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def chat_inputs(template: str | None, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], dict]:
+    """The messages and extra template variables for a conversation with tools or tool turns.
+
+    Templates that mention ``tools`` get them as the ``tools`` variable and the tool turns as
+    Hugging Face templates expect them: ``tool_calls[].function.arguments`` as an object (Qwen and
+    Llama 3 write it with ``tojson``, so a string would be quoted twice) and content "" instead of
+    None. Other templates get the Hermes format as text: the tool list in the system turn, calls as
+    ``<tool_call>`` blocks in the assistant's text and results as user turns in ``<tool_response>``
+    -- all of it message content, which is tokenized without special tokens.
+    """
+    if not tools and not any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+        return messages, {}
+    if template_knows_tools(template):
+        shaped = []
+        for message in messages:
+            message = {**message, "content": message.get("content") or ""}
+            if message.get("tool_calls"):
+                message["tool_calls"] = [
+                    {**call, "function": {**call["function"],
+                                          "arguments": _arguments_object(call["function"].get("arguments"))}}
+                    for call in message["tool_calls"]]
+            shaped.append(message)
+        return shaped, ({"tools": tools} if tools else {})
+    shaped = []
+    for message in messages:
+        content = message.get("content") or ""
+        if message.get("tool_calls"):
+            blocks = [json.dumps({"name": call["function"]["name"],
+                                  "arguments": _arguments_object(call["function"].get("arguments"))},
+                                 ensure_ascii=False) for call in message["tool_calls"]]
+            content = "\n".join(([content] if content else []) + [f"<tool_call>\n{b}\n</tool_call>" for b in blocks])
+            shaped.append({"role": "assistant", "content": content})
+        elif message.get("role") == "tool":
+            shaped.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
+        else:
+            shaped.append({"role": message["role"], "content": content})
+    if tools:
+        preamble = TOOL_PREAMBLE.format(tools="\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools))
+        if shaped and shaped[0]["role"] == "system":
+            shaped[0] = {"role": "system", "content": f"{shaped[0]['content']}\n\n{preamble}"}
+        else:
+            shaped.insert(0, {"role": "system", "content": preamble})
+    return shaped, {}
+
+
 def with_content_markers(messages: list[dict]) -> tuple[list[dict], str]:
     """Messages whose contents are replaced by unique markers, and the marker prefix.
 
@@ -375,7 +458,9 @@ def with_content_markers(messages: list[dict]) -> tuple[list[dict], str]:
     ``<|im_start|>system`` gets those characters, not a forged system turn (llama.cpp#24382).
     """
     marker = f"\x00{os.urandom(6).hex()}:"
-    return [{**m, "content": f"{marker}{i}\x00"} for i, m in enumerate(messages)], marker
+    # Empty content stays empty: templates test it (``if message.content``) around tool calls.
+    return [{**m, "content": f"{marker}{i}\x00"} if m.get("content") else m
+            for i, m in enumerate(messages)], marker
 
 
 def prompt_segments(rendered: str, messages: list[dict], marker: str) -> list[tuple[str, bool]]:

@@ -15,6 +15,7 @@ from .base import (
     GenerationStats,
     LoadSpec,
     PromptError,
+    chat_inputs,
     embedding_task,
     embedding_token_lists,
     gguf_file_for,
@@ -110,10 +111,14 @@ class LlamaCppEngine(Engine):
     def context_length(self) -> int:
         return int(self._llm.n_ctx())
 
-    def _prompt_tokens(self, messages: list[dict], enable_thinking: bool | None = None) -> list[int]:
-        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    def _prompt_tokens(self, messages: list[dict], enable_thinking: bool | None = None,
+                       tools: list[dict] | None = None) -> list[int]:
+        template = self._template or CHATML_TEMPLATE
+        messages, extra = chat_inputs(template, messages, tools)
+        if enable_thinking is not None:
+            extra["enable_thinking"] = enable_thinking
         marked, marker = with_content_markers(messages)
-        prompt = render_chat_template(self._template or CHATML_TEMPLATE, marked, bos_token=self._bos,
+        prompt = render_chat_template(template, marked, bos_token=self._bos,
                                       eos_token=self._eos, add_generation_prompt=True, **extra)
         # The template already wrote BOS where the model wants it. Special tokens are parsed in
         # the template's own text only, never in what users wrote.
@@ -122,9 +127,9 @@ class LlamaCppEngine(Engine):
             tokens += self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=not is_content)
         return tokens
 
-    def count_tokens(self, messages: list[dict]) -> int:
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
         self._refuse_if_embedding()
-        return len(self._prompt_tokens(messages))
+        return len(self._prompt_tokens(messages, tools=tools))
 
     def _compile_grammar(self, constraint: dict):
         import llama_cpp
@@ -182,7 +187,7 @@ class LlamaCppEngine(Engine):
         s = resolve_sampling(params, self._spec)
         constraint = params.constraint
         grammar = self._grammars.get(constraint) if constraint is not None else None
-        tokens = self._prompt_tokens(messages, params.enable_thinking)
+        tokens = self._prompt_tokens(messages, params.enable_thinking, params.tools)
         n_ctx = self.context_length()
         if len(tokens) >= n_ctx:
             raise EngineError(f"prompt is longer than the context window ({len(tokens)} >= {n_ctx} tokens)")

@@ -128,7 +128,7 @@ class OpenAIEngine(Engine):
     def context_length(self) -> int:
         return self._context_length
 
-    def count_tokens(self, messages: list[dict]) -> int:
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
         """Estimate only: characters / 4 plus a few tokens of chat framing per message."""
         chars = sum(len(str(m.get("content") or "")) for m in messages)
         return math.ceil(chars / CHARS_PER_TOKEN) + 4 * len(messages)

@@ -47,6 +47,7 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    chat_inputs,
     embedding_task,
     embedding_token_lists,
     inspect_gguf,
@@ -223,8 +224,8 @@ class TransformersEngine(Engine):
                 return value
         return int(getattr(self._tokenizer, "model_max_length", 2048) or 2048)
 
-    def _prompt(self, messages: list[dict], enable_thinking: bool | None) -> str:
-        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    def _prompt(self, messages: list[dict], enable_thinking: bool | None, extra: dict) -> str:
+        extra = dict(extra) if enable_thinking is None else {**extra, "enable_thinking": enable_thinking}
         if self.chat_template():
             try:
                 return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
@@ -234,12 +235,13 @@ class TransformersEngine(Engine):
                 raise PromptError(f"chat template error: {exc.__class__.__name__}: {scrub_paths(str(exc))}") from None
         return render_chat_template(CHATML_TEMPLATE, messages, add_generation_prompt=True, **extra)
 
-    def _encode(self, messages, enable_thinking=None):
+    def _encode(self, messages, enable_thinking=None, tools=None):
         import torch
 
+        messages, extra = chat_inputs(self.chat_template() or CHATML_TEMPLATE, messages, tools)
         marked, marker = with_content_markers(messages)
         ids: list[int] = []
-        segments = prompt_segments(self._prompt(marked, enable_thinking), messages, marker)
+        segments = prompt_segments(self._prompt(marked, enable_thinking, extra), messages, marker)
         # Special tokens are parsed in the template's own text only, never in what users wrote.
         # split_special_tokens is stored on the shared Rust tokenizer for the duration of a call,
         # so concurrent encodes (batched requests, count_tokens) must not interleave: one thread
@@ -252,9 +254,9 @@ class TransformersEngine(Engine):
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
-    def count_tokens(self, messages: list[dict]) -> int:
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
         self._refuse_if_embedding()
-        return int(self._encode(messages).shape[-1])
+        return int(self._encode(messages, tools=tools).shape[-1])
 
     def _guide(self, constraint: dict) -> "_Guide":
         with self._guides_lock:
@@ -339,7 +341,7 @@ class TransformersEngine(Engine):
         self._refuse_if_embedding()
         s = resolve_sampling(params, self._spec)
         guide = self._guide(params.constraint) if params.constraint is not None else None
-        input_ids = self._encode(messages, params.enable_thinking).to(self._device)
+        input_ids = self._encode(messages, params.enable_thinking, params.tools).to(self._device)
         prompt_len = int(input_ids.shape[-1])
         n_ctx = self.context_length()
         if prompt_len >= n_ctx:

@@ -18,6 +18,7 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
+    chat_inputs,
     locate_model,
     make_stats,
     resolve_sampling,
@@ -130,13 +131,15 @@ class VLLMEngine(Engine):
     def chat_template(self) -> str | None:
         return getattr(self._tokenizer, "chat_template", None)
 
-    def _prompt_ids(self, messages, enable_thinking=None) -> list[int]:
-        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    def _prompt_ids(self, messages, enable_thinking=None, tools=None) -> list[int]:
+        messages, extra = chat_inputs(self.chat_template(), messages, tools)
+        if enable_thinking is not None:
+            extra["enable_thinking"] = enable_thinking
         text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return self._tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self._prompt_ids(messages))
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        return len(self._prompt_ids(messages, tools=tools))
 
     def generate(self, messages: list[dict], params: GenerationParams,
                  should_stop: Callable[[], bool]) -> Iterator[str | GenerationStats]:
@@ -145,7 +148,7 @@ class VLLMEngine(Engine):
 
         s = resolve_sampling(params, self._spec)
         constrained = structured_outputs(params.constraint, sampling_params) if params.constraint is not None else {}
-        ids = self._prompt_ids(messages, params.enable_thinking)
+        ids = self._prompt_ids(messages, params.enable_thinking, params.tools)
         sampling = SamplingParams(
             max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed, stop=list(s.stop) or None,
             top_p=1.0 if s.greedy or s.top_p is None else float(s.top_p),
