@@ -31,6 +31,19 @@ def test_a_valid_key_authenticates_and_records_last_use(make_user, client_for, r
     assert key.last_used_at is not None
 
 
+def test_a_key_in_an_x_api_key_header_authenticates_on_every_json_route(make_user, client_for, registry):
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=client_for(make_user("model_read")).raw_key)
+    assert_ok(client.get("/models/"))
+
+
+def test_the_bearer_header_wins_over_x_api_key(make_user, client_for, registry):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer bai_deadbeef_nope",
+                       HTTP_X_API_KEY=client_for(make_user("model_read")).raw_key)
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
+
+
 @pytest.mark.parametrize("header", ["Bearer bai_deadbeef_nope", "Bearer ", "Bearer x", "Basic abc", "Bearer bai_x"])
 def test_a_wrong_or_malformed_key_answers_401(registry, header):
     client = APIClient()
