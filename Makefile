@@ -47,8 +47,10 @@ bootstrap: migrate
 serve: bootstrap
 	$(BIN)/python -m beautyai_site.serve -b $(HOST) -p $(PORT) beautyai_site.asgi:application
 
+# The import contracts (pyproject.toml [tool.importlinter]) first: seconds, and a broken layer fails fast.
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 test: install
+	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -19,8 +19,8 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 from guardian.shortcuts import get_objects_for_user
 
+from accounts.permissions import full_name, has_global, has_on
 from beautyai_site.api import errors
-from beautyai_site.api.permissions import full_name, has_global, has_on
 from inference_app.models import ChatSession
 from inference_app.services import session_get_for_user
 from models_app.models import ModelConfig

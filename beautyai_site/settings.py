@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "accounts",
     "models_app",
     "inference_app",
     "system_app",
@@ -219,10 +220,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "beautyai_site.api.auth.APIKeyAuthentication",
+        "accounts.auth.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["beautyai_site.api.permissions.ContractPermission"],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.ContractPermission"],
     "DEFAULT_PARSER_CLASSES": ["beautyai_site.api.parsers.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["beautyai_site.api.renderers.EnvelopeJSONRenderer"],
     "EXCEPTION_HANDLER": "beautyai_site.api.exceptions.envelope_exception_handler",
@@ -282,7 +283,7 @@ RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", True)
 
 API_KEY_LAST_USED_PRECISION_SECONDS = 60
 # How long a looked-up API key is kept in the cache (0: no cache); changes to keys and users clear
-# it at once (system_app/key_cache.py).
+# it at once (accounts/key_cache.py).
 API_KEY_CACHE_SECONDS = env_number("BEAUTYAI_API_KEY_CACHE_SECONDS", 10, minimum=0, maximum=24 * 3600)
 
 LOG_LEVEL = env_str("BEAUTYAI_LOG_LEVEL", "INFO").upper()

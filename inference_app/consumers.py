@@ -12,13 +12,13 @@ from django.conf import settings
 from rest_framework.exceptions import APIException, AuthenticationFailed
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
+from accounts.auth import authenticate_api_key, bearer_token, session_user
+from accounts.permissions import has_somewhere
 from beautyai_site.api import errors
-from beautyai_site.api.auth import authenticate_api_key, bearer_token, session_user
 from beautyai_site.api.envelope import error_body
 from beautyai_site.api.exceptions import _as_api_error
 from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from beautyai_site.api.parsers import refused_value
-from beautyai_site.api.permissions import has_somewhere
 from inference_app import active, limits, services, streaming
 from inference_app.serializers import ChatRequestSerializer
 

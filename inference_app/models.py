@@ -96,7 +96,7 @@ class UsageRecord(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_records",
                              verbose_name=_("user"))
-    api_key = models.ForeignKey("system_app.APIKey", null=True, blank=True, on_delete=models.SET_NULL,
+    api_key = models.ForeignKey("accounts.APIKey", null=True, blank=True, on_delete=models.SET_NULL,
                                 verbose_name=_("API key"))
     model_name = models.CharField(_("model name"), max_length=128)
     # The alias the request named, when it named one; model_name is the model that answered.

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 from django.db import transaction
 
+from accounts.permissions import has_on
 from beautyai_site import disconnect
 from beautyai_site.api import errors
-from beautyai_site.api.permissions import has_on
 from inference_app import reasoning, tool_calls
 from inference_app.models import ROLES, ChatMessage, ChatSession
 from inference_app.usage import quota_check, usage_record_reply

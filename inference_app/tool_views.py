@@ -7,6 +7,7 @@ from rest_framework import viewsets
 from rest_framework.permissions import IsAuthenticated
 
 from beautyai_site.api.envelope import ok
+from beautyai_site.api.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from beautyai_site.api.validation import parse
 from inference_app import benchmark, model_test, session_files, usage
 from inference_app.limits import GeneratingActionsThrottled
@@ -26,7 +27,6 @@ from inference_app.tool_serializers import (
     UsageQuerySerializer,
 )
 from inference_app.views import api_key_id
-from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
 
 ERRORS = {status: ErrorResponseSerializer for status in (400, 401, 403, 404, 409, 413, 429, 500, 503)}
 

@@ -10,10 +10,10 @@ from rest_framework import viewsets
 
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
+from beautyai_site.api.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from beautyai_site.api.validation import parse
 from inference_app import active, consumers, limits, services, streaming
 from inference_app.serializers import ChatRequestSerializer, ChatResponseSerializer
-from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
 
 ERRORS = {status: ErrorResponseSerializer for status in (400, 401, 403, 404, 409, 429, 500, 503)}
 

@@ -8,9 +8,9 @@ from django.utils.translation import gettext_lazy, pgettext_lazy
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from guardian.admin import GuardedModelAdmin
 
+from accounts.permissions import has_global
 from beautyai_site.api import errors
 from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
-from beautyai_site.api.permissions import has_global
 from models_app import downloads, runtime, services
 from models_app.models import Alias, ModelConfig, ModelDownload
 

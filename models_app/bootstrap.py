@@ -8,10 +8,10 @@ import secrets
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from accounts.services import create_api_key
 from models_app import services
 from models_app.models import ModelConfig
 from models_app.registry_io import SEED_REGISTRY, registry_import
-from system_app.models import APIKey
 
 BUNDLED_LLAMA_CPP = "smollm2-135m-instruct"
 BUNDLED_TRANSFORMERS = "smollm2-135m-instruct-hf"
@@ -63,7 +63,7 @@ def bootstrap() -> dict:
     if not users.objects.filter(username=ADMIN_USERNAME).exists():
         password = secrets.token_urlsafe(18)
         admin = users.objects.create_superuser(ADMIN_USERNAME, email="", password=password)
-        _, raw_key = APIKey.issue(user=admin, name="bootstrap")
+        _, raw_key = create_api_key(user=admin, name="bootstrap")
         report["admin_password"] = password
         report["api_key"] = raw_key
     return report

@@ -7,7 +7,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
-from beautyai_site.api.permissions import CONTRACT_PERMISSIONS
+from accounts.permissions import CONTRACT_PERMISSIONS
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 # Literal segments right under /models/ (POST /models/default/{name}): a model named like one would

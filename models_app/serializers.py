@@ -15,6 +15,9 @@ from beautyai_site.api.fields import (
     StrictSerializer,
 )
 from beautyai_site.api.jsonsafe import first_path
+from beautyai_site.api.serializers import EnvelopeSerializer
+# Also imported from here by branches not yet merged.
+from beautyai_site.api.serializers import ErrorResponseSerializer  # noqa: F401
 from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS, TOOL_FORMATS
 from models_app.engines.openai_engine import API_KEY_ENV_PREFIX, api_key_env_allowed
 from models_app.hub import REVISION
@@ -223,13 +226,6 @@ class ModelSummarySerializer(serializers.Serializer):
     is_default = serializers.BooleanField()
 
 
-class EnvelopeSerializer(serializers.Serializer):
-    success = serializers.BooleanField()
-    data = serializers.JSONField(allow_null=True)
-    timestamp = serializers.DateTimeField()
-    execution_time_ms = serializers.FloatField(allow_null=True)
-
-
 class ModelListResponseSerializer(EnvelopeSerializer):
     models = ModelSummarySerializer(many=True)
     total_count = serializers.IntegerField()
@@ -245,13 +241,3 @@ class ModelLoadResponseSerializer(EnvelopeSerializer):
     model_id = StrictCharField()
     memory_usage_mb = serializers.FloatField()
     load_time_seconds = serializers.FloatField()
-
-
-class ErrorResponseSerializer(serializers.Serializer):
-    success = serializers.BooleanField()
-    data = serializers.JSONField(allow_null=True)
-    error_code = StrictCharField()
-    error_message = StrictCharField()
-    error_details = serializers.JSONField(allow_null=True)
-    timestamp = serializers.DateTimeField()
-    execution_time_ms = serializers.FloatField(allow_null=True)

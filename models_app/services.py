@@ -9,8 +9,8 @@ from django.utils.translation import gettext as _
 from guardian.shortcuts import get_objects_for_user
 from rest_framework.exceptions import ValidationError as DRFValidationError
 
+from accounts.permissions import full_name, has_global, has_on
 from beautyai_site.api import errors
-from beautyai_site.api.permissions import full_name, has_global, has_on
 from models_app import runtime
 from models_app.models import Alias, ModelConfig, ModelDownload
 from models_app.serializers import ModelConfigSerializer

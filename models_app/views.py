@@ -17,14 +17,13 @@ from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
+from beautyai_site.api.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from beautyai_site.api.validation import parse  # noqa: F401 - also imported from here by branches not yet merged
 from models_app import downloads, runtime, services
 from models_app.models import ModelDownload
 from models_app.serializers import (
     DownloadCancelQuerySerializer,
     DownloadRequestSerializer,
-    EnvelopeSerializer,
-    ErrorResponseSerializer,
     ModelAddRequestSerializer,
     ModelAddResponseSerializer,
     ModelDeleteQuerySerializer,

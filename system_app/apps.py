@@ -57,18 +57,3 @@ class SystemAppConfig(AppConfig):
         # Started with the first request a server handles, not here: ready() also runs for migrate,
         # makemigrations and every other management command, which must not sample or write rows.
         request_started.connect(_autostart, dispatch_uid="system_app.autostart")
-        self._connect_key_cache()
-
-    @staticmethod
-    def _connect_key_cache() -> None:
-        from django.contrib.auth import get_user_model
-        from django.db.models.signals import post_delete, post_save, pre_delete
-
-        from system_app import key_cache
-        from system_app.models import APIKey
-
-        for signal in (post_save, post_delete):
-            signal.connect(key_cache.on_key_changed, sender=APIKey, dispatch_uid=f"key_cache.key.{signal}")
-        # pre_delete for users: their keys are still there to be found (the cascade removes them next).
-        for signal in (post_save, pre_delete):
-            signal.connect(key_cache.on_user_changed, sender=get_user_model(), dispatch_uid=f"key_cache.user.{signal}")

@@ -7,7 +7,8 @@ import weakref
 from django.db import connection
 from django.utils import timezone
 
-from system_app.models import APIKey, AuditEvent
+from accounts.models import APIKey
+from system_app.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 

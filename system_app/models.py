@@ -1,78 +1,9 @@
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 from django.utils import timezone
-
-KEY_PREFIX_LENGTH = 8
-
-
-def hash_key(raw_key: str) -> str:
-    # Keys carry 256 random bits, so a plain SHA-256 is enough: there is nothing to brute-force.
-    return hashlib.sha256(raw_key.encode()).hexdigest()
-
-
-class APIKeyQuerySet(models.QuerySet):
-    def find(self, raw_key: str) -> APIKey | None:
-        """The key matching ``raw_key`` (active or not), compared in constant time."""
-        parts = raw_key.split("_", 2)
-        if len(parts) != 3 or parts[0] != "bai" or len(parts[1]) != KEY_PREFIX_LENGTH:
-            return None
-        # Without the password hash: nothing that authenticates by key needs it, and the row may be cached.
-        candidate = self.select_related("user").defer("user__password").filter(prefix=parts[1]).first()
-        if candidate is None or not hmac.compare_digest(candidate.key_hash, hash_key(raw_key)):
-            return None
-        return candidate
-
-
-class APIKey(models.Model):
-    """An API key: only a hash and a short lookup prefix are stored; the key is shown once."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys",
-                             verbose_name=_("user"), help_text=_("The key acts as this user, with their permissions."))
-    name = models.CharField(_("name"), max_length=100, default="default")
-    prefix = models.CharField(_("prefix"), max_length=KEY_PREFIX_LENGTH, unique=True, editable=False)
-    key_hash = models.CharField(_("key hash"), max_length=64, editable=False)
-    created_at = models.DateTimeField(_("created"), auto_now_add=True)
-    expires_at = models.DateTimeField(_("expires"), null=True, blank=True, help_text=_("Empty: the key never expires."))
-    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
-    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
-
-    objects = APIKeyQuerySet.as_manager()
-
-    class Meta:
-        verbose_name = _("API key")
-        verbose_name_plural = _("API keys")
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.name} (bai_{self.prefix}_…)"
-
-    @classmethod
-    def issue(cls, *, user, name: str = "default", expires_at=None) -> tuple[APIKey, str]:
-        """Create a key and return it with its clear text, which is not kept anywhere."""
-        while True:
-            prefix = secrets.token_hex(KEY_PREFIX_LENGTH // 2)
-            if not cls.objects.filter(prefix=prefix).exists():
-                break
-        raw = f"bai_{prefix}_{secrets.token_urlsafe(32)}"
-        key = cls.objects.create(user=user, name=name, prefix=prefix, key_hash=hash_key(raw), expires_at=expires_at)
-        return key, raw
-
-    @property
-    def is_active(self) -> bool:
-        now = timezone.now()
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
-
-    def revoke(self) -> None:
-        if self.revoked_at is None:
-            self.revoked_at = timezone.now()
-            self.save(update_fields=["revoked_at"])
 
 
 class AuditEvent(models.Model):
@@ -82,7 +13,7 @@ class AuditEvent(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                              verbose_name=_("user"))
     username = models.CharField(_("username"), max_length=150, blank=True)
-    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("API key"))
+    api_key = models.ForeignKey("accounts.APIKey", null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("API key"))
     client_ip = models.GenericIPAddressField(_("client address"), null=True, blank=True)
     method = models.CharField(_("method"), max_length=10)
     route = models.CharField(_("route"), max_length=255)

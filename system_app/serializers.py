@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from beautyai_site.api.fields import StrictQueryBooleanField, StrictSerializer
-from models_app.serializers import EnvelopeSerializer
+from beautyai_site.api.serializers import EnvelopeSerializer
 from system_app.services import LOG_LEVELS
 
 

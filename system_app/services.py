@@ -24,8 +24,8 @@ from django.db import connection
 from django.db.models import Avg, Count, Q
 from django.utils import timezone
 
+from accounts.permissions import has_global
 from beautyai_site.api import errors
-from beautyai_site.api.permissions import has_global
 from models_app import downloads, runtime
 from models_app.models import ModelConfig, ModelDownload
 from models_app.engines.base import is_hub_id

@@ -12,10 +12,10 @@ from rest_framework import viewsets
 from rest_framework.permissions import AllowAny
 from rest_framework.views import APIView
 
+from accounts.permissions import ContractPermission
 from beautyai_site.api.envelope import ok
-from beautyai_site.api.permissions import ContractPermission
+from beautyai_site.api.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from beautyai_site.api.validation import parse
-from models_app.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from models_app.services import model_names_readable_by
 from system_app import metrics, services
 from system_app.middleware import client_ip

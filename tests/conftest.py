@@ -10,9 +10,10 @@ from django.contrib.auth.models import Permission
 from guardian.shortcuts import assign_perm
 from rest_framework.test import APIClient
 
-from beautyai_site.api.permissions import full_name
+from accounts.models import APIKey
+from accounts.permissions import full_name
+from accounts.services import create_api_key
 from models_app.models import ModelConfig
-from system_app.models import APIKey
 
 _names = itertools.count()
 
@@ -49,7 +50,7 @@ def client_for(db):
     """An APIClient that sends ``Authorization: Bearer <a fresh key of user>``."""
 
     def make(user) -> APIClient:
-        _, raw = APIKey.issue(user=user, name="test")
+        _, raw = create_api_key(user=user, name="test")
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
         client.raw_key = raw

@@ -13,7 +13,7 @@ GROUPS = {"viewer": VIEWER, "operator": OPERATOR, "administrator": ADMINISTRATOR
 
 
 def create_groups(apps, schema_editor):
-    from beautyai_site.api.permissions import CONTRACT_PERMISSIONS
+    from accounts.permissions import CONTRACT_PERMISSIONS
 
     ContentType = apps.get_model("contenttypes", "ContentType")
     Permission = apps.get_model("auth", "Permission")

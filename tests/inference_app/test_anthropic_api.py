@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import anthropic
 import pytest
 
+from accounts.models import APIKey
 from beautyai_site.api.envelope import error_body_for_path
 from inference_app.anthropic_api import (
     AnthropicMessage,
@@ -19,7 +20,6 @@ from inference_app.services import ReplyBuilder
 from models_app import runtime
 from models_app.engines.base import GenerationStats
 from models_app.manager import Event
-from system_app.models import APIKey
 
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "Name the capital city of France."}]

@@ -8,13 +8,13 @@ import httpx
 import openai
 import pytest
 
+from accounts.models import APIKey
 from inference_app.models import ChatMessage, ChatSession, UsageRecord
 from inference_app.openai_api import Completion
 from inference_app.services import ReplyBuilder
 from models_app import runtime
 from models_app.engines.base import GenerationStats
 from models_app.manager import Event
-from system_app.models import APIKey
 
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "Name the capital city of France."}]

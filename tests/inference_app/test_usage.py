@@ -13,10 +13,10 @@ import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone as django_timezone
 
+from accounts.models import APIKey
 from beautyai_site.api import errors
 from inference_app.models import QuotaRule, UsageRecord
 from inference_app.usage import quota_check, usage_record
-from system_app.models import APIKey
 from tests.envelope import assert_error, assert_ok
 
 MODEL = "smollm2-135m-instruct"

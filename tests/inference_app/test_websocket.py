@@ -15,8 +15,8 @@ from django.contrib.sessions.models import Session
 from django.test import Client, override_settings
 from django.utils import timezone
 
+from accounts.models import APIKey
 from beautyai_site.asgi import application
-from system_app.models import APIKey
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

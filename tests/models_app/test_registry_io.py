@@ -11,9 +11,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from accounts.models import APIKey
 from models_app.models import ModelConfig
 from models_app.registry_io import SEED_REGISTRY
-from system_app.models import APIKey
 
 pytestmark = pytest.mark.django_db
 CONTRACT_SEED = Path(__file__).resolve().parents[2] / "docs" / "contract" / "model_registry.json"

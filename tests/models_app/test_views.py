@@ -47,7 +47,7 @@ def test_every_route_answers_401_without_credentials(anon, registry, method, pat
 @pytest.mark.parametrize("method,path,body,permission", ROUTES)
 def test_every_route_answers_401_with_a_revoked_key(make_user, client_for, registry, method, path, body, permission):
     client = client_for(make_user(permission))
-    from system_app.models import APIKey
+    from accounts.models import APIKey
 
     APIKey.objects.get(prefix=client.raw_key.split("_")[1]).revoke()
     assert_error(call(client, method, path, body), 401, "AuthenticationError")
@@ -60,9 +60,9 @@ def test_every_route_answers_401_with_an_expired_key(make_user, registry, method
     from django.utils import timezone
     from rest_framework.test import APIClient
 
-    from system_app.models import APIKey
+    from accounts.services import create_api_key
 
-    _, raw = APIKey.issue(user=make_user(permission), expires_at=timezone.now() - timedelta(seconds=1))
+    _, raw = create_api_key(user=make_user(permission), expires_at=timezone.now() - timedelta(seconds=1))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert_error(call(client, method, path, body), 401, "AuthenticationError")

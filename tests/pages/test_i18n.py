@@ -272,7 +272,7 @@ def test_makemessages_leaves_the_committed_catalogues_unchanged(tmp_path):
     """`make messages` in a copy of the tree: the .po files come out as committed, and so do the .mo files."""
     copy = tmp_path / "tree"
     ignore = shutil.ignore_patterns(".*", "__pycache__", "var", "test-artifacts", "*.sqlite3")
-    for name in ("beautyai_site", "models_app", "inference_app", "system_app", "templates", "static", "locale"):
+    for name in ("accounts", "beautyai_site", "models_app", "inference_app", "system_app", "templates", "static", "locale"):
         shutil.copytree(ROOT / name, copy / name, ignore=ignore)
     for name in ("manage.py", "Makefile"):
         shutil.copy2(ROOT / name, copy / name)

@@ -19,8 +19,10 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from accounts.models import APIKey
+from accounts.services import create_api_key
 from system_app.logging import writer
-from system_app.models import APIKey, LogRecord, ResourceSample
+from system_app.models import LogRecord, ResourceSample
 from system_app.sampler import Sampler
 from tests.envelope import assert_error, assert_ok
 from tests.servers import start_server, stop_server
@@ -76,7 +78,7 @@ def server(transactional_db, tmp_path):
 
 
 def test_requests_during_an_outage_answer_503_and_the_server_recovers_by_itself(server, make_user):
-    _, raw = APIKey.issue(user=make_user("system_status", "model_read"))
+    _, raw = create_api_key(user=make_user("system_status", "model_read"))
     api = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {raw}"}, timeout=20)
     assert_ok(api.get("/system/status"))
     assert_ok(api.get("/models/"))

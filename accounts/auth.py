@@ -1,3 +1,5 @@
+"""The API-key authenticator for DRF and the WebSocket consumer, and the browser-session re-check."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -11,8 +13,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
-from system_app import key_cache
-from system_app.models import APIKey
+from accounts import key_cache
+from accounts.models import APIKey
 
 
 def bearer_token(authorization: str) -> str | None:

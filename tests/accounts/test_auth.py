@@ -9,14 +9,16 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from system_app.models import APIKey, hash_key
+from accounts.models import APIKey, hash_key
+from accounts.services import create_api_key
+
 from tests.envelope import assert_error, assert_ok
 
 pytestmark = pytest.mark.django_db
 
 
 def test_a_key_is_stored_only_as_a_hash_and_a_prefix(make_user):
-    key, raw = APIKey.issue(user=make_user())
+    key, raw = create_api_key(user=make_user())
     stored = APIKey.objects.filter(pk=key.pk).values().get()
     assert raw not in str(stored)
     assert stored["key_hash"] == hash_key(raw) and raw.startswith(f"bai_{stored['prefix']}_")
@@ -27,6 +29,19 @@ def test_a_valid_key_authenticates_and_records_last_use(make_user, client_for, r
     assert_ok(client.get("/models/"))
     key = APIKey.objects.get(prefix=client.raw_key.split("_")[1])
     assert key.last_used_at is not None
+
+
+def test_a_key_in_an_x_api_key_header_authenticates_on_every_json_route(make_user, client_for, registry):
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=client_for(make_user("model_read")).raw_key)
+    assert_ok(client.get("/models/"))
+
+
+def test_the_bearer_header_wins_over_x_api_key(make_user, client_for, registry):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer bai_deadbeef_nope",
+                       HTTP_X_API_KEY=client_for(make_user("model_read")).raw_key)
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
 
 
 @pytest.mark.parametrize("header", ["Bearer bai_deadbeef_nope", "Bearer ", "Bearer x", "Basic abc", "Bearer bai_x"])
@@ -95,7 +110,7 @@ def test_create_api_key_refuses_an_unknown_user(db):
 def test_the_contract_permissions_each_exist_once():
     from django.contrib.auth.models import Permission
 
-    from beautyai_site.api.permissions import CONTRACT_PERMISSIONS
+    from accounts.permissions import CONTRACT_PERMISSIONS
 
     for codename in CONTRACT_PERMISSIONS:
         assert Permission.objects.filter(codename=codename).count() == 1, codename

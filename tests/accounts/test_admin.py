@@ -6,12 +6,14 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from system_app.models import APIKey
+from accounts.models import APIKey
+from accounts.services import create_api_key
+
 
 pytestmark = pytest.mark.django_db
 
-ADD = "/admin/system_app/apikey/add/"
-CHANGELIST = "/admin/system_app/apikey/"
+ADD = "/admin/accounts/apikey/add/"
+CHANGELIST = "/admin/accounts/apikey/"
 
 
 @pytest.fixture
@@ -22,7 +24,7 @@ def staff(make_user):
         user = make_user(*codenames)
         user.is_staff = True
         user.save()
-        user.user_permissions.add(*Permission.objects.filter(content_type__app_label="system_app",
+        user.user_permissions.add(*Permission.objects.filter(content_type__app_label="accounts",
                                                              codename__in=key_permissions))
         client = Client()
         client.force_login(user)
@@ -50,7 +52,7 @@ def test_an_admin_may_issue_a_key_for_another_user(staff, make_user):
 
 @pytest.mark.parametrize("permissions, revoked", [(["view_apikey"], False), (["view_apikey", "change_apikey"], True)])
 def test_revoking_keys_needs_the_change_permission(staff, make_user, permissions, revoked):
-    key, _ = APIKey.issue(user=make_user(), name="target")
+    key, _ = create_api_key(user=make_user(), name="target")
     _, client = staff(permissions)
     client.post(CHANGELIST, {"action": "revoke_keys", "_selected_action": [key.pk]})
     key.refresh_from_db()

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.db import transaction
 
-from system_app.models import APIKey, hash_key
+from accounts.models import APIKey, hash_key
 
 _PREFIX = "beautyai:apikey:"
 

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from system_app.models import APIKey
+from accounts.services import create_api_key
 
 
 class Command(BaseCommand):
@@ -22,6 +22,6 @@ class Command(BaseCommand):
         if expires_days is not None and expires_days < 1:
             raise CommandError("--expires-days must be at least 1")
         expires_at = timezone.now() + timedelta(days=expires_days) if expires_days else None
-        key, raw = APIKey.issue(user=user, name=name, expires_at=expires_at)
+        key, raw = create_api_key(user=user, name=name, expires_at=expires_at)
         self.stdout.write(f"Created API key {key.name!r} for {username} (shown once):")
         self.stdout.write(raw)
