@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0001_initial"),
         # Usage records must stop pointing at system_app.APIKey before it leaves the state.
-        ("inference_app", "0005_apikey_in_accounts"),
+        ("inference_app", "0006_apikey_in_accounts"),
         ("system_app", "0003_userpreference_translatable_labels"),
     ]
 

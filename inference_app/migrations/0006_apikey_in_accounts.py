@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ("accounts", "0001_initial"),
-        ("inference_app", "0004_usage_requested_name_anthropic"),
+        ("inference_app", "0005_chatmessage_tool_calls"),
     ]
 
     operations = [
