@@ -245,6 +245,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several request fields are called "type" with different choices (OpenAI tools, Anthropic tools,
+    # tool_choice, thinking): each choice set gets its own name instead of a numbered collision.
+    "ENUM_NAME_OVERRIDES": {
+        "FunctionToolTypeEnum": ["function"],
+        "AnthropicToolTypeEnum": ["custom"],
+        "AnthropicToolChoiceTypeEnum": ["auto", "any", "tool", "none"],
+        "AnthropicThinkingTypeEnum": ["enabled", "disabled", "adaptive"],
+    },
 }
 
 # Security headers; HTTPS-only behaviour is switched on with BEAUTYAI_HTTPS for deployments behind TLS.

@@ -132,7 +132,7 @@ class MessageSerializer(StrictSerializer):
         return attrs
 
 
-class ToolSerializer(StrictSerializer):
+class AnthropicToolSerializer(StrictSerializer):
     name = serializers.RegexField(TOOL_NAME, error_messages={"invalid": "must be 1 to 64 letters, digits, '_' or '-'"})
     description = StrictCharField(max_length=10_000, required=False, allow_blank=True)
     input_schema = serializers.DictField()
@@ -174,7 +174,7 @@ class CountTokensRequestSerializer(StrictSerializer):
     model = ModelNameField()
     messages = MessageSerializer(many=True, min_length=1, max_length=MAX_HISTORY + 1)
     system = SystemField(required=False)
-    tools = ToolSerializer(many=True, required=False, max_length=MAX_TOOLS)
+    tools = AnthropicToolSerializer(many=True, required=False, max_length=MAX_TOOLS)
     tool_choice = ToolChoiceSerializer(required=False)
     thinking = ThinkingSerializer(required=False)
     cache_control = serializers.DictField(required=False, allow_null=True)  # no prompt cache here: ignored
