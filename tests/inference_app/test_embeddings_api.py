@@ -140,10 +140,16 @@ def test_input_the_model_cannot_take_is_a_400_naming_input(oai, bad_input):
     assert not UsageRecord.objects.exists()
 
 
+WEATHER_TOOL = {"type": "function", "function": {"name": "weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
 @live
-def test_a_chat_to_the_embedding_model_is_a_400_naming_model_and_stores_nothing(oai):
+@pytest.mark.parametrize("extra", [{}, {"tools": [WEATHER_TOOL]}, {"tools": [WEATHER_TOOL], "tool_choice": "required"}],
+                         ids=["plain", "with-tools", "forced-tool"])
+def test_a_chat_to_the_embedding_model_is_a_400_naming_model_and_stores_nothing(oai, extra):
     with pytest.raises(openai.BadRequestError) as caught:
-        oai.chat.completions.create(model=BUNDLED_EMBEDDING, messages=[{"role": "user", "content": "Hi"}])
+        oai.chat.completions.create(model=BUNDLED_EMBEDDING, messages=[{"role": "user", "content": "Hi"}], **extra)
     assert caught.value.body["param"] == "model" and "embedding model" in caught.value.body["message"]
     assert not ChatSession.objects.exists() and not UsageRecord.objects.exists()
 
