@@ -27,6 +27,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count
 
 from beautyai_site.api import errors
+from beautyai_site.api.envelope import iso
 from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from inference_app.models import ChatMessage, ChatSession
 from inference_app.services import session_get_for_user
@@ -171,9 +172,6 @@ def parse_file(raw: bytes, *, field: str) -> dict:
     return validated_document(data, field=field)
 
 
-def _iso(value) -> str | None:
-    return None if value is None else value.astimezone(dt_timezone.utc).isoformat().replace("+00:00", "Z")
-
 
 def _tool_fields(tool_calls: list, tool_call_id: str) -> dict:
     """A message's tool fields, written only when it has them (files without tools look as before)."""
@@ -195,7 +193,7 @@ def session_document(session: ChatSession) -> dict:
         "session_id": str(session.id),
         "model_name": session.model_name,
         "title": session.title,
-        "created_at": _iso(session.created_at),
+        "created_at": iso(session.created_at),
         "messages": [
             {
                 "role": message.role,
@@ -205,7 +203,7 @@ def session_document(session: ChatSession) -> dict:
                 "prompt_tokens": message.prompt_tokens,
                 "completion_tokens": message.completion_tokens,
                 "stats": message.stats,
-                "created_at": _iso(message.created_at),
+                "created_at": iso(message.created_at),
                 **_tool_fields(message.tool_calls, message.tool_call_id),
             }
             for message in session.messages.all()
@@ -221,7 +219,7 @@ def _document_from_data(document: dict, session_id) -> dict:
         "session_id": str(session_id or document.get("session_id") or uuid.uuid4()),
         "model_name": document["model_name"],
         "title": document["title"],
-        "created_at": _iso(document.get("created_at")),
+        "created_at": iso(document.get("created_at")),
         "messages": [
             {
                 "role": message["role"],
@@ -231,7 +229,7 @@ def _document_from_data(document: dict, session_id) -> dict:
                 "prompt_tokens": message.get("prompt_tokens"),
                 "completion_tokens": message.get("completion_tokens"),
                 "stats": message["stats"],
-                "created_at": _iso(message.get("created_at")),
+                "created_at": iso(message.get("created_at")),
                 **_tool_fields(message["tool_calls"], message["tool_call_id"]),
             }
             for message in document["messages"]
@@ -343,7 +341,7 @@ def _file_entry(folder: int, entry: os.DirEntry) -> dict:
         "source": "file",
         "name": entry.name,
         "size_bytes": info.st_size,
-        "modified_at": _iso(_utc(info.st_mtime)),
+        "modified_at": iso(_utc(info.st_mtime)),
         "valid": document is not None,
         "message_count": len(document["messages"]) if document else None,
         "session_id": str(document["session_id"]) if document and document.get("session_id") else None,
@@ -360,7 +358,7 @@ def session_list(*, user, limit: int, offset: int) -> dict:
     stored_total = stored.count()
     page = [
         {"source": "database", "session_id": str(s.id), "title": s.title, "model_name": s.model_name,
-         "message_count": s.message_count, "created_at": _iso(s.created_at), "updated_at": _iso(s.updated_at)}
+         "message_count": s.message_count, "created_at": iso(s.created_at), "updated_at": iso(s.updated_at)}
         for s in (stored[offset: offset + limit] if offset < stored_total else [])
     ]
     with user_folder(user) as folder:

@@ -18,6 +18,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from beautyai_site.api import errors
+from beautyai_site.api.envelope import iso
 from inference_app.models import QuotaRule, UsageRecord
 
 WINDOW = timedelta(minutes=1)
@@ -64,7 +65,7 @@ def _rule_details(rule: QuotaRule, *, limit: str, used: int, reset_at: datetime)
         "limit": limit,
         "limit_value": getattr(rule, limit),
         "used": used,
-        "reset_at": reset_at.isoformat().replace("+00:00", "Z"),
+        "reset_at": iso(reset_at),
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from django.conf import settings
 
 from beautyai_site.api import errors
+from beautyai_site.api.envelope import iso
 
 _manager = None
 _manager_lock = threading.Lock()
@@ -99,9 +100,6 @@ def unloaded_status(name: str) -> dict:
     }
 
 
-def _iso(value):
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
 
 def _info_dict(info) -> dict:
     return {
@@ -110,11 +108,11 @@ def _info_dict(info) -> dict:
         "pid": info.pid,
         "memory_usage_mb": round(info.memory_usage_mb or 0.0, 2),
         "load_time_seconds": info.load_time_seconds,
-        "loaded_at": _iso(info.loaded_at),
-        "last_used_at": _iso(info.last_used_at),
+        "loaded_at": iso(info.loaded_at),
+        "last_used_at": iso(info.last_used_at),
         "active_requests": info.active_requests,
         "queue_depth": info.queue_depth,
-        "expires_at": _iso(info.expires_at),
+        "expires_at": iso(info.expires_at),
         "last_error": info.last_error,
     }
 

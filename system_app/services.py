@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from accounts.permissions import has_global
 from beautyai_site.api import errors
+from beautyai_site.api.envelope import iso
 from models_app import downloads, runtime
 from models_app.models import ModelConfig, ModelDownload
 from models_app.engines.base import is_hub_id
@@ -47,14 +48,6 @@ from system_app.probes import gb, mb, percent
 logger = logging.getLogger(__name__)
 
 LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
-
-
-def iso(moment: datetime | float | None) -> str | None:
-    if moment is None:
-        return None
-    if isinstance(moment, (int, float)):
-        moment = datetime.fromtimestamp(moment, tz=dt_timezone.utc)
-    return moment.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _runners() -> list:

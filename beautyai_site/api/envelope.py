@@ -8,8 +8,20 @@ from datetime import datetime, timezone
 from rest_framework.response import Response
 
 
+def iso(moment: datetime | float | None) -> str | None:
+    """The one timestamp format of every answer: ISO 8601 in UTC with milliseconds and ``Z``.
+
+    Takes an aware datetime, a Unix time, or None (answered as null).
+    """
+    if moment is None:
+        return None
+    if isinstance(moment, (int, float)):
+        moment = datetime.fromtimestamp(moment, tz=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(timezone.utc))
 
 
 def elapsed_ms(request) -> float | None:
