@@ -115,15 +115,15 @@ def ensure_loaded(*, user, model: ModelConfig) -> None:
     runtime.load(model, user=user)
 
 
-def chat_count_tokens(*, user, model_name: str, messages: list[dict]) -> int:
-    """The tokens ``messages`` take as the model's prompt (chat template included): what a chat
-    with them would send, so access, aliases and on-demand loading are a chat's."""
+def chat_count_tokens(*, user, model_name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
+    """The tokens ``messages`` (and ``tools``, as the template shows them) take as the model's prompt:
+    what a chat with them would send, so access, aliases and on-demand loading are a chat's."""
     model, alias = _pick_model(user=user, model_name=model_name, session=None)
     runtime.require_task(model, "generate", field="model")
     ready = _ready_model(user=user, model=model, alias=alias)
     if ready is not model:  # the alias's fallback: it must be able to chat too
         runtime.require_task(ready, "generate", field="model")
-    return runtime.count_tokens(ready.name, messages)
+    return runtime.count_tokens(ready.name, messages, tools)
 
 
 def generation_params(model: ModelConfig, config: dict):
