@@ -2,11 +2,10 @@
 
 The same keys (``x-api-key`` or ``Authorization: Bearer``), per-model permissions, quotas, sessions
 and usage as /v1/chat/completions: a request is converted to the chat service's data and runs
-through ``chat_prepare`` / ``chat_start`` / ``ReplyBuilder`` like every chat (transport
-``anthropic``). Errors on these routes use Anthropic's shape
-``{"type": "error", "error": {"type", "message"}}``; a refused field is named in the message by
-its path (``messages.1.content.0.type: ...``). The ``anthropic-version`` header is accepted and
-not read: there is one version of these routes.
+through ``chat_open`` like every chat (transport ``anthropic``). Errors on these routes use
+Anthropic's shape ``{"type": "error", "error": {"type", "message"}}``; a refused field is named in
+the message by its path (``messages.1.content.0.type: ...``). The ``anthropic-version`` header is
+accepted and not read: there is one version of these routes.
 
 Tool use runs on the chat service's tool calling (as on /v1/chat/completions): Anthropic tools,
 tool_choice, ``tool_use`` and ``tool_result`` blocks become their OpenAI forms, and the chat
@@ -24,11 +23,10 @@ from beautyai_site.api import errors
 from beautyai_site.api.envelope import anthropic_error
 from beautyai_site.api.exceptions import envelope_exception_handler
 from beautyai_site.api.validation import parse
-from inference_app import active, limits, services, streaming
+from inference_app import limits, services, streaming
 from inference_app.anthropic_serializers import CountTokensRequestSerializer, MessagesRequestSerializer
 from inference_app.openai_api import OpenAIView, chat_data
 from inference_app.views import api_key_id
-from models_app import runtime
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -281,13 +279,10 @@ class AnthropicMessage:
         return [("error", anthropic_error(500, f"Generation failed: {self.builder.error}"))]
 
 
-def stream_response(message: AnthropicMessage, handle):
-    async def body():
-        async for event_type, payload in streaming.events_for(message.builder, handle):
-            for name, data in message.events_for(event_type, payload):
-                yield streaming.sse(name, data)
-
-    return streaming.streaming_response(message.builder, handle, body())
+async def stream_body(message: AnthropicMessage, run: services.ChatRun):
+    async for event_type, payload in run.events():
+        for name, data in message.events_for(event_type, payload):
+            yield streaming.sse(name, data)
 
 
 class MessagesView(AnthropicView):
@@ -299,19 +294,13 @@ class MessagesView(AnthropicView):
                                "(message_start ... message_stop). Auth: x-api-key or Authorization: Bearer.")
     def post(self, request):
         parsed = parse(MessagesRequestSerializer, request.data)
-        plan = services.chat_prepare(user=request.user, data=message_data(parsed), transport="anthropic",
-                                     api_key_id=api_key_id(request), model_field="model")
-        # message_start carries the prompt's size; counted before the runner is busy generating.
-        input_tokens = runtime.count_tokens(plan.model.name, plan.messages, plan.params.tools) \
-            if parsed["stream"] else None
-        handle = services.chat_start(plan)
-        active.register(plan.request_id, request.user.pk, handle)
-        message = AnthropicMessage(services.ReplyBuilder(plan), input_tokens)
+        # message_start carries the prompt's size: counted before the runner is busy generating.
+        run = services.chat_open(user=request.user, data=message_data(parsed), transport="anthropic",
+                                 api_key_id=api_key_id(request), model_field="model", count_prompt=parsed["stream"])
+        message = AnthropicMessage(run.builder, run.prompt_tokens)
         if parsed["stream"]:
-            return stream_response(message, handle)
-        services.chat_run_to_end(message.builder, handle)
-        if message.builder.error is not None:
-            raise errors.SystemError(f"Generation failed: {message.builder.error}")
+            return run.stream_response(stream_body(message, run))
+        run.run_to_end()
         return Response(message.body())
 
 
