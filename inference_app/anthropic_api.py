@@ -2,16 +2,14 @@
 
 The same keys (``x-api-key`` or ``Authorization: Bearer``), per-model permissions, quotas, sessions
 and usage as /v1/chat/completions: a request is converted to the chat service's data and runs
-through ``chat_prepare`` / ``chat_start`` / ``ReplyBuilder`` like every chat (transport
-``anthropic``). Errors on these routes use Anthropic's shape
-``{"type": "error", "error": {"type", "message"}}``; a refused field is named in the message by
-its path (``messages.1.content.0.type: ...``). The ``anthropic-version`` header is accepted and
-not read: there is one version of these routes.
+through ``chat_open`` like every chat (transport ``anthropic``). Errors on these routes use
+Anthropic's shape ``{"type": "error", "error": {"type", "message"}}``; a refused field is named in
+the message by its path (``messages.1.content.0.type: ...``). The ``anthropic-version`` header is
+accepted and not read: there is one version of these routes.
 
-Tool use is converted by the pure functions below (Anthropic tools, tool_choice, ``tool_use`` and
-``tool_result`` blocks to their OpenAI forms, and the chat service's ``tool_call`` /
-``tool_arguments`` events to ``tool_use`` blocks); the routes refuse ``tools`` and tool blocks
-until the chat service takes tools (see docs/api.md).
+Tool use runs on the chat service's tool calling (as on /v1/chat/completions): Anthropic tools,
+tool_choice, ``tool_use`` and ``tool_result`` blocks become their OpenAI forms, and the chat
+service's ``tool_call`` / ``tool_arguments`` events become ``tool_use`` blocks.
 """
 
 from __future__ import annotations
@@ -25,11 +23,10 @@ from beautyai_site.api import errors
 from beautyai_site.api.envelope import anthropic_error
 from beautyai_site.api.exceptions import envelope_exception_handler
 from beautyai_site.api.validation import parse
-from inference_app import active, limits, services, streaming
+from inference_app import limits, services, streaming
 from inference_app.anthropic_serializers import CountTokensRequestSerializer, MessagesRequestSerializer
 from inference_app.openai_api import OpenAIView, chat_data
 from inference_app.views import api_key_id
-from models_app import runtime
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -83,12 +80,20 @@ def tools_to_openai(tools: list[dict] | None) -> list[dict] | None:
 
 
 def tool_choice_to_openai(choice: dict | None):
-    """auto -> "auto", any -> "required", none -> "none", {"type": "tool", "name"} -> that function."""
+    """The chat service's tool_choice (what /v1's ToolChoiceField makes): auto -> "auto",
+    any -> "required", none -> "none", {"type": "tool", "name"} -> {"name"}."""
     if not choice:
         return None
     if choice["type"] == "tool":
-        return {"type": "function", "function": {"name": choice["name"]}}
+        return {"name": choice["name"]}
     return {"auto": "auto", "any": "required", "none": "none"}[choice["type"]]
+
+
+def template_tools(parsed: dict) -> list[dict] | None:
+    """The tools the chat template is told of: none with tool_choice none (as the chat service does)."""
+    if (parsed.get("tool_choice") or {}).get("type") == "none":
+        return None
+    return tools_to_openai(parsed.get("tools"))
 
 
 def _joined(blocks: list[dict]) -> str:
@@ -123,28 +128,48 @@ def messages_to_chat(system: str | None, messages: list[dict]) -> list[dict]:
     return out
 
 
-def _refuse_tools_for_now(parsed: dict) -> None:
-    """The chat service does not take tools yet (docs/api.md): refused by name rather than ignored."""
-    if parsed.get("tools") or parsed.get("tool_choice"):
-        field = "tools" if parsed.get("tools") else "tool_choice"
-        raise errors.ValidationError(f"{field}: tool use is not available on this server yet",
-                                     details={"fields": {field: ["tool use is not available on this server yet"]}})
-    for m_index, message in enumerate(parsed["messages"]):
-        for b_index, block in enumerate(message["content"]):
-            if block["type"] in ("tool_use", "tool_result"):
-                path = f"messages.{m_index}.content.{b_index}.type"
-                raise errors.ValidationError(f"{path}: tool use is not available on this server yet")
+def _bad_result(m_index: int, b_index: int, message: str):
+    return errors.ValidationError(
+        f"messages.{m_index}.content.{b_index}.tool_use_id: {message}",
+        details={"fields": {"messages": {str(m_index): {"content": {str(b_index): {"tool_use_id": [message]}}}}}})
+
+
+def check_tool_results(parsed: dict) -> None:
+    """Each tool_result answers a tool_use of the assistant message just before it.
+
+    A first message of only results may answer the calls stored in the ``session_id`` session:
+    the chat service checks those against the session's last assistant turn.
+    """
+    messages = parsed["messages"]
+    for m_index, message in enumerate(messages):
+        results = [(b_index, block) for b_index, block in enumerate(message["content"]) if block["type"] == "tool_result"]
+        if not results:
+            continue
+        if m_index == 0 and parsed.get("session_id") and len(results) == len(message["content"]):
+            continue
+        previous = messages[m_index - 1]["content"] if m_index else []
+        ids = {block["id"] for block in previous if block["type"] == "tool_use"}
+        for b_index, block in results:
+            if block["tool_use_id"] not in ids:
+                raise _bad_result(m_index, b_index, "answers no tool_use of the previous assistant message")
 
 
 def message_data(parsed: dict) -> dict:
-    """A checked /v1/messages request as the chat service's ChatRequest."""
-    _refuse_tools_for_now(parsed)
+    """A checked /v1/messages request as the chat service's ChatRequest.
+
+    A last user message of only tool results becomes the request's tool turns (chat_data takes
+    trailing ``tool`` messages so); results followed by text stay history before the new text.
+    """
     if parsed["messages"][-1]["role"] != "user":
         raise errors.ValidationError(
             "messages: the last message must be a user message (continuing an assistant prefill is not supported)",
             details={"fields": {"messages": ["the last message must be a user message"]}})
+    check_tool_results(parsed)
+    choice = parsed.get("tool_choice") or {}
     options = {"model": parsed["model"], "stream": parsed["stream"], "session_id": parsed.get("session_id"),
                "max_tokens": parsed["max_tokens"], "stop": parsed.get("stop_sequences"),
+               "tools": tools_to_openai(parsed.get("tools")), "tool_choice": tool_choice_to_openai(choice or None),
+               "parallel_tool_calls": False if choice.get("disable_parallel_tool_use") else None,
                **{key: parsed.get(key) for key in ("temperature", "top_p", "top_k")}}
     data = chat_data(options, messages_to_chat(parsed.get("system"), parsed["messages"]))
     if (parsed.get("thinking") or {}).get("type") in ("enabled", "disabled"):
@@ -254,13 +279,10 @@ class AnthropicMessage:
         return [("error", anthropic_error(500, f"Generation failed: {self.builder.error}"))]
 
 
-def stream_response(message: AnthropicMessage, handle):
-    async def body():
-        async for event_type, payload in streaming.events_for(message.builder, handle):
-            for name, data in message.events_for(event_type, payload):
-                yield streaming.sse(name, data)
-
-    return streaming.streaming_response(message.builder, handle, body())
+async def stream_body(message: AnthropicMessage, run: services.ChatRun):
+    async for event_type, payload in run.events():
+        for name, data in message.events_for(event_type, payload):
+            yield streaming.sse(name, data)
 
 
 class MessagesView(AnthropicView):
@@ -272,18 +294,13 @@ class MessagesView(AnthropicView):
                                "(message_start ... message_stop). Auth: x-api-key or Authorization: Bearer.")
     def post(self, request):
         parsed = parse(MessagesRequestSerializer, request.data)
-        plan = services.chat_prepare(user=request.user, data=message_data(parsed), transport="anthropic",
-                                     api_key_id=api_key_id(request), model_field="model")
-        # message_start carries the prompt's size; counted before the runner is busy generating.
-        input_tokens = runtime.count_tokens(plan.model.name, plan.messages) if parsed["stream"] else None
-        handle = services.chat_start(plan)
-        active.register(plan.request_id, request.user.pk, handle)
-        message = AnthropicMessage(services.ReplyBuilder(plan), input_tokens)
+        # message_start carries the prompt's size: counted before the runner is busy generating.
+        run = services.chat_open(user=request.user, data=message_data(parsed), transport="anthropic",
+                                 api_key_id=api_key_id(request), model_field="model", count_prompt=parsed["stream"])
+        message = AnthropicMessage(run.builder, run.prompt_tokens)
         if parsed["stream"]:
-            return stream_response(message, handle)
-        services.chat_run_to_end(message.builder, handle)
-        if message.builder.error is not None:
-            raise errors.SystemError(f"Generation failed: {message.builder.error}")
+            return run.stream_response(stream_body(message, run))
+        run.run_to_end()
         return Response(message.body())
 
 
@@ -296,7 +313,7 @@ class CountTokensView(AnthropicView):
                                "template (the chat permission; the model is loaded on demand as for a chat).")
     def post(self, request):
         parsed = parse(CountTokensRequestSerializer, request.data)
-        _refuse_tools_for_now(parsed)
         count = services.chat_count_tokens(user=request.user, model_name=parsed["model"],
-                                           messages=messages_to_chat(parsed.get("system"), parsed["messages"]))
+                                           messages=messages_to_chat(parsed.get("system"), parsed["messages"]),
+                                           tools=template_tools(parsed))
         return Response({"input_tokens": count})

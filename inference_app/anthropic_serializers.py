@@ -6,14 +6,16 @@ Content blocks are checked here, each refusal naming its place (``messages.1.con
 
 from __future__ import annotations
 
+import json
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from beautyai_site.api.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField, StrictSerializer
 from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS
+from inference_app.tool_serializers import MAX_TOOLS, MAX_TOOLS_BYTES, TOOL_CALL_ID, JSONSchemaField
 from models_app.serializers import ModelNameField
 
-MAX_TOOLS = 128
 TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 # Blocks Anthropic defines that these engines cannot take (they read text only).
 UNSUPPORTED_BLOCKS = ("image", "document", "search_result", "container_upload", "server_tool_use",
@@ -57,6 +59,14 @@ def _checked_string(value: str) -> str:
     return value
 
 
+def _call_id(value, where: str) -> str:
+    """A tool_use id, or the one a tool_result answers: stored as the chat's call ids (ChatMessage)."""
+    value = _text(value, where)
+    if not TOOL_CALL_ID.fullmatch(value):
+        raise serializers.ValidationError({where: ["must be letters, digits, '_', '.', ':' or '-' (at most 64)"]})
+    return value
+
+
 def _block(block, allowed: tuple[str, ...], where: str) -> dict:
     """One content block, checked; errors are keyed by ``where`` (its index) and the bad key."""
     if not isinstance(block, dict):
@@ -76,13 +86,13 @@ def _block(block, allowed: tuple[str, ...], where: str) -> dict:
         if kind == "text":
             checked["text"] = _text(block["text"], "text")
         elif kind == "tool_use":
-            checked["id"] = _text(block["id"], "id")
+            checked["id"] = _call_id(block["id"], "id")
             checked["name"] = _text(block["name"], "name")
             if not isinstance(block["input"], dict):
                 raise serializers.ValidationError({"input": ["must be an object"]})
             checked["input"] = block["input"]
         elif kind == "tool_result":
-            checked["tool_use_id"] = _text(block["tool_use_id"], "tool_use_id")
+            checked["tool_use_id"] = _call_id(block["tool_use_id"], "tool_use_id")
             try:
                 checked["content"] = _text_blocks(block.get("content", ""), "tool result")
             except serializers.ValidationError as exc:
@@ -125,22 +135,28 @@ class MessageSerializer(StrictSerializer):
 
     def validate(self, attrs):
         allowed = ROLE_BLOCKS[attrs["role"]]
+        seen = set()
         for index, block in enumerate(attrs["content"]):
             if block["type"] not in allowed:
                 raise serializers.ValidationError({"content": {str(index): {"type": [
                     f"a {attrs['role']} message takes {', '.join(allowed)} blocks"]}}})
+            key = block.get("id") or block.get("tool_use_id")
+            if key is not None and key in seen:
+                raise serializers.ValidationError({"content": {str(index): {
+                    "id" if block["type"] == "tool_use" else "tool_use_id": ["appears twice in this message"]}}})
+            seen.add(key)
         return attrs
 
 
 class AnthropicToolSerializer(StrictSerializer):
     name = serializers.RegexField(TOOL_NAME, error_messages={"invalid": "must be 1 to 64 letters, digits, '_' or '-'"})
     description = StrictCharField(max_length=10_000, required=False, allow_blank=True)
-    input_schema = serializers.DictField()
+    input_schema = JSONSchemaField()
     type = serializers.ChoiceField(choices=["custom"], required=False)
     cache_control = serializers.DictField(required=False)
 
     def validate_input_schema(self, value):
-        if value.get("type") != "object":
+        if value.get("type") != "object":  # Anthropic requires it; JSONSchemaField would let it be implied
             raise serializers.ValidationError("must be a JSON schema of type object")
         return value
 
@@ -183,6 +199,8 @@ class CountTokensRequestSerializer(StrictSerializer):
         if attrs.get("tool_choice") and attrs["tool_choice"]["type"] in ("any", "tool") and not attrs.get("tools"):
             raise serializers.ValidationError({"tool_choice": ["needs tools"]})
         names = [tool["name"] for tool in attrs.get("tools") or []]
+        if len(json.dumps(attrs.get("tools") or [], ensure_ascii=False).encode()) > MAX_TOOLS_BYTES:
+            raise serializers.ValidationError({"tools": [f"larger than {MAX_TOOLS_BYTES // 1024} KB in all"]})
         if len(set(names)) != len(names):
             raise serializers.ValidationError({"tools": ["tool names must be unique"]})
         choice = attrs.get("tool_choice") or {}

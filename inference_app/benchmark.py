@@ -241,7 +241,7 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
                   api_key_id: int | None = None) -> BenchmarkRun:
     """Runs the benchmark, records each generation's usage and stores the run."""
     model = registry.model_get_for_user(user=user, name=model_name, permission="benchmark")
-    runtime.require_task(model, "generate", field="model_name")
+    runtime.require_task(model, "generate", field="model_name")  # before max_tokens is checked against its cap
     cap = model.max_new_tokens
     max_tokens = config.get("max_tokens", min(DEFAULT_MAX_TOKENS, cap))
     if max_tokens > cap:
@@ -254,10 +254,7 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
         "temperature": config.get("temperature", 0.0),
         "concurrency": config.get("concurrency", 4) if benchmark_type != "latency" else 1,
     }
-    if not runtime.accepting_generations():
-        raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
-    quota_check(user=user, model=model)
-    services.ensure_loaded(user=user, model=model)
+    services.model_ready(user=user, model=model)
     messages, params = prepared_prompt(model=model, prompt=settings_used["prompt"],
                                        config={"max_tokens": max_tokens, "temperature": settings_used["temperature"]})
 

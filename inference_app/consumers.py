@@ -19,7 +19,7 @@ from beautyai_site.api.envelope import error_body
 from beautyai_site.api.exceptions import _as_api_error
 from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from beautyai_site.api.parsers import refused_value
-from inference_app import active, limits, services, streaming
+from inference_app import limits, services
 from inference_app.serializers import ChatRequestSerializer
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -203,21 +203,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _run_chat(self, request_id: str, body: dict):
         # The socket's request_id names the stream to the client; the server's own id (made by
-        # chat_prepare) keeps requests of different sockets apart in the runner and in the cancel registry.
+        # chat_open) keeps requests of different sockets apart in the runner and in the cancel registry.
         try:
-            plan, handle = await sync_to_async(self._prepare, thread_sensitive=False)(body)
+            run = await sync_to_async(self._open, thread_sensitive=False)(body)
         except Exception as exc:  # every failure becomes an error event; the socket stays usable
             self.tasks.pop(request_id, None)
             await self._error(request_id, _as_api_error(exc) or errors.SystemError())
             if isinstance(exc, errors.AuthenticationError):  # ...unless its credential is gone
                 await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        server_id = plan.request_id
-        self.handles[request_id] = self.by_server_id[server_id] = handle
-        active.register(server_id, self.user.pk, handle)
-        builder = services.ReplyBuilder(plan)
+        server_id = run.plan.request_id
+        self.handles[request_id] = self.by_server_id[server_id] = run.handle
         try:
-            async for event_type, payload in streaming.events_for(builder, handle):
+            async for event_type, payload in run.events():
                 if event_type == "start":
                     payload = {**payload, "server_request_id": server_id}
                 await self.send_json({"type": event_type, **payload, "request_id": request_id})
@@ -226,7 +224,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.by_server_id.pop(server_id, None)
             self.tasks.pop(request_id, None)
 
-    def _prepare(self, body: dict):
+    def _open(self, body: dict) -> services.ChatRun:
         from django.db import close_old_connections
 
         close_old_connections()
@@ -240,9 +238,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if not has_somewhere(user, "chat"):
                 raise errors.PermissionDeniedError("You do not have the 'chat' permission.")
             limits.check_chat_rate(user)
-            plan = services.chat_prepare(user=user, data=serializer.validated_data, transport="websocket",
-                                         api_key_id=self.api_key_id)
-            return plan, services.chat_start(plan)
+            return services.chat_open(user=user, data=serializer.validated_data, transport="websocket",
+                                      api_key_id=self.api_key_id)
         finally:
             close_old_connections()
 

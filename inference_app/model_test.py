@@ -19,7 +19,7 @@ from beautyai_site.api import errors
 from inference_app import reasoning, services
 from inference_app.benchmark import generate_timed, prepared_prompt
 from inference_app.tool_serializers import LANGUAGE_SCRIPTS
-from inference_app.usage import quota_check, usage_record
+from inference_app.usage import usage_record
 from models_app import runtime
 from models_app import services as registry
 
@@ -94,11 +94,7 @@ def model_test_run(*, user, model_name: str, prompt: str, generation_config: dic
                    api_key_id: int | None = None) -> dict:
     """Generates once (not stored as a chat session), records usage and checks the reply."""
     model = registry.model_get_for_user(user=user, name=model_name, permission="test")
-    runtime.require_task(model, "generate", field="model_name")
-    if not runtime.accepting_generations():
-        raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
-    quota_check(user=user, model=model)
-    services.ensure_loaded(user=user, model=model)
+    services.model_ready(user=user, model=model)
     messages, params = prepared_prompt(model=model, prompt=prompt, config=generation_config)
     run = generate_timed(model, messages, params)
     if run.stats is not None:

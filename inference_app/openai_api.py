@@ -18,7 +18,6 @@ import sys
 import time
 from array import array
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,7 +26,7 @@ from beautyai_site.api import errors
 from beautyai_site.api.exceptions import envelope_exception_handler
 from beautyai_site.api.envelope import openai_error
 from beautyai_site.api.validation import parse
-from inference_app import active, embeddings, limits, services, streaming
+from inference_app import embeddings, limits, services
 from inference_app.tool_serializers import (
     ChatCompletionRequestSerializer,
     CompletionRequestSerializer,
@@ -230,30 +229,22 @@ def _sse(payload: dict | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
-def stream_response(completion: Completion, handle) -> StreamingHttpResponse:
-    async def body():
-        async for event_type, payload in streaming.events_for(completion.builder, handle):
-            for chunk in completion.chunks_for(event_type, payload):
-                yield _sse(chunk)
-        yield _sse("[DONE]")
-
-    return streaming.streaming_response(completion.builder, handle, body())
+async def stream_body(completion: Completion, run: services.ChatRun):
+    async for event_type, payload in run.events():
+        for chunk in completion.chunks_for(event_type, payload):
+            yield _sse(chunk)
+    yield _sse("[DONE]")
 
 
 def complete(request, parsed: dict, data: dict, *, kind: str):
     """Runs one reply through the chat service and answers it as OpenAI would."""
-    plan = services.chat_prepare(user=request.user, data=data, transport="openai", api_key_id=api_key_id(request),
-                                 model_field="model")
-    handle = services.chat_start(plan)
-    active.register(plan.request_id, request.user.pk, handle)
-    builder = services.ReplyBuilder(plan)
-    completion = Completion(builder, kind=kind,
+    run = services.chat_open(user=request.user, data=data, transport="openai", api_key_id=api_key_id(request),
+                             model_field="model")
+    completion = Completion(run.builder, kind=kind,
                             include_usage=bool((parsed.get("stream_options") or {}).get("include_usage")))
     if parsed["stream"]:
-        return stream_response(completion, handle)
-    services.chat_run_to_end(builder, handle)
-    if builder.error is not None:
-        raise errors.SystemError(f"Generation failed: {builder.error}")
+        return run.stream_response(stream_body(completion, run))
+    run.run_to_end()
     return Response(completion.body())
 
 

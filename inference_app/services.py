@@ -1,9 +1,12 @@
 """Chat: from a validated request to a stored reply, whatever the transport.
 
-Every transport (REST, SSE, WebSocket, /v1) runs the same three steps:
-``chat_prepare`` (access, session, context, on-demand load),
-``chat_start`` (submits to the model's runner, then stores the user message) and a ``ReplyBuilder`` fed with the runner's
-events, whose result ``chat_record`` stores once per reply.
+Every transport (REST, SSE, WebSocket, /v1, /v1/messages) calls ``chat_open``, which runs
+``chat_prepare`` (access, session, context, on-demand load) and ``chat_start`` (submits to the
+model's runner, then stores the user message), registers the generation for cancels and answers a
+``ChatRun``: its ``ReplyBuilder`` is fed with the runner's events (``events()`` streamed,
+``run_to_end()`` not), and ``chat_record`` stores its result once per reply. Each transport keeps
+only its wire format. ``model_ready`` is the preamble every generation shares, the model test
+and benchmarks included.
 """
 
 from __future__ import annotations
@@ -115,15 +118,32 @@ def ensure_loaded(*, user, model: ModelConfig) -> None:
     runtime.load(model, user=user)
 
 
-def chat_count_tokens(*, user, model_name: str, messages: list[dict]) -> int:
-    """The tokens ``messages`` take as the model's prompt (chat template included): what a chat
-    with them would send, so access, aliases and on-demand loading are a chat's."""
-    model, alias = _pick_model(user=user, model_name=model_name, session=None)
-    runtime.require_task(model, "generate", field="model")
+def model_ready(*, user, model: ModelConfig, alias=None, field: str = "model_name",
+                generating: bool = True) -> ModelConfig:
+    """The model that will serve, loaded: the preamble of every generation (chats, test, benchmark).
+
+    In this order: the server is not restarting (503); the model generates (400 naming ``field``,
+    what the transport calls it); the caller's quota (429, before anything is stored or loaded);
+    loaded on demand, or the alias's fallback, which must generate too. ``generating=False``
+    (counting tokens) skips the restart and quota checks: nothing is generated.
+    """
+    if generating and not runtime.accepting_generations():
+        raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
+    runtime.require_task(model, "generate", field=field)
+    if generating:
+        quota_check(user=user, model=model)
     ready = _ready_model(user=user, model=model, alias=alias)
-    if ready is not model:  # the alias's fallback: it must be able to chat too
-        runtime.require_task(ready, "generate", field="model")
-    return runtime.count_tokens(ready.name, messages)
+    if ready is not model:
+        runtime.require_task(ready, "generate", field=field)
+    return ready
+
+
+def chat_count_tokens(*, user, model_name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
+    """The tokens ``messages`` (and ``tools``, as the template shows them) take as the model's prompt:
+    what a chat with them would send, so access, aliases and on-demand loading are a chat's."""
+    model, alias = _pick_model(user=user, model_name=model_name, session=None)
+    ready = model_ready(user=user, model=model, alias=alias, field="model", generating=False)
+    return runtime.count_tokens(ready.name, messages, tools)
 
 
 def generation_params(model: ModelConfig, config: dict):
@@ -231,21 +251,18 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     table and the cancel registry, so a client-chosen id (an ``X-Request-ID`` a proxy sets to a
     constant, a guess) would join two users' generations.
     """
+    # Also model_ready's first check; here before any lookup, so that a restart answers every chat 503.
     if not runtime.accepting_generations():
         raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
     session = session_get_for_user(user=user, session_id=data["session_id"]) if data.get("session_id") else None
     if session is not None and data.get("chat_history"):
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
     model, alias = _pick_model(user=user, model_name=data.get("model_name"), session=session)
-    runtime.require_task(model, "generate", field=model_field)  # ``model_field``: what the transport calls it
+    runtime.require_task(model, "generate", field=model_field)
     if data.get("tools") and data.get("tool_choice") != "none" and model.engine == "openai":
         # The remote server would answer calls as structured deltas, which the engine's text stream drops.
         raise _bad_tools("not supported for models served by the openai engine")
-    quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
-    ready = _ready_model(user=user, model=model, alias=alias)
-    if ready is not model:  # the alias's fallback: it must be able to chat too
-        runtime.require_task(ready, "generate", field=model_field)
-    model = ready
+    model = model_ready(user=user, model=model, alias=alias, field=model_field)
     params = generation_params(model, dict(data.get("generation_config") or {}))
     # A full queue answers 429 before anything is counted or stored (chat_start checks again, atomically).
     runtime.check_queue(model)
@@ -471,6 +488,58 @@ def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
                               stats.get("time_to_first_token_ms"))
     usage_record_reply(builder.plan, stats)
     return message
+
+
+@dataclass
+class ChatRun:
+    """One reply in flight, as every transport gets it from ``chat_open``."""
+
+    plan: ChatPlan
+    handle: object  # the runner's GenerationHandle
+    builder: ReplyBuilder
+    prompt_tokens: int | None = None  # counted before the start when chat_open was asked to
+
+    def events(self):
+        """The transport events (start ... done | error), asynchronously; a consumer that stops early
+        cancels the generation and the partial reply is stored (streaming.events_for)."""
+        from inference_app import streaming
+
+        return streaming.events_for(self.builder, self.handle)
+
+    def stream_response(self, body=None):
+        """The event-stream response of ``body`` (an async iterator over ``events()`` in the
+        transport's wire format), or of the events themselves as SSE (REST's stream)."""
+        from inference_app import streaming
+
+        if body is None:
+            return streaming.sse_response(self.builder, self.handle)
+        return streaming.streaming_response(self.builder, self.handle, body)
+
+    def run_to_end(self) -> ReplyBuilder:
+        """A non-streamed reply, read to its end and stored; a failed generation raises SystemError."""
+        chat_run_to_end(self.builder, self.handle)
+        if self.builder.error is not None:
+            raise errors.SystemError(f"Generation failed: {self.builder.error}",
+                                     details={"session_id": str(self.plan.session.id),
+                                              "request_id": self.plan.request_id})
+        return self.builder
+
+
+def chat_open(*, user, data: dict, transport: str, api_key_id: int | None = None, model_field: str = "model_name",
+              count_prompt: bool = False) -> ChatRun:
+    """Prepares and starts one reply and registers it for cancels: the start of every chat.
+
+    ``count_prompt``: the prompt's tokens are counted (tools included) before the generation starts,
+    while the runner is not busy with it, for a transport that announces them first (Anthropic's
+    ``message_start``).
+    """
+    from inference_app import active
+
+    plan = chat_prepare(user=user, data=data, transport=transport, api_key_id=api_key_id, model_field=model_field)
+    prompt_tokens = runtime.count_tokens(plan.model.name, plan.messages, plan.params.tools) if count_prompt else None
+    handle = chat_start(plan)
+    active.register(plan.request_id, user.pk, handle)
+    return ChatRun(plan=plan, handle=handle, builder=ReplyBuilder(plan), prompt_tokens=prompt_tokens)
 
 
 def chat_run_to_end(builder: ReplyBuilder, handle) -> None:

@@ -12,7 +12,7 @@ from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
 from beautyai_site.api.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from beautyai_site.api.validation import parse
-from inference_app import active, consumers, limits, services, streaming
+from inference_app import active, consumers, limits, services
 from inference_app.serializers import ChatRequestSerializer, ChatResponseSerializer
 
 ERRORS = {status: ErrorResponseSerializer for status in (400, 401, 403, 404, 409, 429, 500, 503)}
@@ -30,18 +30,11 @@ class ChatViewSet(viewsets.ViewSet):
                    description="stream=true answers text/event-stream: start, delta, reasoning, done, error events.")
     def chat(self, request):
         data = parse(ChatRequestSerializer, request.data)
-        plan = services.chat_prepare(user=request.user, data=data, transport="sse" if data["stream"] else "rest",
-                                     api_key_id=api_key_id(request))
-        handle = services.chat_start(plan)
-        active.register(plan.request_id, request.user.pk, handle)
-        builder = services.ReplyBuilder(plan)
+        run = services.chat_open(user=request.user, data=data, transport="sse" if data["stream"] else "rest",
+                                 api_key_id=api_key_id(request))
         if data["stream"]:
-            return streaming.sse_response(builder, handle)
-        services.chat_run_to_end(builder, handle)
-        if builder.error is not None:
-            raise errors.SystemError(f"Generation failed: {builder.error}",
-                                     details={"session_id": str(plan.session.id), "request_id": plan.request_id})
-        return ok(request, **builder.response_fields())
+            return run.stream_response()
+        return ok(request, **run.run_to_end().response_fields())
 
     @extend_schema(parameters=[OpenApiParameter("request_id", str, OpenApiParameter.PATH)], request=None,
                    responses={200: EnvelopeSerializer, **ERRORS})

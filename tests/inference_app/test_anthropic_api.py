@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import anthropic
+import jsonschema
 import pytest
 
 from accounts.models import APIKey
@@ -27,6 +29,16 @@ STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
 # anthropic 2.x dropped temperature from create(); older clients and other tools still send it.
 GREEDY = {"temperature": 0}
 live = pytest.mark.django_db(transaction=True)
+WEATHER = {"name": "get_weather", "description": "Weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                            "required": ["city"], "additionalProperties": False}}
+TIME = {"name": "get_time", "description": "The time in a timezone.",
+        "input_schema": {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 40}},
+                         "required": ["timezone"], "additionalProperties": False}}
+SCHEMAS = {"get_weather": WEATHER["input_schema"], "get_time": TIME["input_schema"]}
+ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+USE_WEATHER = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                                 "input": {"city": "Paris"}}]}
 
 
 @pytest.fixture
@@ -157,6 +169,114 @@ def test_errors_use_anthropics_shape_and_the_clients_exception_classes(claude, l
     assert not UsageRecord.objects.filter(user=claude.user).exists()
 
 
+# Tools -------------------------------------------------------------------------------------------
+
+FORCE_WEATHER = {"type": "tool", "name": "get_weather"}
+
+
+def assert_valid_use(block, name: str | None = None):
+    assert block.type == "tool_use" and block.id.startswith("call_")
+    assert name is None or block.name == name
+    jsonschema.validate(block.input, SCHEMAS[block.name])
+
+
+@live
+def test_a_forced_tool_use_has_input_valid_against_its_input_schema_and_is_stored(claude):
+    reply = claude.messages.create(model=MODEL, max_tokens=64, extra_body=GREEDY, messages=ASK, tools=[WEATHER, TIME],
+                                   tool_choice=FORCE_WEATHER)
+    assert reply.stop_reason == "tool_use"
+    (block,) = reply.content
+    assert_valid_use(block, "get_weather")
+    stored = ChatMessage.objects.get(session_id=reply.model_extra["session_id"], role="assistant")
+    assert stored.finish_reason == "tool_calls" and stored.content == ""
+    (call,) = stored.tool_calls
+    assert (call["id"], call["function"]["name"]) == (block.id, "get_weather")
+    assert json.loads(call["function"]["arguments"]) == block.input
+
+
+@live
+def test_a_streamed_tool_use_sends_its_block_first_then_partial_json_that_concatenates_to_its_input(claude):
+    with claude.messages.stream(model=MODEL, max_tokens=64, extra_body=GREEDY, messages=ASK, tools=[WEATHER, TIME],
+                                tool_choice=FORCE_WEATHER) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    starts = [event.content_block for event in events if event.type == "content_block_start"]
+    assert [(block.type, block.name, block.input) for block in starts] == [("tool_use", "get_weather", {})]
+    pieces = [event.delta.partial_json for event in events
+              if event.type == "content_block_delta" and event.delta.type == "input_json_delta"]
+    assert len(pieces) > 1
+    assert not [event for event in events if event.type == "content_block_delta" and event.delta.type == "text_delta"]
+    (block,) = final.content
+    assert block.id == starts[0].id and json.loads("".join(pieces)) == block.input
+    assert_valid_use(block, "get_weather")
+    assert final.stop_reason == "tool_use"
+    stored = ChatMessage.objects.get(session_id=final.model_extra["session_id"], role="assistant")
+    assert stored.tool_calls[0]["id"] == block.id and stored.tool_calls[0]["function"]["arguments"] == "".join(pieces)
+
+
+@live
+def test_tool_choice_any_uses_one_of_the_tools(claude):
+    reply = claude.messages.create(model=MODEL, max_tokens=64, extra_body=GREEDY, messages=ASK, tools=[WEATHER, TIME],
+                                   tool_choice={"type": "any", "disable_parallel_tool_use": True})
+    assert reply.stop_reason == "tool_use"
+    (block,) = [block for block in reply.content if block.type == "tool_use"]
+    assert_valid_use(block)
+
+
+@live
+def test_a_tool_result_turn_is_answered_with_text_and_stored_as_tool_turns(claude):
+    messages = [*ASK, USE_WEATHER, {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "Sunny, 24 degrees."}]}]}]
+    reply = claude.messages.create(model=MODEL, max_tokens=32, extra_body=GREEDY, messages=messages, tools=[WEATHER],
+                                   tool_choice={"type": "none"})
+    assert reply.stop_reason in ("end_turn", "max_tokens")
+    (block,) = reply.content
+    assert block.type == "text" and block.text
+    rows = list(ChatMessage.objects.filter(session_id=reply.model_extra["session_id"]))
+    assert [row.role for row in rows] == ["user", "assistant", "tool", "assistant"]
+    assert rows[1].tool_calls == [{"id": "toolu_1", "type": "function",
+                                   "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    assert (rows[2].tool_call_id, rows[2].content) == ("toolu_1", "Sunny, 24 degrees.")
+    assert rows[3].content == block.text
+    prompt = [ASK[0], {"role": "assistant", "content": "", "tool_calls": rows[1].tool_calls},
+              {"role": "tool", "tool_call_id": "toolu_1", "content": "Sunny, 24 degrees."}]
+    assert reply.usage.input_tokens == runtime.count_tokens(MODEL, prompt)
+
+
+@live
+def test_tool_results_sent_with_a_session_answer_the_tool_use_stored_in_it(claude):
+    used = claude.messages.create(model=MODEL, max_tokens=64, extra_body=GREEDY, messages=ASK, tools=[WEATHER],
+                                  tool_choice=FORCE_WEATHER)
+    (block,) = used.content
+    session = {"session_id": used.model_extra["session_id"]}
+    answered = claude.messages.create(
+        model=MODEL, max_tokens=16, extra_body={**GREEDY, **session}, tools=[WEATHER], tool_choice={"type": "none"},
+        messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "Rain."}]}])
+    assert answered.content[0].type == "text"
+    rows = list(ChatMessage.objects.filter(**session))
+    assert [(row.role, row.tool_call_id) for row in rows] == [("user", ""), ("assistant", ""), ("tool", block.id),
+                                                              ("assistant", "")]
+    with pytest.raises(anthropic.BadRequestError) as caught:  # the session's last assistant turn made no calls
+        claude.messages.create(model=MODEL, max_tokens=4, extra_body=session, messages=[
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "Rain."}]}])
+    assert anthropic_error_of(caught.value.body)["message"].startswith("messages: ")
+    assert ChatMessage.objects.filter(**session).count() == 4
+
+
+@live
+def test_count_tokens_with_tools_equals_the_prompt_of_a_reply_with_them(claude):
+    counted = claude.messages.count_tokens(model=MODEL, messages=ASK, tools=[WEATHER, TIME])
+    assert counted.input_tokens == runtime.count_tokens(MODEL, ASK, tools_to_openai([WEATHER, TIME]))
+    assert counted.input_tokens > claude.messages.count_tokens(model=MODEL, messages=ASK).input_tokens + 50
+    assert claude.messages.count_tokens(model=MODEL, messages=ASK, tools=[WEATHER],
+                                        tool_choice={"type": "none"}).input_tokens == runtime.count_tokens(MODEL, ASK)
+    with claude.messages.stream(model=MODEL, max_tokens=1, extra_body=GREEDY, messages=ASK,
+                                tools=[WEATHER, TIME]) as stream:
+        start = next(event for event in stream if event.type == "message_start")
+        final = stream.get_final_message()
+    assert start.message.usage.input_tokens == final.usage.input_tokens == counted.input_tokens
+
+
 # In-process: the error shape and the authorization matrix ------------------------------------------
 
 in_process = pytest.mark.django_db
@@ -202,15 +322,31 @@ def test_each_route_answers_401_403_and_200_in_anthropics_shape(anon, api_as, ma
         ({**MESSAGE, "stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences"),
         ({**MESSAGE, "system": 5}, "system"),
         ({**MESSAGE, "tool_choice": {"type": "any"}}, "tool_choice"),
-        ({**MESSAGE, "tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools"),
+        ({**MESSAGE, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice.name"),
+        ({**MESSAGE, "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {
+            "x": {"type": "nonsense"}}}}]}, "tools.0.input_schema"),
+        ({**MESSAGE, "tools": [{"name": "f", "input_schema": {"properties": {}}}]}, "tools.0.input_schema"),
+        ({**MESSAGE, "tools": [{"name": "f", "input_schema": {"type": "object"}}] * 2}, "tools"),
+        ({**MESSAGE, "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {
+            "n": {"type": "integer", "minimum": 1}}}}], "tool_choice": {"type": "any"}}, "tools"),
+        ({**MESSAGE, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                                                "content": "18 C"}]}]},
+         "messages.0.content.0.tool_use_id"),
+        ({**MESSAGE, "messages": [*FRANCE, USE_WEATHER, {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": "18 C"}]}]}, "messages.2.content.0.tool_use_id"),
+        ({**MESSAGE, "messages": [*FRANCE, {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "../x y", "name": "f", "input": {}}]}, *FRANCE]}, "messages.1.content.0.id"),
+        ({**MESSAGE, "messages": [*FRANCE, {"role": "assistant", "content": [USE_WEATHER["content"][0]] * 2},
+                                  *FRANCE]}, "messages.1.content.1.id"),
         ({**MESSAGE, "colour": 1}, "colour"),
     ],
 )
-def test_bad_requests_answer_400_naming_the_field(api_as, body, path):
-    response = api_as("chat").post("/v1/messages", body, format="json")
+def test_bad_requests_answer_400_naming_the_field(api_as, bundled_model, body, path):
+    response = api_as("chat", "model_load").post("/v1/messages", body, format="json")
     assert response.status_code == 400, response.content
     error = anthropic_error_of(response.json())
     assert error["type"] == "invalid_request_error" and error["message"].startswith(f"{path}: "), error
+    assert not ChatMessage.objects.exists()
 
 
 @in_process
@@ -229,17 +365,12 @@ def test_errors_outside_drf_under_v1_messages_use_anthropics_shape():
 
 # Conversions (pure) --------------------------------------------------------------------------------
 
-WEATHER = {"name": "get_weather", "description": "Weather in a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
 def test_tools_and_tool_choice_become_their_openai_forms():
     assert tools_to_openai([WEATHER]) == [{"type": "function", "function": {
         "name": "get_weather", "description": "Weather in a city", "parameters": WEATHER["input_schema"]}}]
     assert tools_to_openai(None) is None
     assert [tool_choice_to_openai({"type": kind}) for kind in ("auto", "any", "none")] == ["auto", "required", "none"]
-    assert tool_choice_to_openai({"type": "tool", "name": "get_weather"}) == {
-        "type": "function", "function": {"name": "get_weather"}}
+    assert tool_choice_to_openai({"type": "tool", "name": "get_weather"}) == {"name": "get_weather"}
 
 
 def test_tool_use_and_tool_result_blocks_become_tool_calls_and_tool_messages():

@@ -80,3 +80,44 @@ def test_a_stream_dropped_before_its_first_byte_cancels_its_generation_and_store
     assert reply is not None and reply.finish_reason == "cancelled"
     assert reply.completion_tokens < 200
     assert handle.finished and not active.cancel(plan.request_id, user.pk)
+
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path,body", [
+    ("/inference/chat", {"message": "Hi"}),
+    ("/v1/chat/completions", {"messages": HI}),
+    ("/v1/messages", {"max_tokens": 4, "messages": HI}),
+    ("/inference/test", {"prompt": "Hi"}),
+    ("/inference/benchmark", {"benchmark_type": "latency"}),
+])
+def test_every_generating_route_answers_503_while_the_server_restarts_and_stores_nothing(
+        api_as, bundled_model, path, body):
+    from inference_app.models import BenchmarkRun, UsageRecord
+
+    field = "model" if path.startswith("/v1/") else "model_name"
+    services.runtime.set_accepting_generations(False)
+    try:
+        response = api_as(superuser=True).post(path, {**body, field: bundled_model.name}, format="json")
+    finally:
+        services.runtime.set_accepting_generations(True)
+    assert response.status_code == 503, response.content
+    assert not (ChatSession.objects.exists() or UsageRecord.objects.exists() or BenchmarkRun.objects.exists())
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_opened_chat_is_cancellable_until_it_has_run_to_its_end_and_stored_its_reply(make_user, loaded_model):
+    from inference_app import active
+
+    user, other = make_user(superuser=True), make_user(superuser=True)
+    run = services.chat_open(user=user, data={"message": "Name the capital city of France.", "model_name":
+                                              loaded_model.name, "generation_config": {"max_tokens": 8}},
+                             transport="rest")
+    assert not active.cancel(run.plan.request_id, other.pk)  # another user's id is unknown to them
+    assert run.run_to_end() is run.builder and run.handle.finished
+    assert not active.cancel(run.plan.request_id, user.pk)
+    reply = ChatMessage.objects.get(session_id=run.plan.session.id, role="assistant")
+    assert reply.content == run.builder.texts()[1] and reply.finish_reason in ("stop", "length")
