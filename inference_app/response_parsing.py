@@ -11,7 +11,7 @@ reasoning field.
 The parser streams a tool call's region as raw text only and gives its value when the region
 closes, so a call's name and its whole arguments text are sent together, at the close.
 A region that does not parse into calls (bad JSON, no name) is given back as content, never an
-error. transformers is imported on first use only (about 1.7 s cold in the web process; it does
+error. transformers is imported on first use only (about 1.5 s in the web process, once; it does
 not import torch).
 """
 
