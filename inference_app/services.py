@@ -21,7 +21,7 @@ from django.db import transaction
 from accounts.permissions import has_on
 from beautyai_site import disconnect
 from beautyai_site.api import errors
-from inference_app import reasoning, tool_calls
+from inference_app import reasoning, response_parsing, tool_calls
 from inference_app.models import ROLES, ChatMessage, ChatSession
 from inference_app.usage import quota_check, usage_record_reply
 from models_app import runtime, services as registry
@@ -67,6 +67,8 @@ class ChatPlan:
     turns: list[dict] = field(default_factory=list)
     tool_format: str | None = None  # set when the reply is parsed for tool calls
     tool_limit: int | None = None  # parallel_tool_calls: false keeps one call
+    # The tokenizer's response template when it parses this reply instead of tool_format's markers.
+    response_template: dict | None = None
 
 
 def _pick_model(*, user, model_name: str | None, session: ChatSession | None):
@@ -243,6 +245,15 @@ def tool_setup(*, model: ModelConfig, data: dict, params) -> str | None:
     return fmt
 
 
+def reply_parser_setup(*, model: ModelConfig, params, fmt: str | None) -> dict | None:
+    """The tokenizer's response template when it should parse this reply's calls: after a
+    ``tool_parser`` parameter, before the chat template's markers (docs/engines.md "Tool calls")."""
+    if fmt is None:
+        return None
+    return response_parsing.select(runtime.response_template(model), tools=params.tools,
+                                   constraint=params.constraint, fmt=fmt)
+
+
 def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int | None = None,
                  model_field: str = "model_name") -> ChatPlan:
     """Checks access, resolves the session and model, loads on demand, builds the context, stores the user message.
@@ -275,6 +286,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
         _check_tool_results(history, turns)
         tail += 1  # the call they answer stays with them
     tool_format = tool_setup(model=model, data=data, params=params)
+    response_template = reply_parser_setup(model=model, params=params, fmt=tool_format)
     messages, dropped = fit_context(model_name=model.name, messages=history + turns, params=params, tail=tail)
 
     new_session = session is None
@@ -300,6 +312,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
         turns=turns,
         tool_format=tool_format,
         tool_limit=1 if data.get("parallel_tool_calls") is False else None,
+        response_template=response_template,
     )
 
 
@@ -343,9 +356,15 @@ class ReplyBuilder:
 
     def __init__(self, plan: ChatPlan):
         self.plan = plan
-        self.splitter = reasoning.ThinkSplitter() if plan.think_tags else None
         fmt = getattr(plan, "tool_format", None)  # plans built before tools (tests, benchmarks) have none
-        self.tools = tool_calls.ToolCallParser(fmt, limit=getattr(plan, "tool_limit", None)) if fmt else None
+        limit, template = getattr(plan, "tool_limit", None), getattr(plan, "response_template", None)
+        # A response template with a reasoning field reads the reasoning itself (from the turn's prefix on).
+        think_tags = plan.think_tags and not response_parsing.has_reasoning(template)
+        self.splitter = reasoning.ThinkSplitter() if think_tags else None
+        if template is not None:
+            self.tools = response_parsing.TemplateCallParser(template, tools=plan.params.tools, limit=limit)
+        else:
+            self.tools = tool_calls.ToolCallParser(fmt, limit=limit) if fmt else None
         self.call_ids: dict[int, str] = {}
         self.answer: list[str] = []
         self.thinking: list[str] = []
@@ -367,6 +386,9 @@ class ReplyBuilder:
             if kind == "content":
                 self.answer.append(rest[0])
                 out.append(("delta", {"content": rest[0]}))
+            elif kind == "reasoning":  # only a response template's parser reads reasoning
+                self.thinking.append(rest[0])
+                out.append(("reasoning", {"content": rest[0]}))
             elif kind == "call":
                 index, name = rest
                 # Call ids join a call to its result in the next request: made here, never by the model.

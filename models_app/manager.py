@@ -215,6 +215,7 @@ class _RunnerProcess:
         self.max_concurrency = 1
         self.think_tags = False
         self.tool_format = "hermes"
+        self.response_template: dict | None = None
         self.stopping = False
         self.prestarted = False
 
@@ -535,6 +536,7 @@ class EngineManager:
                     runner.max_concurrency = int(msg.get("max_concurrency") or 1)
                     runner.think_tags = bool(msg.get("think_tags"))
                     runner.tool_format = msg.get("tool_format") or "hermes"
+                    runner.response_template = msg.get("response_template") or None
                     runner.loaded_at = runner.last_used_at = _now()
                 if not runner.ready.done():
                     runner.ready.set_result(True)
@@ -772,6 +774,10 @@ class EngineManager:
     def tool_format(self, name: str) -> str:
         """The tool-call format the model's chat template teaches (engines.base.detect_tool_format)."""
         return self._loaded_runner(name).tool_format
+
+    def response_template(self, name: str) -> dict | None:
+        """The tokenizer's response template and the turn prefix it parses after (Engine.response_template)."""
+        return self._loaded_runner(name).response_template
 
     def count_tokens(self, name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
         return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages, tools=tools))

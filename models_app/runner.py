@@ -223,7 +223,8 @@ def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str 
           "chat_template_present": bool(template),
           # Reasoning models mark their reasoning with <think>…</think>; their templates mention the tags.
           "think_tags": bool(template) and "</think>" in template,
-          "tool_format": detect_tool_format(template)})
+          "tool_format": detect_tool_format(template),
+          "response_template": engine.response_template()})
 
     while True:
         try:

@@ -298,6 +298,15 @@ def tool_call_format(model) -> str:
     return get_manager().tool_format(model.name)
 
 
+def response_template(model) -> dict | None:
+    """The tokenizer's response template (``{"template", "prefix"}``), unless the entry names a ``tool_parser``."""
+    from models_app.engines.base import TOOL_FORMATS
+
+    if (model.parameters or {}).get("tool_parser") in TOOL_FORMATS:
+        return None
+    return get_manager().response_template(model.name)
+
+
 def max_queue(model) -> int:
     value = (model.parameters or {}).get("max_queue")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else settings.MAX_QUEUE

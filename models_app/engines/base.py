@@ -248,6 +248,12 @@ class Engine(ABC):
     def chat_template(self) -> str | None:
         return None
 
+    def response_template(self) -> dict | None:
+        """``{"template": dict, "prefix": str}`` when the tokenizer says how to parse its replies
+        (transformers' ``response_template``); ``prefix`` is what the chat template pre-writes
+        into the assistant turn, which the parser must see first. None otherwise."""
+        return None
+
     def release_caches(self) -> None:
         gc.collect()
         # Only engines that already use torch have CUDA caches; never import it just for this.

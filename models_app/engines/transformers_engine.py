@@ -31,6 +31,7 @@ per-request seed, repetition penalty or greedy and sampled requests in one batch
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import queue
 import threading
@@ -66,6 +67,7 @@ from .llama_cpp_engine import CHATML_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
+RESPONSE_TEMPLATE_MAX_BYTES = 64 * 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 BNB_QUANTIZATIONS = ("4bit", "8bit")
 
@@ -215,6 +217,32 @@ class TransformersEngine(Engine):
 
     def chat_template(self) -> str | None:
         return getattr(self._tokenizer, "chat_template", None)
+
+    def response_template(self) -> dict | None:
+        template = getattr(self._tokenizer, "response_template", None)
+        if template is None:
+            return None
+        try:
+            size = len(json.dumps(template))
+        except (TypeError, ValueError):
+            logger.warning("the tokenizer's response_template is not JSON; tool calls use the template markers")
+            return None
+        # It travels in the runner's ready message and is parsed again per request: a huge one is refused.
+        if size > RESPONSE_TEMPLATE_MAX_BYTES:
+            logger.warning("the tokenizer's response_template is %d bytes (over %d); ignored", size,
+                           RESPONSE_TEMPLATE_MAX_BYTES)
+            return None
+        try:
+            from transformers.utils.chat_parsing.response_templates import load_response_template
+
+            # The template's pre-written start of the assistant turn (e.g. "<think>\n"), seen on a probe
+            # conversation: requests do not send their prompt text back to the web process.
+            probe = self._prompt([{"role": "user", "content": "."}], None, {})
+            prefix = load_response_template(template).truncate_past_last_anchor(probe)
+        except Exception as exc:  # a template transformers refuses: the web process falls back to markers
+            logger.warning("the tokenizer's response_template is unusable (%s); ignored", exc.__class__.__name__)
+            return None
+        return {"template": template, "prefix": prefix if len(prefix) < len(probe) else ""}
 
     def context_length(self) -> int:
         config = self._model.config
