@@ -13,7 +13,7 @@ from beautyai_site.api import errors
 from inference_app import services
 from inference_app.usage import quota_check, usage_record
 from models_app import runtime, services as registry
-from models_app.engines.base import normalized
+from models_app.serving.engines.base import normalized
 
 
 def _bad(field: str, message: str) -> errors.ValidationError:

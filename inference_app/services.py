@@ -128,7 +128,7 @@ def chat_count_tokens(*, user, model_name: str, messages: list[dict]) -> int:
 
 def generation_params(model: ModelConfig, config: dict):
     """The request's generation_config over the registry entry's defaults; max_tokens capped by the entry."""
-    from models_app.engines.base import GenerationParams
+    from models_app.serving.engines.base import GenerationParams
 
     merged = {**model.generation_defaults, **config}
     merged["max_tokens"] = min(config.get("max_tokens", model.max_new_tokens), model.max_new_tokens)
@@ -211,7 +211,7 @@ def tool_setup(*, model: ModelConfig, data: dict, params) -> str | None:
     fmt = runtime.tool_call_format(model)
     params.tools = [{"type": "function", "function": dict(tool["function"])} for tool in tools]
     if choice == "required" or isinstance(choice, dict):
-        from models_app.engines.constraints import ConstraintError, normalize_constraint
+        from models_app.serving.engines.constraints import ConstraintError, normalize_constraint
 
         # Checked here, before anything is stored, so that a schema the engines cannot enforce is a
         # 400 naming tools rather than a failed generation.

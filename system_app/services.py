@@ -28,7 +28,7 @@ from beautyai_site.api import errors
 from beautyai_site.api.permissions import has_global
 from models_app import downloads, runtime
 from models_app.models import ModelConfig, ModelDownload
-from models_app.engines.base import is_hub_id
+from models_app.serving.engines.base import is_hub_id
 from models_app.services import (
     cached_repos,
     default_model,

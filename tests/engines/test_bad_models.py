@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from models_app.engines.base import EngineLoadError, LoadSpec, inspect_gguf
+from models_app.serving.engines.base import EngineLoadError, LoadSpec, inspect_gguf
 
 from .conftest import linked, llama_spec, runner_children
 

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from models_app import runtime
-from models_app.engines.base import GenerationParams
+from models_app.serving.engines.base import GenerationParams
 from tests.conftest import BUNDLED
 
 pytestmark = pytest.mark.django_db(transaction=True)

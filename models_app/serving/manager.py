@@ -43,7 +43,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
-from models_app.engines.base import (
+from models_app.serving.engines.base import (
     KEEP_ALIVE_MAX_SECONDS,
     EngineError,
     EngineLoadError,
@@ -54,7 +54,7 @@ from models_app.engines.base import (
     PromptError,
     estimate_memory_mb,
 )
-from models_app.runner import runner_main
+from models_app.serving.runner import runner_main
 from models_app.serving.hardware import process_memory_mb
 
 logger = logging.getLogger(__name__)
@@ -606,7 +606,7 @@ class EngineManager:
                 logger.exception("log callback failed")
             return
         levelno = logging.getLevelName(level)
-        logging.getLogger(f"models_app.runner.{name}").log(
+        logging.getLogger(f"models_app.serving.runner.{name}").log(
             levelno if isinstance(levelno, int) else logging.INFO, "%s", message)
 
     # -- unloading ---------------------------------------------------------

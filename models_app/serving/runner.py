@@ -26,8 +26,8 @@ import threading
 import time
 from dataclasses import asdict, fields
 
-from models_app.engines import get_engine_class
-from models_app.engines.base import (
+from models_app.serving.engines import get_engine_class
+from models_app.serving.engines.base import (
     EngineError,
     GenerationParams,
     GenerationStats,
