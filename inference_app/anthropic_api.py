@@ -29,7 +29,7 @@ from inference_app import active, limits, services, streaming
 from inference_app.anthropic_serializers import CountTokensRequestSerializer, MessagesRequestSerializer
 from inference_app.openai_api import OpenAIView, chat_data
 from inference_app.views import api_key_id
-from models_app import runtime
+from models_app import services as registry
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -275,7 +275,7 @@ class MessagesView(AnthropicView):
         plan = services.chat_prepare(user=request.user, data=message_data(parsed), transport="anthropic",
                                      api_key_id=api_key_id(request), model_field="model")
         # message_start carries the prompt's size; counted before the runner is busy generating.
-        input_tokens = runtime.count_tokens(plan.model.name, plan.messages) if parsed["stream"] else None
+        input_tokens = registry.count_tokens(name=plan.model.name, messages=plan.messages) if parsed["stream"] else None
         handle = services.chat_start(plan)
         active.register(plan.request_id, request.user.pk, handle)
         message = AnthropicMessage(services.ReplyBuilder(plan), input_tokens)

@@ -21,7 +21,7 @@ from beautyai_site.api.permissions import has_on
 from inference_app import reasoning, tool_calls
 from inference_app.models import ROLES, ChatMessage, ChatSession
 from inference_app.usage import quota_check, usage_record_reply
-from models_app import runtime, services as registry
+from models_app import selectors, services as registry
 from models_app.models import ModelConfig
 from system_app.metrics import record_generation as record_generation_metrics
 
@@ -108,27 +108,27 @@ def session_get_for_user(*, user, session_id) -> ChatSession:
 
 def ensure_loaded(*, user, model: ModelConfig) -> None:
     """Loads on demand when the caller may load this model (as Ollama does); otherwise 409."""
-    if runtime.status(model.name)["status"] == "loaded":
+    if selectors.model_status(model.name)["status"] == "loaded":
         return
     if not has_on(user, "model_load", model):
         raise errors.ConflictError(f"Model '{model.name}' is not loaded.", details={"model_name": model.name})
-    runtime.load(model, user=user)
+    registry.model_load(model=model, user=user)
 
 
 def chat_count_tokens(*, user, model_name: str, messages: list[dict]) -> int:
     """The tokens ``messages`` take as the model's prompt (chat template included): what a chat
     with them would send, so access, aliases and on-demand loading are a chat's."""
     model, alias = _pick_model(user=user, model_name=model_name, session=None)
-    runtime.require_task(model, "generate", field="model")
+    registry.require_task(model=model, task="generate", field="model")
     ready = _ready_model(user=user, model=model, alias=alias)
     if ready is not model:  # the alias's fallback: it must be able to chat too
-        runtime.require_task(ready, "generate", field="model")
-    return runtime.count_tokens(ready.name, messages)
+        registry.require_task(model=ready, task="generate", field="model")
+    return registry.count_tokens(name=ready.name, messages=messages)
 
 
 def generation_params(model: ModelConfig, config: dict):
     """The request's generation_config over the registry entry's defaults; max_tokens capped by the entry."""
-    from models_app.serving.engines.base import GenerationParams
+    from models_app.serving.engines.contract import GenerationParams
 
     merged = {**model.generation_defaults, **config}
     merged["max_tokens"] = min(config.get("max_tokens", model.max_new_tokens), model.max_new_tokens)
@@ -144,10 +144,10 @@ def fit_context(*, model_name: str, messages: list[dict], params, tail: int = 1)
     kept. A prompt that cannot fit even with every earlier turn dropped is refused; when the prompt
     fits but leaves less room than max_tokens, max_tokens shrinks (the reply then ends with "length").
     """
-    window = runtime.context_length(model_name)
+    window = selectors.context_length(model_name)
     if not window:
         return messages, 0
-    count = lambda msgs: runtime.count_tokens(model_name, msgs, params.tools)  # noqa: E731 - local shorthand
+    count = lambda msgs: registry.count_tokens(name=model_name, messages=msgs, tools=params.tools)  # noqa: E731 - local shorthand
     total = count(messages)  # one round trip to the runner in the common case: it all fits
     if total + params.max_tokens <= window:
         return messages, 0
@@ -208,7 +208,7 @@ def tool_setup(*, model: ModelConfig, data: dict, params) -> str | None:
     choice = data.get("tool_choice") or "auto"
     if not tools or choice == "none":
         return None
-    fmt = runtime.tool_call_format(model)
+    fmt = selectors.tool_call_format(model)
     params.tools = [{"type": "function", "function": dict(tool["function"])} for tool in tools]
     if choice == "required" or isinstance(choice, dict):
         from models_app.serving.engines.constraints import ConstraintError, normalize_constraint
@@ -231,24 +231,24 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     table and the cancel registry, so a client-chosen id (an ``X-Request-ID`` a proxy sets to a
     constant, a guess) would join two users' generations.
     """
-    if not runtime.accepting_generations():
+    if not selectors.accepting_generations():
         raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
     session = session_get_for_user(user=user, session_id=data["session_id"]) if data.get("session_id") else None
     if session is not None and data.get("chat_history"):
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
     model, alias = _pick_model(user=user, model_name=data.get("model_name"), session=session)
-    runtime.require_task(model, "generate", field=model_field)  # ``model_field``: what the transport calls it
+    registry.require_task(model=model, task="generate", field=model_field)  # ``model_field``: what the transport calls it
     if data.get("tools") and data.get("tool_choice") != "none" and model.engine == "openai":
         # The remote server would answer calls as structured deltas, which the engine's text stream drops.
         raise _bad_tools("not supported for models served by the openai engine")
     quota_check(user=user, model=model)  # before anything is stored: a refused request leaves no trace
     ready = _ready_model(user=user, model=model, alias=alias)
     if ready is not model:  # the alias's fallback: it must be able to chat too
-        runtime.require_task(ready, "generate", field=model_field)
+        registry.require_task(model=ready, task="generate", field=model_field)
     model = ready
     params = generation_params(model, dict(data.get("generation_config") or {}))
     # A full queue answers 429 before anything is counted or stored (chat_start checks again, atomically).
-    runtime.check_queue(model)
+    registry.check_queue(model=model)
 
     seeded = [dict(turn) for turn in data.get("chat_history") or []]
     history = seeded if session is None else [_prompt_message(m) for m in session.messages.all() if m.role in ROLES]
@@ -273,7 +273,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
         messages=messages,
         params=params,
         dropped_turns=dropped,
-        think_tags=runtime.uses_think_tags(model),
+        think_tags=selectors.uses_think_tags(model),
         transport=transport,
         api_key_id=api_key_id,
         user_message=data["message"],
@@ -307,7 +307,7 @@ def chat_start(plan: ChatPlan):
     returns, so a reply that fails later never loses it; when the write itself fails, the
     generation is cancelled and the error propagates.
     """
-    handle = runtime.generate(plan.model, plan.messages, plan.params)
+    handle = registry.generate(model=plan.model, messages=plan.messages, params=plan.params)
     try:
         _store_user_turn(plan)
     except BaseException:
@@ -386,8 +386,8 @@ class ReplyBuilder:
         if event.kind == "done":
             self.stats = asdict(event.stats) if event.stats is not None else None
             return tail + [("done", self.response_fields())]
-        if (event.message or "").startswith("cancelled"):
-            # e.g. "cancelled: model unloaded": a cancellation, not a failure; the reply so far stands.
+        if event.cancelled:
+            # e.g. the model was unloaded: a cancellation, not a failure; the reply so far stands.
             self.cancelled_locally(reason=event.message)
             return tail + [("done", self.response_fields())]
         self.error = event.message or "generation failed"

@@ -19,7 +19,7 @@ from beautyai_site.api.fields import (
 )
 from inference_app.models import BENCHMARK_TYPES, FINISH_REASONS, ROLES, TOOL_CALL_ID_CHARS
 from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS, GenerationConfigSerializer, ResponseFormatField
-from models_app.serving.engines.base import MAX_EMBEDDING_INPUTS
+from models_app.serving.engines.contract import MAX_EMBEDDING_INPUTS
 from models_app.serializers import EnvelopeSerializer, ModelNameField
 
 REGEX_MAX_CHARS = 500

@@ -56,7 +56,8 @@ def allowed_model_roots() -> list[Path]:
 
 def check_model_location(model_id: str) -> None:
     """Local paths must lie inside the allowed roots; hub ids are resolved later, offline, in HF_HOME."""
-    from models_app.serving.engines.base import EngineError, confine, is_hub_id, is_local_model_id
+    from models_app.serving.engines.contract import EngineError
+    from models_app.serving.engines.model_files import confine, is_hub_id, is_local_model_id
 
     if not model_id:
         return
@@ -70,7 +71,7 @@ def check_model_location(model_id: str) -> None:
 
 
 def load_spec(model):
-    from models_app.serving.engines.base import LoadSpec
+    from models_app.serving.engines.contract import LoadSpec
 
     return LoadSpec(
         name=model.name,
@@ -133,8 +134,8 @@ def is_loaded(name: str) -> bool:
 def load(model, *, force_reload: bool = False, user=None) -> dict:
     """Loads ``model``; a refusal for memory names only the loaded models ``user`` may read (none without a user)."""
     from models_app import downloads
-    from models_app.serving.engines.base import EngineLoadError
-    from models_app.serving.manager import MemoryBudgetError
+    from models_app.serving.engines.contract import EngineLoadError
+    from models_app.serving.manager import LoadCancelledError, MemoryBudgetError
     from models_app.services import only_readable
 
     check_model_location(model.model_id)
@@ -148,10 +149,10 @@ def load(model, *, force_reload: bool = False, user=None) -> dict:
             details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb,
                      "loaded_models": only_readable(user, exc.loaded_models)},
         ) from None
+    except LoadCancelledError:
+        # Another request unloaded the model while this one waited for it to load.
+        raise errors.ConflictError(f"Model '{model.name}' was unloaded while it was loading.") from None
     except EngineLoadError as exc:
-        if str(exc).startswith("load cancelled"):
-            # Another request unloaded the model while this one waited for it to load.
-            raise errors.ConflictError(f"Model '{model.name}' was unloaded while it was loading.") from None
         raise errors.ModelLoadError(f"Model '{model.name}' could not be loaded: {exc}") from None
     return _info_dict(info)
 
@@ -173,7 +174,7 @@ def clear_hub_cache(model_id: str) -> int:
     routes (``models_app.hub``): a symlinked repo folder is never followed.
     """
     from models_app import hub
-    from models_app.serving.engines.base import is_hub_id
+    from models_app.serving.engines.model_files import is_hub_id
 
     if not is_hub_id(model_id):
         return 0
@@ -185,7 +186,9 @@ def clear_hub_cache(model_id: str) -> int:
 def inspect(model) -> dict:
     """Checks without loading: engine installed, files resolvable, GGUF header, template, quantisation, memory."""
     from models_app.serving.engines import engine_available
-    from models_app.serving.engines.base import EngineError, estimate_memory_mb, gguf_file_for, inspect_gguf, resolve_model_path
+    from models_app.serving.engines.contract import EngineError
+    from models_app.serving.engines.memory import estimate_memory_mb
+    from models_app.serving.engines.model_files import gguf_file_for, inspect_gguf, resolve_model_path
 
     found_errors: list[str] = []
     warnings: list[str] = []
@@ -248,7 +251,7 @@ def context_length(name: str) -> int | None:
 
 
 def count_tokens(name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
-    from models_app.serving.engines.base import EngineError, PromptError
+    from models_app.serving.engines.contract import EngineError, PromptError
 
     try:
         return get_manager().count_tokens(name, messages, tools)
@@ -271,7 +274,7 @@ def require_task(model, task: str, *, field: str = "model") -> None:
 
 def embed(model, inputs: list) -> tuple[list[list[float]], int]:
     """Unit vectors of ``inputs`` and their prompt tokens; input the model refuses answers 400 naming ``input``."""
-    from models_app.serving.engines.base import EngineError, PromptError
+    from models_app.serving.engines.contract import EngineError, PromptError
 
     require_task(model, "embed")
     try:
@@ -292,7 +295,7 @@ def uses_think_tags(model) -> bool:
 
 def tool_call_format(model) -> str:
     """Per-model ``tool_parser`` (hermes | llama3 | mistral); when unset, what the chat template shows."""
-    from models_app.serving.engines.base import TOOL_FORMATS
+    from models_app.serving.engines.templates import TOOL_FORMATS
 
     parser = (model.parameters or {}).get("tool_parser")
     if parser in TOOL_FORMATS:
@@ -307,7 +310,7 @@ def max_queue(model) -> int:
 
 def check_queue(model) -> None:
     """Answers 429 when the model's queue is already full (generate() checks again, under the runner's lock)."""
-    from models_app.serving.engines.base import EngineError
+    from models_app.serving.engines.contract import EngineError
 
     limit = max_queue(model)
     try:
@@ -321,7 +324,7 @@ def check_queue(model) -> None:
 
 def generate(model, messages: list[dict], params):
     """Submits a generation; answers 429 at once when the model's queue is full."""
-    from models_app.serving.engines.base import EngineError
+    from models_app.serving.engines.contract import EngineError
     from models_app.serving.manager import QueueFullError
 
     require_task(model, "generate")

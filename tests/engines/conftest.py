@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from models_app.serving.engines.base import GenerationParams, LoadSpec
+from models_app.serving.engines.contract import GenerationParams, LoadSpec
 from models_app.serving.engines.bundled import bundled_gguf_path
 from models_app.serving.manager import EngineManager
 

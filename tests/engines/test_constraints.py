@@ -9,7 +9,7 @@ import time
 import jsonschema
 import pytest
 
-from models_app.serving.engines.base import GenerationParams, LoadSpec
+from models_app.serving.engines.contract import GenerationParams, LoadSpec
 from models_app.serving.engines.constraints import (
     MAX_SCHEMA_BYTES,
     CompiledCache,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from models_app.serving.engines.base import EngineError, GenerationParams, LoadSpec, PromptError
+from models_app.serving.engines.contract import EngineError, GenerationParams, LoadSpec, PromptError
 from models_app.serving.engines.bundled import bundled_embedding_path
 from models_app.serving.manager import EngineManager
 from tests.engines.conftest import FRANCE, llama_spec

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models_app.serving.engines.base import LoadSpec  # noqa: E402
+from models_app.serving.engines.contract import LoadSpec  # noqa: E402
 from models_app.serving.manager import EngineManager  # noqa: E402
 from models_app.serving.hardware import gpu_memory_mb  # noqa: E402
 

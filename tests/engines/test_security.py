@@ -8,7 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from models_app.serving.engines.base import EngineError, EngineLoadError, LoadSpec, render_chat_template, resolve_model_path
+from models_app.serving.engines.contract import EngineError, EngineLoadError, LoadSpec
+from models_app.serving.engines.model_files import resolve_model_path
+from models_app.serving.engines.templates import render_chat_template
 from models_app.serving.engines.openai_engine import OpenAIEngine
 
 MESSAGES = [{"role": "user", "content": "hi"}]

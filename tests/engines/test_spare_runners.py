@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from models_app.serving.engines.base import LoadSpec
+from models_app.serving.engines.contract import LoadSpec
 
 from .conftest import FRANCE, GREEDY, collect, llama_spec, runner_children
 
@@ -109,7 +109,7 @@ def test_a_transformers_load_in_a_spare_skips_the_library_imports(spare_manager,
 def test_spares_and_runners_exit_when_the_web_process_is_killed(gguf_path):
     script = textwrap.dedent(f"""
         import time
-        from models_app.serving.engines.base import LoadSpec
+        from models_app.serving.engines.contract import LoadSpec
         from models_app.serving.manager import EngineManager
 
         if __name__ == "__main__":

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from models_app.serving.engines import engine_available
-from models_app.serving.engines.base import EngineLoadError, EngineUnavailableError, LoadSpec
+from models_app.serving.engines.contract import EngineLoadError, EngineUnavailableError, LoadSpec
 from models_app.serving.engines.vllm_engine import VLLMEngine, build_engine_args, cuda_gpu_count
 
 

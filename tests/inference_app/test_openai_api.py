@@ -12,8 +12,8 @@ from inference_app.models import ChatMessage, ChatSession, UsageRecord
 from inference_app.openai_api import Completion
 from inference_app.services import ReplyBuilder
 from models_app import runtime
-from models_app.serving.engines.base import GenerationStats
-from models_app.serving.manager import Event
+from models_app.serving.engines.contract import GenerationStats
+from models_app.serving.handle import Event
 from system_app.models import APIKey
 
 MODEL = "smollm2-135m-instruct"

@@ -21,7 +21,7 @@ _REQUIRED_MODULES = {
 
 
 def get_engine_class(name: str):
-    from .base import EngineLoadError
+    from .contract import EngineLoadError
 
     try:
         dotted = ENGINES[name]
