@@ -17,7 +17,7 @@ import psutil
 from django.core.exceptions import ImproperlyConfigured
 
 from beautyai_site.env import env_bool, env_list, env_number, env_rate, env_str
-from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS
+from models_app.serving.engines.contract import KEEP_ALIVE_MAX_SECONDS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

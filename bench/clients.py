@@ -90,7 +90,7 @@ def messages_for(prompt: str = PROMPT) -> list[dict]:
 
 def load_spec_from_config(name: str, config: dict):
     """The LoadSpec the platform builds for a registry entry (as returned by GET /models/{name})."""
-    from models_app.engines.base import LoadSpec
+    from models_app.serving.engines.contract import LoadSpec
 
     defaults = {k: config[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
                 if config.get(k) is not None}
@@ -172,7 +172,7 @@ class DirectWorker:
 
 def load_direct_engine(spec):
     """(engine, seconds) — the engine's own load in this process."""
-    from models_app.engines import get_engine_class
+    from models_app.serving.engines import get_engine_class
 
     engine = get_engine_class(spec.engine)()
     started = time.perf_counter()
@@ -182,8 +182,8 @@ def load_direct_engine(spec):
 
 _FRESH_LOAD = """
 import json, os, sys
-from models_app.engines import get_engine_class
-from models_app.engines.base import LoadSpec
+from models_app.serving.engines import get_engine_class
+from models_app.serving.engines.contract import LoadSpec
 spec = LoadSpec(**json.loads(sys.argv[1]))
 get_engine_class(spec.engine)().load(spec)
 sys.stdout.write("READY\\n")
@@ -219,7 +219,7 @@ def fresh_process_load(spec, timeout: float = 600) -> float:
 
 
 def direct_stream(engine, max_tokens: int, prompt: str = PROMPT, constraint: dict | None = None) -> StreamResult:
-    from models_app.engines.base import GenerationParams, GenerationStats
+    from models_app.serving.engines.contract import GenerationParams, GenerationStats
 
     result = StreamResult("direct")
     params = GenerationParams(max_tokens=max_tokens, constraint=constraint, **GREEDY)

@@ -32,7 +32,7 @@ def main() -> int:
     sys.stdout = sys.stderr
 
     from bench import clients
-    from models_app.engines.base import LoadSpec
+    from models_app.serving.engines.contract import LoadSpec
 
     engine = None
     for line in sys.stdin:

@@ -801,8 +801,8 @@ STORY_CONSTRAINT = {"schema": {"type": "object", "properties": {"title": {"type"
 
 def part5_spec(engine_name: str, opts: Options):
     """The bundled model on ``engine_name``, as bootstrap registers it, without a server."""
-    from models_app.engines.base import LoadSpec
-    from models_app.engines.bundled import bundled_gguf_path
+    from models_app.serving.engines.contract import LoadSpec
+    from models_app.serving.engines.bundled import bundled_gguf_path
 
     gguf = bundled_gguf_path()
     if engine_name == "llama.cpp":

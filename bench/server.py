@@ -236,7 +236,7 @@ class BenchServer:
 
     def add_batched_transformers(self, name: str = HF_BATCHED, max_batch_size: int = 16) -> Path:
         """Registers the bundled model as a safetensors folder inside the data dir, with batching on."""
-        from models_app.engines.bundled import ensure_safetensors_folder
+        from models_app.serving.engines.bundled import ensure_safetensors_folder
 
         folder = ensure_safetensors_folder(self.data_dir / "models" / "smollm2-135m-instruct-safetensors")
         self.add_model(name, {"model_id": str(folder), "engine": "transformers", "dtype": "float32",

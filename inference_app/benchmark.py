@@ -26,8 +26,7 @@ from beautyai_site.api import errors
 from inference_app import services
 from inference_app.models import BenchmarkRun
 from inference_app.usage import quota_check, usage_record
-from models_app import runtime
-from models_app import services as registry
+from models_app import selectors, services as registry
 
 DEFAULT_PROMPT = "Write a short paragraph about the sea."
 DEFAULT_MAX_TOKENS = 64
@@ -62,7 +61,7 @@ def generate_timed(model, messages: list[dict], params, client: disconnect.Clien
     """
     result = TimedGeneration()
     started = time.perf_counter()
-    handle = runtime.generate(model, messages, params)
+    handle = registry.generate(model=model, messages=messages, params=params)
     parts: list[str] = []
     last = None
     with (client or disconnect.current()).watch(handle.cancel):
@@ -241,7 +240,7 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
                   api_key_id: int | None = None) -> BenchmarkRun:
     """Runs the benchmark, records each generation's usage and stores the run."""
     model = registry.model_get_for_user(user=user, name=model_name, permission="benchmark")
-    runtime.require_task(model, "generate", field="model_name")  # before max_tokens is checked against its cap
+    registry.require_task(model=model, task="generate", field="model_name")  # before max_tokens is checked against its cap
     cap = model.max_new_tokens
     max_tokens = config.get("max_tokens", min(DEFAULT_MAX_TOKENS, cap))
     if max_tokens > cap:
@@ -262,7 +261,7 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
     attempt = Attempts(user=user, model=model, messages=messages, params=params, api_key_id=api_key_id,
                        client=disconnect.current())
     started = time.perf_counter()
-    memory_before = runtime.status(model.name)["memory_usage_mb"]
+    memory_before = selectors.model_status(model.name)["memory_usage_mb"]
     results: dict[str, list] = {}
     summary: dict[str, dict] = {}
     if benchmark_type in ("latency", "comprehensive"):
@@ -275,7 +274,7 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
         results["throughput"] = [run_result(i, run) for i, run in enumerate(runs)]
         summary["throughput"] = phase_summary(runs, duration_s=duration, concurrency=settings_used["concurrency"])
     if benchmark_type == "comprehensive":
-        memory_after = runtime.status(model.name)["memory_usage_mb"]
+        memory_after = selectors.model_status(model.name)["memory_usage_mb"]
         summary["memory"] = {"before_mb": memory_before, "after_mb": memory_after,
                              "delta_mb": round(memory_after - memory_before, 2)}
 

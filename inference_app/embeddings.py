@@ -12,8 +12,7 @@ import time
 from beautyai_site.api import errors
 from inference_app import services
 from inference_app.usage import quota_check, usage_record
-from models_app import runtime, services as registry
-from models_app.engines.base import normalized
+from models_app import selectors, services as registry
 
 
 def _bad(field: str, message: str) -> errors.ValidationError:
@@ -28,21 +27,21 @@ def embeddings_create(*, user, model_name: str, inputs: list, dimensions: int | 
     only for models trained for it (Matryoshka); the entry says so with parameter ``matryoshka``.
     A refused request records nothing.
     """
-    if not runtime.accepting_generations():
+    if not selectors.accepting_generations():
         raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
     model = registry.model_get_for_user(user=user, name=model_name, permission="chat")
-    runtime.require_task(model, "embed")
+    registry.require_task(model=model, task="embed")
     if dimensions is not None and (model.parameters or {}).get("matryoshka") is not True:
         raise _bad("dimensions", f"'{model.name}' cannot shorten its embeddings (it is not a Matryoshka model)")
     quota_check(user=user, model=model)
     services.ensure_loaded(user=user, model=model)
     started = time.perf_counter()
-    vectors, prompt_tokens = runtime.embed(model, inputs)
+    vectors, prompt_tokens = registry.embed(model=model, inputs=inputs)
     duration_ms = (time.perf_counter() - started) * 1000.0
     if dimensions is not None:
         if dimensions > len(vectors[0]):
             raise _bad("dimensions", f"'{model.name}' has {len(vectors[0])} dimensions")
-        vectors = [normalized(vector[:dimensions]) for vector in vectors]
+        vectors = [registry.normalized(vector[:dimensions]) for vector in vectors]
     usage_record(user=user, api_key_id=api_key_id, model_name=model.name, transport="openai",
                  prompt_tokens=prompt_tokens, completion_tokens=0, duration_ms=duration_ms)
     return {"model": model.name, "vectors": vectors, "prompt_tokens": prompt_tokens}

@@ -20,8 +20,7 @@ from inference_app import reasoning, services
 from inference_app.benchmark import generate_timed, prepared_prompt
 from inference_app.tool_serializers import LANGUAGE_SCRIPTS
 from inference_app.usage import usage_record
-from models_app import runtime
-from models_app import services as registry
+from models_app import selectors, services as registry
 
 LANGUAGE_SHARE = 0.5
 CHECK_ORDER = ("min_length", "max_length", "contains", "not_contains", "regex", "expected_language", "max_time_ms")
@@ -103,7 +102,7 @@ def model_test_run(*, user, model_name: str, prompt: str, generation_config: dic
                      duration_ms=run.stats.get("inference_time_ms") or 0.0)
     if run.error is not None:
         raise errors.SystemError(f"Generation failed: {run.error}")
-    thinking, answer = reasoning.split_complete(run.text) if runtime.uses_think_tags(model) else ("", run.text)
+    thinking, answer = reasoning.split_complete(run.text) if selectors.uses_think_tags(model) else ("", run.text)
     stats = {**run.stats, "end_to_end_ms": round(run.latency_ms, 3), "queue_time_ms": run.queue_time_ms}
     return {
         "model_name": model.name,

@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from beautyai_site.api.fields import StrictCharField, StrictBooleanField, StrictFloatField, StrictIntegerField, StrictSerializer
-from models_app.engines.constraints import ConstraintError, check_schema
+from models_app.services import ConstraintError, check_schema
 from models_app.serializers import ModelNameField
 
 MAX_MESSAGE_CHARS = 100_000

@@ -24,7 +24,7 @@ from beautyai_site.api import errors
 from inference_app import reasoning, response_parsing, tool_calls
 from inference_app.models import ROLES, ChatMessage, ChatSession
 from inference_app.usage import quota_check, usage_record_reply
-from models_app import runtime, services as registry
+from models_app import selectors, services as registry
 from models_app.models import ModelConfig
 from system_app.metrics import record_generation as record_generation_metrics
 
@@ -113,11 +113,11 @@ def session_get_for_user(*, user, session_id) -> ChatSession:
 
 def ensure_loaded(*, user, model: ModelConfig) -> None:
     """Loads on demand when the caller may load this model (as Ollama does); otherwise 409."""
-    if runtime.status(model.name)["status"] == "loaded":
+    if selectors.model_status(model.name)["status"] == "loaded":
         return
     if not has_on(user, "model_load", model):
         raise errors.ConflictError(f"Model '{model.name}' is not loaded.", details={"model_name": model.name})
-    runtime.load(model, user=user)
+    registry.model_load(model=model, user=user)
 
 
 def model_ready(*, user, model: ModelConfig, alias=None, field: str = "model_name",
@@ -129,14 +129,14 @@ def model_ready(*, user, model: ModelConfig, alias=None, field: str = "model_nam
     loaded on demand, or the alias's fallback, which must generate too. ``generating=False``
     (counting tokens) skips the restart and quota checks: nothing is generated.
     """
-    if generating and not runtime.accepting_generations():
+    if generating and not selectors.accepting_generations():
         raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
-    runtime.require_task(model, "generate", field=field)
+    registry.require_task(model=model, task="generate", field=field)
     if generating:
         quota_check(user=user, model=model)
     ready = _ready_model(user=user, model=model, alias=alias)
     if ready is not model:
-        runtime.require_task(ready, "generate", field=field)
+        registry.require_task(model=ready, task="generate", field=field)
     return ready
 
 
@@ -145,18 +145,16 @@ def chat_count_tokens(*, user, model_name: str, messages: list[dict], tools: lis
     what a chat with them would send, so access, aliases and on-demand loading are a chat's."""
     model, alias = _pick_model(user=user, model_name=model_name, session=None)
     ready = model_ready(user=user, model=model, alias=alias, field="model", generating=False)
-    return runtime.count_tokens(ready.name, messages, tools)
+    return registry.count_tokens(name=ready.name, messages=messages, tools=tools)
 
 
 def generation_params(model: ModelConfig, config: dict):
     """The request's generation_config over the registry entry's defaults; max_tokens capped by the entry."""
-    from models_app.engines.base import GenerationParams
-
     merged = {**model.generation_defaults, **config}
     merged["max_tokens"] = min(config.get("max_tokens", model.max_new_tokens), model.max_new_tokens)
     # ResponseFormatField already made the engines' constraint of it (None for "text").
     merged["constraint"] = config.get("response_format")
-    return GenerationParams(**{k: v for k, v in merged.items() if k in GenerationParams.__dataclass_fields__})
+    return registry.GenerationParams(**{k: v for k, v in merged.items() if k in registry.GenerationParams.__dataclass_fields__})
 
 
 def fit_context(*, model_name: str, messages: list[dict], params, tail: int = 1) -> tuple[list[dict], int]:
@@ -166,10 +164,10 @@ def fit_context(*, model_name: str, messages: list[dict], params, tail: int = 1)
     kept. A prompt that cannot fit even with every earlier turn dropped is refused; when the prompt
     fits but leaves less room than max_tokens, max_tokens shrinks (the reply then ends with "length").
     """
-    window = runtime.context_length(model_name)
+    window = selectors.context_length(model_name)
     if not window:
         return messages, 0
-    count = lambda msgs: runtime.count_tokens(model_name, msgs, params.tools)  # noqa: E731 - local shorthand
+    count = lambda msgs: registry.count_tokens(name=model_name, messages=msgs, tools=params.tools)  # noqa: E731 - local shorthand
     total = count(messages)  # one round trip to the runner in the common case: it all fits
     if total + params.max_tokens <= window:
         return messages, 0
@@ -230,17 +228,15 @@ def tool_setup(*, model: ModelConfig, data: dict, params) -> str | None:
     choice = data.get("tool_choice") or "auto"
     if not tools or choice == "none":
         return None
-    fmt = runtime.tool_call_format(model)
+    fmt = selectors.tool_call_format(model)
     params.tools = [{"type": "function", "function": dict(tool["function"])} for tool in tools]
     if choice == "required" or isinstance(choice, dict):
-        from models_app.engines.constraints import ConstraintError, normalize_constraint
-
         # Checked here, before anything is stored, so that a schema the engines cannot enforce is a
         # 400 naming tools rather than a failed generation.
         try:
-            params.constraint = normalize_constraint(tool_calls.constraint_for(params.tools, choice, fmt),
+            params.constraint = registry.normalize_constraint(tool_calls.constraint_for(params.tools, choice, fmt),
                                                      field="tools")
-        except (ConstraintError, tool_calls.DefinitionClash) as exc:
+        except (registry.ConstraintError, tool_calls.DefinitionClash) as exc:
             raise _bad_tools(f"cannot force a call with these parameters: {exc}") from None
     return fmt
 
@@ -250,7 +246,7 @@ def reply_parser_setup(*, model: ModelConfig, params, fmt: str | None) -> dict |
     ``tool_parser`` parameter, before the chat template's markers (docs/engines.md "Tool calls")."""
     if fmt is None:
         return None
-    return response_parsing.select(runtime.response_template(model), tools=params.tools,
+    return response_parsing.select(selectors.response_template(model), tools=params.tools,
                                    constraint=params.constraint, fmt=fmt)
 
 
@@ -263,20 +259,20 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     constant, a guess) would join two users' generations.
     """
     # Also model_ready's first check; here before any lookup, so that a restart answers every chat 503.
-    if not runtime.accepting_generations():
+    if not selectors.accepting_generations():
         raise errors.ServiceUnavailableError("The server is restarting; try again shortly.")
     session = session_get_for_user(user=user, session_id=data["session_id"]) if data.get("session_id") else None
     if session is not None and data.get("chat_history"):
         raise errors.ValidationError("chat_history: only for a new session; this session has its own history")
     model, alias = _pick_model(user=user, model_name=data.get("model_name"), session=session)
-    runtime.require_task(model, "generate", field=model_field)
+    registry.require_task(model=model, task="generate", field=model_field)
     if data.get("tools") and data.get("tool_choice") != "none" and model.engine == "openai":
         # The remote server would answer calls as structured deltas, which the engine's text stream drops.
         raise _bad_tools("not supported for models served by the openai engine")
     model = model_ready(user=user, model=model, alias=alias, field=model_field)
     params = generation_params(model, dict(data.get("generation_config") or {}))
     # A full queue answers 429 before anything is counted or stored (chat_start checks again, atomically).
-    runtime.check_queue(model)
+    registry.check_queue(model=model)
 
     seeded = [dict(turn) for turn in data.get("chat_history") or []]
     history = seeded if session is None else [_prompt_message(m) for m in session.messages.all() if m.role in ROLES]
@@ -302,7 +298,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
         messages=messages,
         params=params,
         dropped_turns=dropped,
-        think_tags=runtime.uses_think_tags(model),
+        think_tags=selectors.uses_think_tags(model),
         transport=transport,
         api_key_id=api_key_id,
         user_message=data["message"],
@@ -337,7 +333,7 @@ def chat_start(plan: ChatPlan):
     returns, so a reply that fails later never loses it; when the write itself fails, the
     generation is cancelled and the error propagates.
     """
-    handle = runtime.generate(plan.model, plan.messages, plan.params)
+    handle = registry.generate(model=plan.model, messages=plan.messages, params=plan.params)
     try:
         _store_user_turn(plan)
     except BaseException:
@@ -425,8 +421,8 @@ class ReplyBuilder:
         if event.kind == "done":
             self.stats = asdict(event.stats) if event.stats is not None else None
             return tail + [("done", self.response_fields())]
-        if (event.message or "").startswith("cancelled"):
-            # e.g. "cancelled: model unloaded": a cancellation, not a failure; the reply so far stands.
+        if event.cancelled:
+            # e.g. the model was unloaded: a cancellation, not a failure; the reply so far stands.
             self.cancelled_locally(reason=event.message)
             return tail + [("done", self.response_fields())]
         self.error = event.message or "generation failed"
@@ -558,7 +554,8 @@ def chat_open(*, user, data: dict, transport: str, api_key_id: int | None = None
     from inference_app import active
 
     plan = chat_prepare(user=user, data=data, transport=transport, api_key_id=api_key_id, model_field=model_field)
-    prompt_tokens = runtime.count_tokens(plan.model.name, plan.messages, plan.params.tools) if count_prompt else None
+    prompt_tokens = (registry.count_tokens(name=plan.model.name, messages=plan.messages, tools=plan.params.tools)
+                     if count_prompt else None)
     handle = chat_start(plan)
     active.register(plan.request_id, user.pk, handle)
     return ChatRun(plan=plan, handle=handle, builder=ReplyBuilder(plan), prompt_tokens=prompt_tokens)

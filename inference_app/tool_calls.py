@@ -1,6 +1,6 @@
 """Finding tool calls in a model's reply as it streams, in the format its chat template taught it.
 
-Formats (``tool_call_format`` of the model, see models_app/runtime.py):
+Formats (``tool_call_format`` of the model, see models_app/selectors.py):
 
 - ``hermes`` (Qwen, Hermes, and the preamble used for templates without tools):
   ``<tool_call>{"name": "fn", "arguments": {...}}</tool_call>``, anywhere in the reply, one call per tag.

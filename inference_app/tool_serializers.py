@@ -20,8 +20,8 @@ from beautyai_site.api.fields import (
 from beautyai_site.api.serializers import EnvelopeSerializer
 from inference_app.models import BENCHMARK_TYPES, FINISH_REASONS, ROLES, TOOL_CALL_ID_CHARS
 from inference_app.serializers import MAX_HISTORY, MAX_MESSAGE_CHARS, GenerationConfigSerializer, ResponseFormatField
-from models_app.engines.base import MAX_EMBEDDING_INPUTS
 from models_app.serializers import ModelNameField
+from models_app.services import MAX_EMBEDDING_INPUTS
 
 REGEX_MAX_CHARS = 500
 MAX_CRITERIA_ITEMS = 50

@@ -11,7 +11,7 @@ from guardian.admin import GuardedModelAdmin
 from accounts.permissions import has_global
 from beautyai_site.api import errors
 from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
-from models_app import downloads, runtime, services
+from models_app import downloads, selectors, services
 from models_app.models import Alias, ModelConfig, ModelDownload
 
 # The runtime's and the file check's state words, shown translated; the API keeps them as English codes.
@@ -106,7 +106,7 @@ class ModelConfigAdmin(GuardedModelAdmin):
 
     @admin.display(description=gettext_lazy("status"))
     def live_status(self, obj):
-        state = runtime.status(obj.name)
+        state = selectors.model_status(obj.name)
         if state["status"] == "loaded":
             return _("loaded · %(memory)s") % {"memory": filesizeformat(state["memory_usage_mb"] * 2**20)}
         return MODEL_STATES.get(state["status"], state["status"])
@@ -142,11 +142,11 @@ class ModelConfigAdmin(GuardedModelAdmin):
     @admin.action(description=gettext_lazy("Load selected models into memory"), permissions=["load"])
     def load_models(self, request, queryset):
         self._each(request, queryset, lambda m: _("loaded, %(memory)s") % {
-            "memory": filesizeformat(runtime.load(m, user=request.user)["memory_usage_mb"] * 2**20)})
+            "memory": filesizeformat(services.model_load(model=m, user=request.user)["memory_usage_mb"] * 2**20)})
 
     @admin.action(description=gettext_lazy("Unload selected models from memory"), permissions=["load"])
     def unload_models(self, request, queryset):
-        self._each(request, queryset, lambda m: _("unloaded") if runtime.unload(m.name) else _("was not loaded"))
+        self._each(request, queryset, lambda m: _("unloaded") if services.model_unload(name=m.name) else _("was not loaded"))
 
     @admin.action(description=gettext_lazy("Download selected models from the hub"), permissions=["load"])
     def download_models(self, request, queryset):

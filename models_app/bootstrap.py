@@ -20,7 +20,7 @@ ADMIN_USERNAME = "admin"
 
 
 def bundled_entries() -> dict[str, dict]:
-    from models_app.engines.bundled import bundled_embedding_path, bundled_gguf_path
+    from models_app.serving.engines.bundled import bundled_embedding_path, bundled_gguf_path
 
     gguf = bundled_gguf_path()
     description = "SmolLM2-135M-Instruct (Apache-2.0), bundled for tests and first runs"

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from beautyai_site.api import errors
 from models_app import hub
-from models_app.engines.base import is_hub_id, is_local_model_id
+from models_app.serving.engines.model_files import is_hub_id, is_local_model_id
 from models_app.models import ModelConfig, ModelDownload
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def revision_of(model: ModelConfig, asked: str | None = None) -> str:
 
 def token_for(model: ModelConfig) -> str | None:
     """A gated model's token, read from the environment variable the entry names (never stored)."""
-    from models_app.engines.openai_engine import api_key_env_allowed
+    from models_app.serving.engines.openai_engine import api_key_env_allowed
 
     name = (model.parameters or {}).get("hf_token_env")
     if not name:
@@ -366,10 +366,10 @@ def pull(model: ModelConfig, *, revision: str | None = None, on_progress=lambda 
 
 
 def _load_after(job: ModelDownload) -> None:
-    from models_app import runtime
+    from models_app import services
 
     try:
-        runtime.load(job.model)
+        services.model_load(model=job.model)
     except errors.APIError as exc:
         ModelDownload.objects.filter(pk=job.pk).update(error=f"downloaded, but the load failed: {exc.message}")
         job.refresh_from_db()

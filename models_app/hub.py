@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 from urllib.parse import urlsplit
 
-from models_app.engines.base import gguf_matching
+from models_app.serving.engines.model_files import gguf_matching
 
 STAGING = ".beautyai-staging"
 # huggingface_hub's http_get reads, reports and can be stopped once per block of this size (10 MiB by

@@ -23,7 +23,7 @@ def get_manager():
     if _manager is None:
         with _manager_lock:
             if _manager is None:
-                from models_app.manager import EngineManager
+                from models_app.serving.manager import EngineManager
 
                 _manager = EngineManager(
                     memory_budget_mb=settings.MEMORY_BUDGET_MB,
@@ -45,7 +45,7 @@ def allowed_model_roots() -> list[Path]:
         return list(settings.MODEL_ROOTS)
     # Not DATA_DIR itself: it holds the database, the secret key, logs and caches.
     roots = [settings.DATA_DIR / "models", settings.HF_HOME]
-    from models_app.engines.bundled import bundled_embedding_path, bundled_gguf_path
+    from models_app.serving.engines.bundled import bundled_embedding_path, bundled_gguf_path
 
     for bundled in (lambda: bundled_gguf_path().parent, bundled_embedding_path):
         try:
@@ -57,7 +57,8 @@ def allowed_model_roots() -> list[Path]:
 
 def check_model_location(model_id: str) -> None:
     """Local paths must lie inside the allowed roots; hub ids are resolved later, offline, in HF_HOME."""
-    from models_app.engines.base import EngineError, confine, is_hub_id, is_local_model_id
+    from models_app.serving.engines.contract import EngineError
+    from models_app.serving.engines.model_files import confine, is_hub_id, is_local_model_id
 
     if not model_id:
         return
@@ -71,7 +72,7 @@ def check_model_location(model_id: str) -> None:
 
 
 def load_spec(model):
-    from models_app.engines.base import LoadSpec
+    from models_app.serving.engines.contract import LoadSpec
 
     return LoadSpec(
         name=model.name,
@@ -131,8 +132,8 @@ def is_loaded(name: str) -> bool:
 def load(model, *, force_reload: bool = False, user=None) -> dict:
     """Loads ``model``; a refusal for memory names only the loaded models ``user`` may read (none without a user)."""
     from models_app import downloads
-    from models_app.engines.base import EngineLoadError
-    from models_app.manager import MemoryBudgetError
+    from models_app.serving.engines.contract import EngineLoadError
+    from models_app.serving.manager import LoadCancelledError, MemoryBudgetError
     from models_app.services import only_readable
 
     check_model_location(model.model_id)
@@ -146,10 +147,10 @@ def load(model, *, force_reload: bool = False, user=None) -> dict:
             details={"needed_mb": exc.needed_mb, "available_mb": exc.available_mb,
                      "loaded_models": only_readable(user, exc.loaded_models)},
         ) from None
+    except LoadCancelledError:
+        # Another request unloaded the model while this one waited for it to load.
+        raise errors.ConflictError(f"Model '{model.name}' was unloaded while it was loading.") from None
     except EngineLoadError as exc:
-        if str(exc).startswith("load cancelled"):
-            # Another request unloaded the model while this one waited for it to load.
-            raise errors.ConflictError(f"Model '{model.name}' was unloaded while it was loading.") from None
         raise errors.ModelLoadError(f"Model '{model.name}' could not be loaded: {exc}") from None
     return _info_dict(info)
 
@@ -171,7 +172,7 @@ def clear_hub_cache(model_id: str) -> int:
     routes (``models_app.hub``): a symlinked repo folder is never followed.
     """
     from models_app import hub
-    from models_app.engines.base import is_hub_id
+    from models_app.serving.engines.model_files import is_hub_id
 
     if not is_hub_id(model_id):
         return 0
@@ -182,8 +183,10 @@ def clear_hub_cache(model_id: str) -> int:
 
 def inspect(model) -> dict:
     """Checks without loading: engine installed, files resolvable, GGUF header, template, quantisation, memory."""
-    from models_app.engines import engine_available
-    from models_app.engines.base import EngineError, estimate_memory_mb, gguf_file_for, inspect_gguf, resolve_model_path
+    from models_app.serving.engines import engine_available
+    from models_app.serving.engines.contract import EngineError
+    from models_app.serving.engines.memory import estimate_memory_mb
+    from models_app.serving.engines.model_files import gguf_file_for, inspect_gguf, resolve_model_path
 
     found_errors: list[str] = []
     warnings: list[str] = []
@@ -246,7 +249,7 @@ def context_length(name: str) -> int | None:
 
 
 def count_tokens(name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
-    from models_app.engines.base import EngineError, PromptError
+    from models_app.serving.engines.contract import EngineError, PromptError
 
     try:
         return get_manager().count_tokens(name, messages, tools)
@@ -269,7 +272,7 @@ def require_task(model, task: str, *, field: str = "model") -> None:
 
 def embed(model, inputs: list) -> tuple[list[list[float]], int]:
     """Unit vectors of ``inputs`` and their prompt tokens; input the model refuses answers 400 naming ``input``."""
-    from models_app.engines.base import EngineError, PromptError
+    from models_app.serving.engines.contract import EngineError, PromptError
 
     require_task(model, "embed")
     try:
@@ -290,7 +293,7 @@ def uses_think_tags(model) -> bool:
 
 def tool_call_format(model) -> str:
     """Per-model ``tool_parser`` (hermes | llama3 | mistral); when unset, what the chat template shows."""
-    from models_app.engines.base import TOOL_FORMATS
+    from models_app.serving.engines.templates import TOOL_FORMATS
 
     parser = (model.parameters or {}).get("tool_parser")
     if parser in TOOL_FORMATS:
@@ -300,7 +303,7 @@ def tool_call_format(model) -> str:
 
 def response_template(model) -> dict | None:
     """The tokenizer's response template (``{"template", "prefix"}``), unless the entry names a ``tool_parser``."""
-    from models_app.engines.base import TOOL_FORMATS
+    from models_app.serving.engines.templates import TOOL_FORMATS
 
     if (model.parameters or {}).get("tool_parser") in TOOL_FORMATS:
         return None
@@ -314,7 +317,7 @@ def max_queue(model) -> int:
 
 def check_queue(model) -> None:
     """Answers 429 when the model's queue is already full (generate() checks again, under the runner's lock)."""
-    from models_app.engines.base import EngineError
+    from models_app.serving.engines.contract import EngineError
 
     limit = max_queue(model)
     try:
@@ -328,8 +331,8 @@ def check_queue(model) -> None:
 
 def generate(model, messages: list[dict], params):
     """Submits a generation; answers 429 at once when the model's queue is full."""
-    from models_app.engines.base import EngineError
-    from models_app.manager import QueueFullError
+    from models_app.serving.engines.contract import EngineError
+    from models_app.serving.manager import QueueFullError
 
     require_task(model, "generate")
     try:

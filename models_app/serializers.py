@@ -18,8 +18,9 @@ from beautyai_site.api.jsonsafe import first_path
 from beautyai_site.api.serializers import EnvelopeSerializer
 # Also imported from here by branches not yet merged.
 from beautyai_site.api.serializers import ErrorResponseSerializer  # noqa: F401
-from models_app.engines.base import KEEP_ALIVE_MAX_SECONDS, TOOL_FORMATS
-from models_app.engines.openai_engine import API_KEY_ENV_PREFIX, api_key_env_allowed
+from models_app.serving.engines.contract import KEEP_ALIVE_MAX_SECONDS
+from models_app.serving.engines.openai_engine import API_KEY_ENV_PREFIX, api_key_env_allowed
+from models_app.serving.engines.templates import TOOL_FORMATS
 from models_app.hub import REVISION
 from models_app.models import (
     DTYPES,

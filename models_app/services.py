@@ -19,6 +19,18 @@ from models_app.serving.hardware import GpuReading, gpu_memory_by_pid, gpus  # n
 # The Hugging Face cache: one scan (symlinked repos left out) and one delete, for the cache routes too.
 from models_app.hub import cached_repos, delete_cached_repos  # noqa: F401 - re-exported
 from models_app.runtime import hub_cache_dir  # noqa: F401 - re-exported
+# Serving-core types and pure helpers the other apps build requests with (they import no Django).
+from models_app.serving.engines.constraints import (  # noqa: F401 - re-exported
+    ConstraintError,
+    check_schema,
+    normalize_constraint,
+)
+from models_app.serving.engines.contract import (  # noqa: F401 - re-exported
+    MAX_EMBEDDING_INPUTS,
+    GenerationParams,
+    normalized,
+)
+from models_app.serving.engines.model_files import is_hub_id  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -218,3 +230,91 @@ def model_config_dict(model: ModelConfig) -> dict:
     }
     data.update(model.generation_defaults)
     return data
+
+
+# -- the serving core: the only way in for views, admin, consumers, /v1, system routes and commands --
+# Engine errors leave here as API errors (mapped by type in runtime.py); reads are in selectors.py.
+
+def model_load(*, model: ModelConfig, force_reload: bool = False, user=None) -> dict:
+    """Loads ``model`` (409 when memory or a concurrent unload refuses it, 503-class ModelLoadError else)."""
+    return runtime.load(model, force_reload=force_reload, user=user)
+
+
+def model_unload(*, name: str) -> bool:
+    """Stops the model's runner; its generations end as cancelled. False when it was not loaded."""
+    return runtime.unload(name)
+
+
+def models_unload_idle() -> list[str]:
+    """Unloads every loaded model with nothing running or waiting; returns their names."""
+    manager = runtime.manager_if_started()
+    if manager is None:
+        return []
+    idle = [info.name for info in manager.loaded()
+            if info.status == "loaded" and info.active_requests == 0 and info.queue_depth == 0]
+    return [name for name in idle if manager.unload(name)]
+
+
+def models_release_caches() -> list[str]:
+    """Asks every runner to drop what it can rebuild (KV/prefix caches); returns the models that did."""
+    manager = runtime.manager_if_started()
+    return manager.release_caches() if manager is not None else []
+
+
+def models_stop_all() -> list[str]:
+    """Unloads every model at once and stops the spares (they imported the libraries of before); returns
+    the models that were stopped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    manager = runtime.manager_if_started()
+    if manager is None:
+        return []
+    previous = [info.name for info in manager.loaded()]
+    with ThreadPoolExecutor(max_workers=max(1, len(previous))) as pool:
+        stopped = [name for name, done in zip(previous, pool.map(manager.unload, previous)) if done]
+    manager.stop_spares()
+    return stopped
+
+
+def models_configure(*, memory_budget_mb: float, max_loaded_models: int, default_keep_alive_s: float,
+                     load_timeout_s: float) -> None:
+    """New limits for the manager, if started (a later start reads them from settings)."""
+    manager = runtime.manager_if_started()
+    if manager is not None:
+        manager.configure(memory_budget_mb=memory_budget_mb, max_loaded_models=max_loaded_models,
+                          default_keep_alive_s=default_keep_alive_s, load_timeout_s=load_timeout_s)
+
+
+def generations_pause() -> None:
+    """New generations answer 503 until generations_resume()."""
+    runtime.set_accepting_generations(False)
+
+
+def generations_resume() -> None:
+    runtime.set_accepting_generations(True)
+
+
+def require_task(*, model: ModelConfig, task: str, field: str = "model") -> None:
+    """400 naming ``field`` when ``model`` is not served for ``task`` (generate | embed)."""
+    runtime.require_task(model, task, field=field)
+
+
+def check_queue(*, model: ModelConfig) -> None:
+    """429 when the model's queue is already full."""
+    runtime.check_queue(model)
+
+
+def count_tokens(*, name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
+    """Prompt tokens of ``messages`` (400 naming ``messages`` when the template refuses them)."""
+    return runtime.count_tokens(name, messages, tools)
+
+
+def generate(*, model: ModelConfig, messages: list[dict], params):
+    """Submits a generation and returns its handle (429 at once when the queue is full)."""
+    return runtime.generate(model, messages, params)
+
+
+def embed(*, model: ModelConfig, inputs: list) -> tuple[list[list[float]], int]:
+    """Unit vectors of ``inputs`` and their prompt tokens (400 naming ``input`` for refused input)."""
+    return runtime.embed(model, inputs)
+

@@ -19,7 +19,7 @@ from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
 from beautyai_site.api.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from beautyai_site.api.validation import parse  # noqa: F401 - also imported from here by branches not yet merged
-from models_app import downloads, runtime, services
+from models_app import downloads, selectors, services
 from models_app.models import ModelDownload
 from models_app.serializers import (
     DownloadCancelQuerySerializer,
@@ -43,7 +43,7 @@ SUMMARY_FIELDS = ("name", "model_id", "architecture", "engine", "quantization", 
 
 def model_summary(row: dict, live: dict, download_status: str) -> dict:
     """``row``: the SUMMARY_FIELDS of one entry and its ``task`` parameter, as ``.values()`` gives them."""
-    state = live.get(row["name"]) or runtime.unloaded_status(row["name"])
+    state = live.get(row["name"]) or selectors.model_unloaded_status(row["name"])
     return {
         "model_name": row["name"],
         "model_id": row["model_id"],
@@ -59,7 +59,7 @@ def model_summary(row: dict, live: dict, download_status: str) -> dict:
 
 
 def model_detail(model) -> dict:
-    state = runtime.status(model.name)
+    state = selectors.model_status(model.name)
     latest = downloads.download_latest(model)
     return {
         "model_name": model.name,
@@ -111,7 +111,7 @@ class ModelViewSet(viewsets.ViewSet):
         # A first page shorter than the limit is the whole list: no second query to count it.
         short_first_page = query["offset"] == 0 and len(page) < query["limit"]
         total = len(page) if short_first_page else visible.count()
-        live = runtime.statuses()
+        live = selectors.model_statuses()
         fetched = downloads.download_statuses(page)
         return ok(request, models=[model_summary(m, live, fetched[m["name"]]) for m in page], total_count=total)
 
@@ -161,7 +161,7 @@ class ModelViewSet(viewsets.ViewSet):
         if parsed["download"] and not downloads.files_present(model):
             job, _ = downloads.download_start(model=model, user=request.user, load_when_done=True)
             return ok(request, status=202, data=downloads.download_dict(job))
-        state = runtime.load(model, force_reload=parsed["force_reload"], user=request.user)
+        state = services.model_load(model=model, force_reload=parsed["force_reload"], user=request.user)
         return ok(
             request,
             model_name=model.name,
@@ -173,14 +173,14 @@ class ModelViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[NAME], request=None, responses={200: EnvelopeSerializer, **ERRORS})
     def unload(self, request, model_name: str):
         model = self._model(model_name, "model_load")
-        was_loaded = runtime.unload(model.name)
+        was_loaded = services.model_unload(name=model.name)
         message = f"Model '{model.name}' unloaded." if was_loaded else f"Model '{model.name}' was not loaded."
         return ok(request, data={"model_name": model.name, "was_loaded": was_loaded, "message": message})
 
     @extend_schema(parameters=[NAME], responses={200: EnvelopeSerializer, **ERRORS})
     def status(self, request, model_name: str):
         model = self._model(model_name, "model_read")
-        return ok(request, data={**runtime.status(model.name), "task": model.task})
+        return ok(request, data={**selectors.model_status(model.name), "task": model.task})
 
     @extend_schema(parameters=[NAME], request=None, responses={200: EnvelopeSerializer, **ERRORS})
     def validate(self, request, model_name: str):

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 logger = logging.getLogger("system_app.writer")
 
 MAX_MESSAGE_CHARS = 20000
-RUNNER_LOGGER_PREFIX = "models_app.runner."  # EngineManager logs a runner's lines under models_app.runner.<model>
+RUNNER_LOGGER_PREFIX = "models_app.serving.runner."  # EngineManager logs a runner's lines under models_app.serving.runner.<model>
 # SQL logging: at DEBUG every query would become a row, and the writer's own inserts would feed it.
 IGNORED_LOGGERS = ("django.db.backends",)
 

@@ -49,11 +49,10 @@ class RuntimeCollector:
     """Reads the loaded models at scrape time, so the gauges can never go stale."""
 
     def collect(self):
-        from models_app.runtime import manager_if_started
+        from models_app import selectors
         from system_app.logging import writer
 
-        manager = manager_if_started()
-        runners = manager.loaded() if manager is not None else []
+        runners = selectors.runners()
         active = GaugeMetricFamily("beautyai_model_active_requests", "Generations running now, by model.",
                                    labels=["model"])
         queued = GaugeMetricFamily("beautyai_model_queue_depth", "Generations waiting for a slot, by model.",

@@ -12,7 +12,6 @@ import os
 import platform
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from pathlib import Path
@@ -27,10 +26,10 @@ from django.utils import timezone
 from accounts.permissions import has_global
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import iso
-from models_app import downloads, runtime
+from models_app import downloads, selectors, services as models_services
 from models_app.models import ModelConfig, ModelDownload
-from models_app.engines.base import is_hub_id
 from models_app.services import (
+    is_hub_id,
     cached_repos,
     default_model,
     delete_cached_repos,
@@ -52,8 +51,7 @@ LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 5
 
 def _runners() -> list:
     """RunnerInfo of every loaded or loading model; empty while nothing has started the manager."""
-    manager = runtime.manager_if_started()
-    return manager.loaded() if manager is not None else []
+    return selectors.runners()
 
 
 def _readable_runners(user) -> list:
@@ -216,15 +214,8 @@ def memory_clear(*, force: bool, user) -> dict:
     """
     before = _memory_snapshot()
     collected = gc.collect()
-    manager = runtime.manager_if_started()
-    unloaded: list[str] = []
-    released: list[str] = []
-    if manager is not None:
-        if force:
-            idle = [info.name for info in manager.loaded()
-                    if info.status == "loaded" and info.active_requests == 0 and info.queue_depth == 0]
-            unloaded = [name for name in idle if manager.unload(name)]
-        released = manager.release_caches()
+    unloaded = models_services.models_unload_idle() if force else []
+    released = models_services.models_release_caches()
     after = _memory_snapshot()
     return {
         "force": force,
@@ -332,7 +323,7 @@ def _cache_clear(*, model: ModelConfig | None, force: bool, user) -> dict:
     unloaded = []
     if force:
         for name in sorted({name for repo in busy for name in users[repo.repo_path]}):
-            if runtime.unload(name):
+            if models_services.model_unload(name=name):
                 unloaded.append(name)
     freed = delete_cached_repos(cache, repos)
     return {
@@ -399,15 +390,11 @@ def prune_old_rows(*, now: datetime | None = None) -> dict[str, int]:
 _restart_lock = threading.Lock()
 
 
-def _in_flight(manager) -> int:
-    return sum(info.active_requests + info.queue_depth for info in manager.loaded())
-
-
-def _drain(manager, timeout_s: float) -> int:
+def _drain(timeout_s: float) -> int:
     """Waits until no generation runs or waits; returns how many there were. ConflictError on timeout."""
-    waiting = _in_flight(manager)
+    waiting = selectors.generations_in_flight()
     deadline = time.monotonic() + timeout_s
-    while (left := _in_flight(manager)) > 0:
+    while (left := selectors.generations_in_flight()) > 0:
         if time.monotonic() >= deadline:
             raise errors.ConflictError(
                 f"{left} generation(s) still running after {timeout_s:g} s; nothing was stopped. "
@@ -418,7 +405,7 @@ def _drain(manager, timeout_s: float) -> int:
     return waiting
 
 
-def _apply_settings(manager) -> dict:
+def _apply_settings() -> dict:
     """Re-applies the settings the manager was built from (limits may have changed since it started)."""
     state = {
         "memory_budget_mb": float(settings.MEMORY_BUDGET_MB),
@@ -426,8 +413,7 @@ def _apply_settings(manager) -> dict:
         "default_keep_alive_s": float(settings.KEEP_ALIVE_SECONDS),
         "load_timeout_s": float(settings.LOAD_TIMEOUT_SECONDS),
     }
-    if manager is not None:
-        manager.configure(**state)
+    models_services.models_configure(**state)
     return state
 
 
@@ -440,40 +426,34 @@ def system_restart(*, force: bool) -> dict:
     if not _restart_lock.acquire(blocking=False):
         raise errors.ConflictError("A restart is already in progress.")
     started = time.monotonic()
-    # The chat layer checks runtime.accepting_generations() and answers 503 until the restart is over.
-    runtime.set_accepting_generations(False)
+    # The chat layer checks selectors.accepting_generations() and answers 503 until the restart is over.
+    models_services.generations_pause()
     try:
-        manager = runtime.manager_if_started()
-        previous = [info.name for info in manager.loaded()] if manager is not None else []
+        previous = [info.name for info in selectors.runners()]
         drained = cancelled = 0
-        if manager is not None:
-            if force:
-                cancelled = _in_flight(manager)
-            else:
-                drained = _drain(manager, float(settings.RESTART_DRAIN_TIMEOUT_SECONDS))
-            drain_s = time.monotonic() - started
-            with ThreadPoolExecutor(max_workers=max(1, len(previous))) as pool:
-                stopped = [name for name, done in zip(previous, pool.map(manager.unload, previous)) if done]
-            # A restart also picks up upgraded libraries: spares imported the old ones.
-            manager.stop_spares()
-        else:
-            drain_s, stopped = 0.0, []
-        applied = _apply_settings(manager)
-        registry = {model.name: model for model in ModelConfig.objects.all()}
+        if force:
+            cancelled = selectors.generations_in_flight()
+        elif previous:
+            drained = _drain(float(settings.RESTART_DRAIN_TIMEOUT_SECONDS))
+        drain_s = time.monotonic() - started if previous else 0.0
+        # A restart also picks up upgraded libraries: the spares, which imported the old ones, stop too.
+        stopped = models_services.models_stop_all()
+        applied = _apply_settings()
+        by_name = {model.name: model for model in ModelConfig.objects.all()}
         reloaded, failed = [], []
         for name in previous:
-            model = registry.get(name)
+            model = by_name.get(name)
             if model is None:
                 failed.append({"model_name": name, "error": "no longer in the registry"})
                 continue
             try:
-                state = runtime.load(model)
+                state = models_services.model_load(model=model)
             except errors.APIError as exc:
                 failed.append({"model_name": name, "error": exc.message})
                 continue
             reloaded.append({"model_name": name, "pid": state["pid"], "load_time_seconds": state["load_time_seconds"]})
     finally:
-        runtime.set_accepting_generations(True)
+        models_services.generations_resume()
         _restart_lock.release()
     return {
         "force": force,
@@ -484,7 +464,7 @@ def system_restart(*, force: bool) -> dict:
         "models_reloaded": reloaded,
         "models_failed": failed,
         "settings_applied": applied,
-        "registry_models": len(registry),
+        "registry_models": len(by_name),
         "duration_seconds": round(time.monotonic() - started, 3),
     }
 

@@ -113,7 +113,7 @@ def bundled_model(db):
 @pytest.fixture(scope="session")
 def safetensors_dir(tmp_path_factory):
     """The bundled model as a Hugging Face safetensors folder (converted once per test run)."""
-    from models_app.engines.bundled import ensure_safetensors_folder
+    from models_app.serving.engines.bundled import ensure_safetensors_folder
 
     return ensure_safetensors_folder(tmp_path_factory.mktemp("hf") / "smollm2-135m")
 
@@ -157,7 +157,7 @@ def hub_server(request, tmp_path, monkeypatch, settings):
     from huggingface_hub import constants, hf_api
     from huggingface_hub.utils import _cache_manager, _detect_agent
 
-    from models_app.engines.bundled import bundled_gguf_path
+    from models_app.serving.engines.bundled import bundled_gguf_path
     from tests.hub_server import HubServer
 
     def gguf_repo():

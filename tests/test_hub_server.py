@@ -21,7 +21,7 @@ from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundE
 from huggingface_hub.file_download import http_get
 
 import tests.hub_server
-from models_app.engines.bundled import BUNDLED_GGUF_NAME, bundled_gguf_path
+from models_app.serving.engines.bundled import BUNDLED_GGUF_NAME, bundled_gguf_path
 from tests.hub_server import git_blob_sha1
 
 GGUF_REPO = "test-org/smollm2-gguf"

@@ -39,6 +39,7 @@ def copy_of_the_code(tmp_path):
     ("models_app/serving/hardware.py", "import django", "The serving core imports no Django and no app"),
     ("models_app/serving/hardware.py", "import models_app.runtime", "The serving core imports no Django and no app"),
     ("system_app/probes.py", "from models_app.serving import hardware", "Only models_app imports the serving core"),
+    ("inference_app/services.py", "from models_app import runtime", "Only models_app imports models_app.runtime"),
     ("models_app/runtime.py", "import system_app.models", "models_app imports neither inference_app nor system_app"),
     ("beautyai_site/api/envelope.py", "import accounts.models", "The API plumbing (beautyai_site.api) imports no app"),
 ])

@@ -17,9 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from models_app.engines.base import GenerationParams, LoadSpec
-from models_app.engines.bundled import bundled_gguf_path
-from models_app.manager import EngineManager
+from models_app.serving.engines.contract import GenerationParams, LoadSpec
+from models_app.serving.engines.bundled import bundled_gguf_path
+from models_app.serving.manager import EngineManager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

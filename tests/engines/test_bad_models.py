@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from models_app.engines.base import EngineLoadError, LoadSpec, inspect_gguf
+from models_app.serving.engines.contract import EngineLoadError, LoadSpec
+from models_app.serving.engines.model_files import inspect_gguf
 
 from .conftest import linked, llama_spec, runner_children
 

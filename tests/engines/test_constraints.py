@@ -9,8 +9,8 @@ import time
 import jsonschema
 import pytest
 
-from models_app.engines.base import GenerationParams, LoadSpec
-from models_app.engines.constraints import (
+from models_app.serving.engines.contract import GenerationParams, LoadSpec
+from models_app.serving.engines.constraints import (
     MAX_SCHEMA_BYTES,
     CompiledCache,
     ConstraintError,
@@ -186,7 +186,7 @@ def test_a_bad_schema_fails_only_its_own_request_and_the_runner_keeps_serving(ma
 
 @pytest.mark.slow
 def test_llama_cpp_compiles_a_schema_once_and_reuses_it(gguf_path):
-    from models_app.engines.llama_cpp_engine import LlamaCppEngine
+    from models_app.serving.engines.llama_cpp_engine import LlamaCppEngine
 
     engine = LlamaCppEngine()
     engine.load(llama_spec(gguf_path))
@@ -201,7 +201,7 @@ def test_llama_cpp_compiles_a_schema_once_and_reuses_it(gguf_path):
 
 @pytest.mark.slow
 def test_transformers_compiles_a_schema_once_and_reuses_it(safetensors_dir):
-    from models_app.engines.transformers_engine import TransformersEngine
+    from models_app.serving.engines.transformers_engine import TransformersEngine
 
     engine = TransformersEngine()
     engine.load(LoadSpec(name="t", engine="transformers", model_id=str(safetensors_dir)))
@@ -227,7 +227,7 @@ def test_the_openai_engine_has_the_remote_server_constrain_a_json_object(manager
 
 
 def test_the_openai_engine_sends_a_schema_as_a_strict_json_schema_response_format():
-    from models_app.engines.openai_engine import response_format
+    from models_app.serving.engines.openai_engine import response_format
 
     assert response_format({"schema": CITY, "prefix": "", "suffix": ""}) == {
         "type": "json_schema", "json_schema": {"name": "response", "schema": CITY, "strict": True}}
@@ -244,7 +244,7 @@ class _Params:
 def test_vllm_gets_a_schema_as_structured_outputs_json_and_a_prefix_as_a_grammar():
     from types import SimpleNamespace
 
-    from models_app.engines.vllm_engine import structured_outputs
+    from models_app.serving.engines.vllm_engine import structured_outputs
 
     # A stand-in for vllm.sampling_params (vLLM cannot be installed here): >= 0.10.2, then older.
     current = SimpleNamespace(StructuredOutputsParams=_Params)

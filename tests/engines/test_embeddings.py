@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from models_app.engines.base import EngineError, GenerationParams, LoadSpec, PromptError
-from models_app.engines.bundled import bundled_embedding_path
-from models_app.manager import EngineManager
+from models_app.serving.engines.contract import EngineError, GenerationParams, LoadSpec, PromptError
+from models_app.serving.engines.bundled import bundled_embedding_path
+from models_app.serving.manager import EngineManager
 from tests.engines.conftest import FRANCE, llama_spec
 from tests.model_files import bert_gguf
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from models_app.engines.base import LoadSpec
+from models_app.serving.engines.contract import LoadSpec
 
 from .conftest import FRANCE, GREEDY, JAPAN, collect, llama_spec
 
@@ -59,7 +59,7 @@ def test_llama_cpp_answers_tokyo_for_japan(manager, gguf_path):
 def test_llama_cpp_repeats_a_seeded_sampled_reply_even_after_the_same_prompt(manager, gguf_path):
     # The second and third requests find the prompt in llama.cpp's cache; a seeded request must not
     # reuse it, or the slightly different logits give another reply under the same seed.
-    from models_app.engines.base import GenerationParams
+    from models_app.serving.engines.contract import GenerationParams
 
     spec = llama_spec(gguf_path)
     manager.load(spec)

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models_app.engines.base import LoadSpec  # noqa: E402
-from models_app.manager import EngineManager  # noqa: E402
+from models_app.serving.engines.contract import LoadSpec  # noqa: E402
+from models_app.serving.manager import EngineManager  # noqa: E402
 from models_app.serving.hardware import gpu_memory_mb  # noqa: E402
 
 from .conftest import FRANCE, GREEDY, collect  # noqa: E402

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
-from models_app.engines.base import EngineError, GenerationParams
-from models_app.manager import EngineManager, MemoryBudgetError
+from models_app.serving.engines.contract import EngineError, GenerationParams
+from models_app.serving.manager import EngineManager, MemoryBudgetError
 
 from .conftest import FRANCE, GREEDY, JAPAN, STORY, collect, linked, llama_spec, runner_children
 
@@ -243,7 +243,7 @@ def test_a_handle_can_be_consumed_from_asyncio(manager, gguf_path):
 
 
 def test_transformers_with_max_batch_size_serves_two_chats_at_once(manager, safetensors_dir):
-    from models_app.engines.base import LoadSpec
+    from models_app.serving.engines.contract import LoadSpec
 
     spec = LoadSpec(name="batched", engine="transformers", model_id=str(safetensors_dir),
                     parameters={"max_batch_size": 2})

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from models_app.engines.base import EngineError, LoadSpec, PromptError
+from models_app.serving.engines.contract import EngineError, LoadSpec, PromptError
 
 from .conftest import FRANCE, llama_spec
 

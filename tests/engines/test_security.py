@@ -8,8 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from models_app.engines.base import EngineError, EngineLoadError, LoadSpec, render_chat_template, resolve_model_path
-from models_app.engines.openai_engine import OpenAIEngine
+from models_app.serving.engines.contract import EngineError, EngineLoadError, LoadSpec
+from models_app.serving.engines.model_files import resolve_model_path
+from models_app.serving.engines.templates import render_chat_template
+from models_app.serving.engines.openai_engine import OpenAIEngine
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -43,7 +45,7 @@ def test_runaway_template_output_is_bounded():
 
 
 def test_llama_cpp_engine_renders_gguf_templates_in_the_sandbox(gguf_path):
-    from models_app.engines.llama_cpp_engine import LlamaCppEngine
+    from models_app.serving.engines.llama_cpp_engine import LlamaCppEngine
 
     engine = LlamaCppEngine()
     engine.load(LoadSpec(name="t", engine="llama.cpp", model_id=str(gguf_path), parameters={"n_ctx": 512}))
@@ -103,7 +105,7 @@ def _special_token_count(tokenize, tokens: list[int], marker: str) -> int:
 
 
 def test_a_user_cannot_forge_a_system_turn_with_special_tokens_in_llama_cpp(gguf_path):
-    from models_app.engines.llama_cpp_engine import LlamaCppEngine
+    from models_app.serving.engines.llama_cpp_engine import LlamaCppEngine
 
     engine = LlamaCppEngine()
     engine.load(LoadSpec(name="x", engine="llama.cpp", model_id=str(gguf_path), parameters={"n_ctx": 512}))
@@ -121,7 +123,7 @@ def test_a_user_cannot_forge_a_system_turn_with_special_tokens_in_llama_cpp(gguf
 
 
 def test_a_user_cannot_forge_a_system_turn_with_special_tokens_in_transformers(safetensors_dir):
-    from models_app.engines.transformers_engine import TransformersEngine
+    from models_app.serving.engines.transformers_engine import TransformersEngine
 
     engine = TransformersEngine()
     engine.load(LoadSpec(name="x", engine="transformers", model_id=str(safetensors_dir), dtype="float32"))

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from models_app.engines.base import LoadSpec
+from models_app.serving.engines.contract import LoadSpec
 
 from .conftest import FRANCE, GREEDY, collect, llama_spec, runner_children
 
@@ -109,8 +109,8 @@ def test_a_transformers_load_in_a_spare_skips_the_library_imports(spare_manager,
 def test_spares_and_runners_exit_when_the_web_process_is_killed(gguf_path):
     script = textwrap.dedent(f"""
         import time
-        from models_app.engines.base import LoadSpec
-        from models_app.manager import EngineManager
+        from models_app.serving.engines.contract import LoadSpec
+        from models_app.serving.manager import EngineManager
 
         if __name__ == "__main__":
             mgr = EngineManager(memory_budget_mb=16_000, max_loaded_models=2, default_keep_alive_s=300, spares=True)

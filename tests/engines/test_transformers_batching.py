@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from models_app.engines.base import GenerationParams, LoadSpec
+from models_app.serving.engines.contract import GenerationParams, LoadSpec
 
 from .conftest import FRANCE, GREEDY, JAPAN, STORY, collect
 

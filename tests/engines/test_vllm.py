@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
-from models_app.engines import engine_available
-from models_app.engines.base import EngineLoadError, EngineUnavailableError, LoadSpec
-from models_app.engines.vllm_engine import VLLMEngine, build_engine_args, cuda_gpu_count
+from models_app.serving.engines import engine_available
+from models_app.serving.engines.contract import EngineLoadError, EngineUnavailableError, LoadSpec
+from models_app.serving.engines.vllm_engine import VLLMEngine, build_engine_args, cuda_gpu_count
 
 
 def test_build_engine_args_maps_the_spec():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from models_app.engines.base import GenerationParams, LoadSpec  # noqa: E402
-from models_app.engines.bundled import ensure_safetensors_folder  # noqa: E402
-from models_app.manager import EngineManager  # noqa: E402
+from models_app.serving.engines.contract import GenerationParams, LoadSpec  # noqa: E402
+from models_app.serving.engines.bundled import ensure_safetensors_folder  # noqa: E402
+from models_app.serving.manager import EngineManager  # noqa: E402
 from models_app.serving.hardware import gpu_memory_mb  # noqa: E402
 
 TOLERANCE_MIB = 64

@@ -20,8 +20,8 @@ from inference_app.anthropic_api import (
 from inference_app.models import ChatMessage, ChatSession, UsageRecord
 from inference_app.services import ReplyBuilder
 from models_app import runtime
-from models_app.engines.base import GenerationStats
-from models_app.manager import Event
+from models_app.serving.engines.contract import GenerationStats
+from models_app.serving.handle import Event
 
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "Name the capital city of France."}]

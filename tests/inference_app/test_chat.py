@@ -209,7 +209,7 @@ def test_the_per_user_chat_rate_limit_answers_429_with_retry_after(make_user, cl
 
 def test_a_full_queue_answers_429_at_once_and_stores_nothing(api_as, loaded_model):
     from models_app import runtime
-    from models_app.engines.base import GenerationParams
+    from models_app.serving.engines.contract import GenerationParams
 
     loaded_model.parameters = {**loaded_model.parameters, "max_queue": 0}
     loaded_model.save()

@@ -12,7 +12,7 @@ import pytest
 
 from inference_app.models import ChatSession, UsageRecord
 from models_app.bootstrap import BUNDLED_EMBEDDING, bundled_entries
-from models_app.engines.bundled import bundled_embedding_path
+from models_app.serving.engines.bundled import bundled_embedding_path
 
 CHAT_MODEL = "smollm2-135m-instruct"
 SENTENCE = "A man is playing a guitar on stage."

@@ -13,8 +13,8 @@ from inference_app.models import ChatMessage, ChatSession, UsageRecord
 from inference_app.openai_api import Completion
 from inference_app.services import ReplyBuilder
 from models_app import runtime
-from models_app.engines.base import GenerationStats
-from models_app.manager import Event
+from models_app.serving.engines.contract import GenerationStats
+from models_app.serving.handle import Event
 
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "Name the capital city of France."}]
@@ -26,7 +26,7 @@ def completion_tokens():
     """The bundled model's own tokenizer, counting a reply as the engine counts it."""
     from llama_cpp import Llama
 
-    from models_app.engines.bundled import bundled_gguf_path
+    from models_app.serving.engines.bundled import bundled_gguf_path
 
     vocab = Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
     return lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))

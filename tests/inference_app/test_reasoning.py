@@ -8,8 +8,8 @@ import pytest
 
 from inference_app.reasoning import ThinkSplitter, split_complete, template_uses_think_tags
 from inference_app.services import ReplyBuilder
-from models_app.engines.base import GenerationStats
-from models_app.manager import Event
+from models_app.serving.engines.contract import GenerationStats
+from models_app.serving.handle import Event
 
 
 @pytest.mark.parametrize(

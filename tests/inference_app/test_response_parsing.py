@@ -14,8 +14,8 @@ from inference_app import response_parsing
 from inference_app.openai_api import Completion
 from inference_app.response_parsing import TemplateCallParser, select
 from inference_app.services import ReplyBuilder
-from models_app.engines.base import GenerationStats
-from models_app.manager import Event
+from models_app.serving.engines.contract import GenerationStats
+from models_app.serving.handle import Event
 
 # The Hermes/Qwen format as transformers serve describes it for Qwen 2/3 (cli/serving/utils.py).
 HERMES_TEMPLATE = {
@@ -181,8 +181,8 @@ def template_dir(safetensors_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_transformers_engine_reports_the_template_and_ignores_an_oversized_one(template_dir, caplog):
-    from models_app.engines.base import LoadSpec
-    from models_app.engines.transformers_engine import TransformersEngine
+    from models_app.serving.engines.contract import LoadSpec
+    from models_app.serving.engines.transformers_engine import TransformersEngine
 
     engine = TransformersEngine()
     engine.load(LoadSpec(name="x", engine="transformers", model_id=str(template_dir), dtype="float32"))

@@ -6,6 +6,7 @@ import pytest
 from django.db import IntegrityError
 
 from inference_app import services
+from models_app import runtime as model_runtime
 from inference_app.models import ChatMessage, ChatSession
 
 
@@ -42,13 +43,13 @@ def test_a_failed_write_cancels_the_generation_it_started(make_user, loaded_mode
     ChatSession.objects.filter(pk=session.pk).delete()  # the user's turn now has no session to go to
 
     captured = []
-    real_generate = services.runtime.generate
+    real_generate = model_runtime.generate
 
     def generate(*args, **kwargs):
         captured.append(real_generate(*args, **kwargs))
         return captured[-1]
 
-    monkeypatch.setattr(services.runtime, "generate", generate)  # a spy: the real runner still generates
+    monkeypatch.setattr(model_runtime, "generate", generate)  # a spy: the real runner still generates
     with pytest.raises(IntegrityError):
         services.chat_start(plan)
     final = _final(captured[0])

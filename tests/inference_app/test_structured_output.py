@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from inference_app.models import ChatMessage
-from models_app.engines.constraints import MAX_SCHEMA_BYTES
+from models_app.serving.engines.constraints import MAX_SCHEMA_BYTES
 from tests.envelope import assert_error, assert_ok
 
 MODEL = "smollm2-135m-instruct"

@@ -11,16 +11,16 @@ import pytest
 from inference_app.openai_api import Completion
 from inference_app.services import ReplyBuilder
 from inference_app.tool_calls import ToolCallParser, constraint_for, parse_complete
-from models_app.engines.base import (
-    GenerationStats,
+from models_app.serving.engines.contract import GenerationStats
+from models_app.serving.engines.templates import (
     chat_inputs,
     detect_tool_format,
     prompt_segments,
     render_chat_template,
     with_content_markers,
 )
-from models_app.engines.llama_cpp_engine import CHATML_TEMPLATE
-from models_app.manager import Event
+from models_app.serving.engines.llama_cpp_engine import CHATML_TEMPLATE
+from models_app.serving.handle import Event
 
 WEATHER = '{"city": "Paris", "units": ["c", {"deep": "}]"}], "n": -1.5e3, "ok": true, "none": null}'
 
@@ -231,8 +231,8 @@ def test_a_reply_without_tools_in_the_request_is_never_parsed_for_calls():
 
 @pytest.mark.slow
 def test_transformers_hands_tools_to_a_template_that_knows_them(safetensors_dir, tmp_path):
-    from models_app.engines.base import LoadSpec
-    from models_app.engines.transformers_engine import TransformersEngine
+    from models_app.serving.engines.contract import LoadSpec
+    from models_app.serving.engines.transformers_engine import TransformersEngine
     from tests.model_files import folder_with_template
 
     folder = folder_with_template(safetensors_dir, tmp_path / "tools", TOOL_TEMPLATE)

@@ -25,7 +25,7 @@ MB = 1_000_000
 
 
 def gguf_size() -> int:
-    from models_app.engines.bundled import bundled_gguf_path
+    from models_app.serving.engines.bundled import bundled_gguf_path
 
     return bundled_gguf_path().stat().st_size
 

@@ -164,7 +164,7 @@ def test_the_data_dir_is_not_a_model_root_only_its_models_folder(api_as, setting
 
 
 def test_validate_reads_the_gguf_header_of_a_llama_cpp_file_whatever_its_name(api_as, registry, settings, tmp_path):
-    from models_app.engines.bundled import bundled_gguf_path
+    from models_app.serving.engines.bundled import bundled_gguf_path
 
     settings.MODEL_ROOTS = [tmp_path]
     (tmp_path / "notes.bin").write_bytes(b"not a gguf at all")

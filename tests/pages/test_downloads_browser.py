@@ -14,7 +14,7 @@ from django.contrib.auth.models import Permission
 from playwright.sync_api import expect
 
 from models_app import services
-from models_app.engines.bundled import bundled_gguf_path
+from models_app.serving.engines.bundled import bundled_gguf_path
 from models_app.models import ModelDownload
 from tests.servers import start_server, stop_server
 

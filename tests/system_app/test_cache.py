@@ -7,7 +7,7 @@ import pytest
 
 from models_app import runtime
 from models_app.bootstrap import BUNDLED_LLAMA_CPP, bundled_entries
-from models_app.engines.bundled import bundled_gguf_path
+from models_app.serving.engines.bundled import bundled_gguf_path
 from models_app.models import ModelConfig
 from tests.envelope import assert_error, assert_ok
 from tests.system_app.conftest import make_hub_repo

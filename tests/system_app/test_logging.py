@@ -59,8 +59,8 @@ def test_the_default_level_is_info(api_as, db_log_handler):
 
 
 def test_a_runners_log_lines_carry_the_model_name_as_source(db_log_handler):
-    # EngineManager logs what a runner sends under models_app.runner.<model name>.
-    logging.getLogger("models_app.runner.smol-1.5b").warning("kv cache full")
+    # EngineManager logs what a runner sends under models_app.serving.runner.<model name>.
+    logging.getLogger("models_app.serving.runner.smol-1.5b").warning("kv cache full")
     assert writer.flush()
     row = LogRecord.objects.get(message="kv cache full")
     assert (row.source, row.level, row.levelno) == ("smol-1.5b", "WARNING", 30)

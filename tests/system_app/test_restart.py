@@ -9,7 +9,7 @@ import pytest
 
 from models_app import runtime
 from models_app.bootstrap import BUNDLED_LLAMA_CPP
-from models_app.engines.base import GenerationParams
+from models_app.serving.engines.contract import GenerationParams
 from models_app.models import ModelConfig
 from system_app.models import AuditEvent
 from tests.envelope import assert_error, assert_ok

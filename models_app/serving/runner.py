@@ -5,15 +5,8 @@ a segfault inside a native library therefore takes down only this process, and t
 parent notices through the pipe closing.
 
 A spare runner starts without a model: it imports its engine's libraries, then waits for
-one {"op": "load", "spec": ...} message and from there on is an ordinary runner.
-
-Protocol (dicts, multiplexed by request id):
-  parent -> runner: load (a spare only, first), then generate, cancel, count_tokens, embed, release_caches, shutdown
-  runner -> parent: ready | load_error first, then started, delta, done, error, result, log
-
-Every message with an id gets an answer under that id: a generation ends with done or error, a
-call (count_tokens, release_caches, or an op this runner does not know) with result or error.
-An error's ``code`` says whose fault it is: "prompt" (the messages; the caller's input), "engine".
+one `protocol.Load` message and from there on is an ordinary runner. The messages both ways are
+in protocol.py.
 """
 
 from __future__ import annotations
@@ -26,27 +19,27 @@ import threading
 import time
 from dataclasses import asdict, fields
 
-from models_app.engines import get_engine_class
-from models_app.engines.base import (
+from models_app.serving.engines import get_engine_class
+from models_app.serving.engines.contract import (
     EngineError,
     GenerationParams,
+    EngineUnavailableError,
     GenerationStats,
     LoadSpec,
-    PromptError,
-    detect_tool_format,
-    scrub_paths,
 )
+from models_app.serving.engines.model_files import scrub_paths
+from models_app.serving.engines.templates import detect_tool_format
+from models_app.serving import protocol as p
 
 _PARAM_FIELDS = {f.name for f in fields(GenerationParams)}
 _PARENT_POLL_S = 1.0
 
 
-def error_reply(req_id, exc: BaseException) -> dict:
+def error_reply(req_id, exc: BaseException, prefix: str = "") -> p.Error:
     if isinstance(exc, EngineError):
-        return {"type": "error", "id": req_id, "code": "prompt" if isinstance(exc, PromptError) else "engine",
-                "message": str(exc)}
-    return {"type": "error", "id": req_id, "code": "engine",
-            "message": f"{exc.__class__.__name__}: {scrub_paths(str(exc))}"}
+        return p.Error(id=req_id, code=p.error_code_of(exc), message=prefix + str(exc))
+    return p.Error(id=req_id, code=p.ErrorCode.ENGINE,
+                   message=f"{prefix}{exc.__class__.__name__}: {scrub_paths(str(exc))}")
 
 
 class _PipeLogHandler(logging.Handler):
@@ -56,7 +49,7 @@ class _PipeLogHandler(logging.Handler):
 
     def emit(self, record):
         try:
-            self._send({"type": "log", "level": record.levelname, "message": scrub_paths(self.format(record))})
+            self._send(p.Log(level=record.levelname, message=scrub_paths(self.format(record))))
         except Exception:
             pass
 
@@ -76,10 +69,10 @@ class _Runner:
         for w in self.workers:
             w.start()
 
-    def send(self, message: dict) -> None:
+    def send(self, message) -> None:
         with self.send_lock:
             try:
-                self.conn.send(message)
+                self.conn.send(p.encode(message))
             except (OSError, EOFError, BrokenPipeError):
                 # Parent is gone; the main loop sees EOF and exits.
                 pass
@@ -94,28 +87,27 @@ class _Runner:
     def _generate(self, req_id: str, messages: list, params: GenerationParams, cancel: threading.Event):
         try:
             if cancel.is_set():
-                self.send({"type": "done", "id": req_id, "stats": asdict(GenerationStats(0, 0, "cancelled", 0.0, 0.0, 0.0))})
+                self.send(p.Done(id=req_id, stats=asdict(GenerationStats(0, 0, "cancelled", 0.0, 0.0, 0.0))))
                 return
             # Marks the end of the wait in the queue, so the parent can report queue time apart from TTFT.
-            self.send({"type": "started", "id": req_id})
+            self.send(p.Started(id=req_id))
             for item in self.engine.generate(messages, params, cancel.is_set):
                 if isinstance(item, GenerationStats):
-                    self.send({"type": "done", "id": req_id, "stats": asdict(item)})
+                    self.send(p.Done(id=req_id, stats=asdict(item)))
                 elif item:
-                    self.send({"type": "delta", "id": req_id, "text": item})
+                    self.send(p.Delta(id=req_id, text=item))
         except EngineError as exc:
             self.send(error_reply(req_id, exc))
         except Exception as exc:
             logging.getLogger(__name__).exception("generation failed")
-            reply = error_reply(req_id, exc)
-            self.send({**reply, "message": f"generation failed: {reply['message']}"})
+            self.send(error_reply(req_id, exc, prefix="generation failed: "))
         finally:
             with self.events_lock:
                 self.cancel_events.pop(req_id, None)
 
     def _call(self, req_id: str, fn):
         try:
-            self.send({"type": "result", "id": req_id, "value": fn()})
+            self.send(p.Result(id=req_id, value=fn()))
         except Exception as exc:
             self.send(error_reply(req_id, exc))
 
@@ -123,34 +115,40 @@ class _Runner:
         vectors, prompt_tokens = self.engine.embed(inputs)
         return {"vectors": vectors, "prompt_tokens": int(prompt_tokens)}
 
-    def handle(self, msg: dict) -> bool:
+    def handle(self, raw: dict) -> bool:
         """Dispatch one parent message; False means stop serving."""
-        op = msg.get("op")
-        if op == "generate":
-            params = GenerationParams(**{k: v for k, v in (msg.get("params") or {}).items() if k in _PARAM_FIELDS})
+        try:
+            msg = p.decode(raw)
+        except p.ProtocolError as exc:
+            # The caller waits for an answer under this id; silence would hold it until its timeout.
+            self.send(error_reply(raw.get("id") if isinstance(raw, dict) else None, exc))
+            return True
+        if isinstance(msg, p.Generate):
+            params = GenerationParams(**{k: v for k, v in (msg.params or {}).items() if k in _PARAM_FIELDS})
             cancel = threading.Event()
             with self.events_lock:
-                self.cancel_events[msg["id"]] = cancel
-            self.pending.put((msg["id"], msg.get("messages") or [], params, cancel))
-        elif op == "cancel":
+                self.cancel_events[msg.id] = cancel
+            self.pending.put((msg.id, msg.messages or [], params, cancel))
+        elif isinstance(msg, p.Cancel):
             with self.events_lock:
-                event = self.cancel_events.get(msg.get("id"))
+                event = self.cancel_events.get(msg.id)
             if event is not None:
                 event.set()
-        elif op == "count_tokens":
-            threading.Thread(target=self._call, args=(msg["id"], lambda: self.engine.count_tokens(
-                msg.get("messages") or [], tools=msg.get("tools") or None)), daemon=True).start()
-        elif op == "embed":
-            threading.Thread(target=self._call, args=(msg["id"], lambda: self._embed(msg.get("inputs") or [])),
-                             daemon=True).start()
-        elif op == "release_caches":
-            threading.Thread(target=self._call, args=(msg["id"], lambda: self.engine.release_caches()), daemon=True).start()
-        elif op == "shutdown":
+        elif isinstance(msg, p.CountTokens):
+            self._call_in_thread(msg.id, lambda: self.engine.count_tokens(msg.messages or [], tools=msg.tools or None))
+        elif isinstance(msg, p.Embed):
+            self._call_in_thread(msg.id, lambda: self._embed(msg.inputs or []))
+        elif isinstance(msg, p.ReleaseCaches):
+            self._call_in_thread(msg.id, self.engine.release_caches)
+        elif isinstance(msg, p.Shutdown):
             return False
-        else:
-            # The caller waits for an answer under this id; silence would hold it until its timeout.
-            self.send({"type": "error", "id": msg.get("id"), "code": "engine", "message": f"unknown runner op: {op!r}"})
+        else:  # a Load after the model is loaded
+            self.send(p.Error(id=getattr(msg, "id", None), code=p.ErrorCode.PROTOCOL,
+                              message=f"unexpected runner op: {msg.OP.value}"))
         return True
+
+    def _call_in_thread(self, req_id: str, fn) -> None:
+        threading.Thread(target=self._call, args=(req_id, fn), daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
         with self.events_lock:
@@ -179,10 +177,12 @@ def _wait_as_spare(conn, engine: str) -> dict:
         # Only a head start is lost: load() imports the same libraries and reports a failure properly.
         logging.getLogger(__name__).warning("preloading the %s engine failed", engine, exc_info=True)
     try:
-        msg = conn.recv()
+        msg = p.decode(conn.recv())
     except (EOFError, OSError):
         os._exit(0)
-    return msg["spec"]
+    if not isinstance(msg, p.Load):
+        raise p.ProtocolError(f"a spare runner expects a load first, not {type(msg).__name__}")
+    return msg.spec
 
 
 def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str | None = None) -> None:
@@ -191,7 +191,7 @@ def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str 
 
     def send(message):
         with send_lock:
-            conn.send(message)
+            conn.send(p.encode(message))
 
     root = logging.getLogger()
     root.handlers[:] = [_PipeLogHandler(send)]
@@ -207,24 +207,25 @@ def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str 
         engine = get_engine_class(spec.engine)()
         engine.load(spec)
     except EngineError as exc:
-        send({"type": "load_error", "message": str(exc), "error_class": exc.__class__.__name__})
+        code = p.ErrorCode.UNAVAILABLE if isinstance(exc, EngineUnavailableError) else p.ErrorCode.LOAD
+        send(p.LoadError(code=code, message=str(exc)))
         conn.close()
         sys.exit(1)
     except BaseException as exc:
-        send({"type": "load_error", "error_class": exc.__class__.__name__,
-              "message": f"failed to load model: {exc.__class__.__name__}: {scrub_paths(str(exc))}"})
+        send(p.LoadError(code=p.ErrorCode.LOAD,
+                         message=f"failed to load model: {exc.__class__.__name__}: {scrub_paths(str(exc))}"))
         conn.close()
         sys.exit(1)
 
     runner = _Runner(conn, engine, send_lock)
     template = engine.chat_template()
-    send({"type": "ready", "pid": os.getpid(), "load_time_seconds": time.monotonic() - started,
-          "context_length": engine.context_length(), "max_concurrency": engine.max_concurrency,
-          "chat_template_present": bool(template),
-          # Reasoning models mark their reasoning with <think>…</think>; their templates mention the tags.
-          "think_tags": bool(template) and "</think>" in template,
-          "tool_format": detect_tool_format(template),
-          "response_template": engine.response_template()})
+    send(p.Ready(pid=os.getpid(), load_time_seconds=time.monotonic() - started,
+                 context_length=engine.context_length(), max_concurrency=engine.max_concurrency,
+                 chat_template_present=bool(template),
+                 # Reasoning models mark their reasoning with <think>…</think>; their templates mention the tags.
+                 think_tags=bool(template) and "</think>" in template,
+                 tool_format=detect_tool_format(template),
+                 response_template=engine.response_template()))
 
     while True:
         try:

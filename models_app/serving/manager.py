@@ -22,28 +22,20 @@ exists, and nobody holds it while a model loads):
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import math
-import multiprocessing
 import multiprocessing.util  # noqa: F401 - its atexit handler must be registered before ours
-import os
-import queue
-import signal
-import sys
 import threading
-import time
 import uuid
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import Callable
 
-from models_app.engines.base import (
+from models_app.serving.engines.contract import (
     KEEP_ALIVE_MAX_SECONDS,
     EngineError,
     EngineLoadError,
@@ -52,14 +44,16 @@ from models_app.engines.base import (
     GenerationStats,
     LoadSpec,
     PromptError,
-    estimate_memory_mb,
 )
-from models_app.runner import runner_main
+from models_app.serving.engines.memory import estimate_memory_mb
+from models_app.serving import protocol as p
+from models_app.serving.handle import Event, GenerationHandle, describe_exit
 from models_app.serving.hardware import process_memory_mb
+from models_app.serving.placement import LocalPlacement, Placement, RunnerConnection
+from models_app.serving.spares import SparesMixin, _Spare
 
 logger = logging.getLogger(__name__)
 
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 _REAPER_INTERVAL_S = 2.0
 _CALL_TIMEOUT_S = 60.0
 MIB = 1024 * 1024
@@ -70,6 +64,10 @@ class QueueFullError(EngineError):
         super().__init__(f"{name} is busy: {queue_depth} request(s) already waiting")
         self.queue_depth = queue_depth
         self.max_queue = max_queue
+
+
+class LoadCancelledError(EngineLoadError):
+    """The model was unloaded while this caller waited for its load."""
 
 
 class MemoryBudgetError(EngineLoadError):
@@ -98,98 +96,8 @@ class RunnerInfo:
     prestarted: bool  # loaded in a spare runner, whose imports were already done
 
 
-@dataclass
-class Event:
-    kind: str  # "delta" | "done" | "error"
-    text: str = ""
-    stats: GenerationStats | None = None
-    message: str = ""
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "runner exited"
-    if exitcode < 0:
-        try:
-            return f"runner killed by signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"runner killed by signal {-exitcode}"
-    return f"runner exited with code {exitcode}"
-
-
-class GenerationHandle:
-    """One streamed generation. Iterate it (sync or async) for Events; the last is done or error."""
-
-    def __init__(self, runner: "_RunnerProcess", req_id: str):
-        self.id = req_id
-        self.queue_time_ms: float | None = None
-        self._runner = runner
-        self._submitted = time.monotonic()
-        self._lock = threading.Lock()
-        self._sync_q: queue.Queue[Event] = queue.Queue()
-        self._async_q: asyncio.Queue | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._finished = False
-        self._tokens_seen = 0
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def _started(self) -> None:
-        """The runner took the request off its queue."""
-        if self.queue_time_ms is None:
-            self.queue_time_ms = (time.monotonic() - self._submitted) * 1000.0
-
-    def _push(self, event: Event) -> bool:
-        """Deliver an event from the reader thread; False once the stream already ended."""
-        with self._lock:
-            if self._finished:
-                return False
-            self._started()
-            if event.kind == "delta":
-                self._tokens_seen += 1
-            else:
-                self._finished = True
-            if self._loop is not None:
-                try:
-                    self._loop.call_soon_threadsafe(self._async_q.put_nowait, event)
-                except RuntimeError:
-                    pass  # the consumer's loop is closed; nobody is listening any more
-            else:
-                self._sync_q.put(event)
-            return True
-
-    def __iter__(self) -> Iterator[Event]:
-        while True:
-            event = self._sync_q.get()
-            yield event
-            if event.kind != "delta":
-                return
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._aiter()
-
-    async def _aiter(self):
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            self._async_q = asyncio.Queue()
-            # Events that arrived before the async consumer subscribed move over in order.
-            while not self._sync_q.empty():
-                self._async_q.put_nowait(self._sync_q.get_nowait())
-        while True:
-            event = await self._async_q.get()
-            yield event
-            if event.kind != "delta":
-                return
-
-    def cancel(self) -> None:
-        if not self._finished:
-            self._runner.send({"op": "cancel", "id": self.id})
 
 
 class _RunnerProcess:
@@ -199,8 +107,8 @@ class _RunnerProcess:
         self.estimate_mb = estimate_mb
         self.status = "loading"
         self.ready: Future = Future()
-        self.process = None
-        self.conn = None
+        self.link: RunnerConnection | None = None
+        self.open = False  # link usable for sending; cleared once the runner is gone
         self.pid: int | None = None
         self.reader: threading.Thread | None = None
         self.send_lock = threading.Lock()
@@ -219,12 +127,12 @@ class _RunnerProcess:
         self.stopping = False
         self.prestarted = False
 
-    def send(self, message: dict) -> bool:
+    def send(self, message: p.ParentMessage) -> bool:
         with self.send_lock:
-            if self.conn is None:
+            if not self.open:
                 return False
             try:
-                self.conn.send(message)
+                self.link.send(message)
                 return True
             except (OSError, EOFError, ValueError):
                 return False
@@ -246,34 +154,25 @@ class _RunnerProcess:
             return None
         return (self.last_used_at or self.loaded_at or _now()) + timedelta(seconds=keep)
 
-    def fail_handles(self, message: str) -> None:
+    def fail_handles(self, message: str, code: p.ErrorCode) -> None:
         with self.lock:
             handles = list(self.handles.values())
             self.handles.clear()
             calls = list(self.calls.values())
             self.calls.clear()
         for handle in handles:
-            handle._push(Event("error", message=message, stats=GenerationStats(
+            handle._push(Event("error", message=message, code=code, stats=GenerationStats(
                 0, handle._tokens_seen, "cancelled", 0.0, 0.0, 0.0)))
         for call in calls:
             if not call.done():
                 call.set_exception(EngineError(message))
 
 
-class _Spare:
-    """An idle runner for `engine`: libraries imported, no model. `process` is None while it starts."""
-
-    def __init__(self, engine: str, conditions: tuple):
-        self.engine = engine
-        self.conditions = conditions
-        self.process = None
-        self.conn = None
-
-
-class EngineManager:
+class EngineManager(SparesMixin):
     def __init__(self, *, memory_budget_mb: float, max_loaded_models: int, default_keep_alive_s: float,
                  load_timeout_s: float = 600, shutdown_timeout_s: float = 10,
-                 log_callback: Callable[[str, str, str], None] | None = None, spares: bool = False):
+                 log_callback: Callable[[str, str, str], None] | None = None, spares: bool = False,
+                 placement: Placement | None = None):
         self.configure(memory_budget_mb=memory_budget_mb, max_loaded_models=max_loaded_models,
                        default_keep_alive_s=default_keep_alive_s, load_timeout_s=load_timeout_s)
         self.shutdown_timeout_s = float(shutdown_timeout_s)
@@ -282,7 +181,7 @@ class EngineManager:
         self._lock = threading.RLock()
         self._runners: dict[str, _RunnerProcess] = {}
         self._spares: dict[str, _Spare] = {}
-        self._ctx = multiprocessing.get_context("spawn")
+        self._placement = placement or LocalPlacement()
         self._reaper: threading.Thread | None = None
         self._closing = threading.Event()
         # A process exiting without shutdown() must not leave orphaned runners behind. multiprocessing.util
@@ -321,7 +220,7 @@ class EngineManager:
         if starter:
             for victim in victims:
                 logger.info("unloading %s to make room for %s", victim.name, spec.name)
-                self._stop_runner(victim, "cancelled: model unloaded")
+                self._stop_runner(victim, "cancelled: model unloaded", p.ErrorCode.CANCELLED)
             self._start(runner)
         try:
             runner.ready.result(timeout=self.load_timeout_s)
@@ -358,25 +257,9 @@ class EngineManager:
             raise MemoryBudgetError(message, needed_mb=needed, available_mb=available, loaded_models=loaded)
         return victims
 
-    def _spawn(self, name: str, spec: LoadSpec | None, spare_engine: str | None = None):
-        """Starts a runner process (without `spec`, a spare); returns it and the parent's end of its pipe."""
-        # spawn passes sys.path to the child; make sure models_app is importable there even
-        # when the parent was started from another directory (daphne, a console script).
-        if _PROJECT_ROOT not in sys.path:
-            sys.path.append(_PROJECT_ROOT)
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        # Not a daemon: engines such as vLLM start their own worker processes.
-        process = self._ctx.Process(target=runner_main,
-                                    args=(child_conn, asdict(spec) if spec else None, self._log_level(), spare_engine),
-                                    name=name, daemon=False)
-        try:
-            process.start()
-        except Exception:
-            parent_conn.close()
-            raise
-        finally:
-            child_conn.close()
-        return process, parent_conn
+    def _spawn(self, name: str, spec: LoadSpec | None, spare_engine: str | None = None) -> RunnerConnection:
+        """Starts a runner (without `spec`, a spare) where the placement puts it."""
+        return self._placement.start(name, spec, log_level=self._log_level(), spare_engine=spare_engine)
 
     @staticmethod
     def _log_level() -> str:
@@ -385,114 +268,29 @@ class EngineManager:
     def _start(self, runner: _RunnerProcess) -> None:
         spare = self._take_spare(runner.spec) if self.spares else None
         if spare is not None:
-            process, conn = spare.process, spare.conn
-            process.name = f"beautyai-runner-{runner.name}"
+            link = spare.link
             runner.prestarted = True
         else:
             try:
-                process, conn = self._spawn(f"beautyai-runner-{runner.name}", runner.spec)
+                link = self._spawn(f"beautyai-runner-{runner.name}", runner.spec)
             except Exception as exc:
                 with self._lock:
                     runner.status = "error"
                     runner.last_error = f"could not start runner: {exc.__class__.__name__}"
                 runner.ready.set_exception(EngineLoadError(runner.last_error))
                 return
-        runner.process, runner.conn, runner.pid = process, conn, process.pid
+        runner.link, runner.pid, runner.open = link, link.pid, True
         if runner.stopping:
             # unload() ran while victims were being stopped; this runner is already forgotten.
             self._kill(runner)
-            conn.close()
+            link.close()
             if not runner.ready.done():
-                runner.ready.set_exception(EngineLoadError("load cancelled: model unloaded"))
+                runner.ready.set_exception(LoadCancelledError("load cancelled: model unloaded"))
             return
         reader = threading.Thread(target=self._read, args=(runner,), daemon=True, name=f"runner-reader-{runner.name}")
         reader.start()
         # Published only once started: an unload racing this load joins it (joining an unstarted thread raises).
         runner.reader = reader
-
-    # -- spares ------------------------------------------------------------
-
-    def _spare_conditions(self) -> tuple:
-        # A spare's libraries read the environment when imported (HF_HOME, CUDA_VISIBLE_DEVICES...),
-        # and its log level is fixed at start; a spare started under other conditions is not used.
-        # pytest rewrites PYTEST_CURRENT_TEST for every test phase and no library reads it.
-        environ = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-        return self._log_level(), environ
-
-    def _ensure_spare(self, engine: str) -> None:
-        with self._lock:
-            current = self._spares.get(engine)
-            if self._closing.is_set() or (current is not None and (current.process is None
-                                                                   or current.process.is_alive())):
-                return
-            spare = _Spare(engine, self._spare_conditions())
-            self._spares[engine] = spare
-        if current is not None:
-            logger.warning("the spare %s runner had stopped: %s", engine, describe_exit(current.process.exitcode))
-            self._discard(current)
-        try:
-            process, conn = self._spawn(f"beautyai-spare-{engine}", None, engine)
-        except Exception as exc:
-            with self._lock:
-                if self._spares.get(engine) is spare:
-                    del self._spares[engine]
-            logger.warning("could not start a spare %s runner: %s", engine, exc.__class__.__name__)
-            return
-        with self._lock:
-            spare.process, spare.conn = process, conn
-            kept = self._spares.get(engine) is spare
-        if kept:
-            logger.info("started a spare %s runner (pid %d)", engine, process.pid)
-        else:
-            # stop_spares() or a load emptied the slot while this process was starting.
-            self._discard(spare)
-
-    def _take_spare(self, spec: LoadSpec) -> _Spare | None:
-        """The spare for `spec`'s engine, told to load `spec`; None when there is none fit to use."""
-        with self._lock:
-            spare = self._spares.pop(spec.engine, None)
-        if spare is None or spare.process is None:
-            return None
-        if spare.conditions != self._spare_conditions():
-            logger.info("not using the spare %s runner: the environment or log level changed since it started",
-                        spec.engine)
-            self._discard(spare)
-            return None
-        idle_mb = process_memory_mb(spare.process.pid)
-        # A dead spare's pipe refuses the message (its end is closed), so a spare killed at any
-        # point before this falls back to a fresh runner.
-        if not spare.process.is_alive() or not self._send_load(spare, spec):
-            logger.warning("the spare %s runner had stopped: %s", spec.engine, describe_exit(spare.process.exitcode))
-            self._discard(spare)
-            return None
-        logger.info("loading %s in the spare %s runner (pid %d, %.0f MiB before the load)",
-                    spec.name, spec.engine, spare.process.pid, idle_mb)
-        return spare
-
-    @staticmethod
-    def _send_load(spare: _Spare, spec: LoadSpec) -> bool:
-        try:
-            spare.conn.send({"op": "load", "spec": asdict(spec)})
-            return True
-        except (OSError, EOFError, ValueError):
-            return False
-
-    def _discard(self, spare: _Spare) -> None:
-        self._kill(spare)
-        spare.conn.close()
-
-    def stop_spares(self) -> None:
-        """Stops the idle spares; the next load of each engine starts a fresh runner, then a new spare."""
-        with self._lock:
-            spares = [s for s in self._spares.values() if s.process is not None]
-            self._spares.clear()
-        for spare in spares:
-            self._discard(spare)
-
-    def spare_pids(self) -> dict[str, int]:
-        """Engine -> pid of its idle spare runner. Spares are not models: loaded() never lists them."""
-        with self._lock:
-            return {engine: s.process.pid for engine, s in self._spares.items() if s.process is not None}
 
     def _abort_load(self, runner: _RunnerProcess, message: str) -> None:
         with self._lock:
@@ -506,97 +304,100 @@ class EngineManager:
     # -- the reader thread ---------------------------------------------
 
     def _read(self, runner: _RunnerProcess) -> None:
-        load_error: tuple[str, str] | None = None
+        load_error: p.LoadError | None = None
         while True:
             try:
-                msg = runner.conn.recv()
+                msg = runner.link.recv()
+            except p.ProtocolError:
+                logger.exception("undecodable message from runner %s", runner.name)
+                continue
             except (EOFError, OSError):
                 break
             except Exception:
                 logger.exception("unreadable message from runner %s", runner.name)
                 break
-            kind = msg.get("type")
-            if kind in ("result", "error") and self._answer_call(runner, msg):
+            if isinstance(msg, (p.Result, p.Error)) and self._answer_call(runner, msg):
                 continue
-            if kind in ("delta", "done", "error"):
+            if isinstance(msg, (p.Delta, p.Done, p.Error)):
                 self._dispatch(runner, msg)
-            elif kind == "started":
+            elif isinstance(msg, p.Started):
                 with runner.lock:
-                    handle = runner.handles.get(msg.get("id"))
+                    handle = runner.handles.get(msg.id)
                 if handle is not None:
                     handle._started()
-            elif kind == "log":
-                self._log(runner.name, msg.get("level", "INFO"), msg.get("message", ""))
-            elif kind == "ready":
+            elif isinstance(msg, p.Log):
+                self._log(runner.name, msg.level or "INFO", msg.message or "")
+            elif isinstance(msg, p.Ready):
                 with self._lock:
                     runner.status = "loaded"
-                    runner.pid = msg.get("pid") or runner.pid
-                    runner.load_time_seconds = msg.get("load_time_seconds")
-                    runner.context_length = msg.get("context_length")
-                    runner.max_concurrency = int(msg.get("max_concurrency") or 1)
-                    runner.think_tags = bool(msg.get("think_tags"))
-                    runner.tool_format = msg.get("tool_format") or "hermes"
-                    runner.response_template = msg.get("response_template") or None
+                    runner.pid = msg.pid or runner.pid
+                    runner.load_time_seconds = msg.load_time_seconds
+                    runner.context_length = msg.context_length
+                    runner.max_concurrency = int(msg.max_concurrency or 1)
+                    runner.think_tags = bool(msg.think_tags)
+                    runner.tool_format = msg.tool_format or "hermes"
+                    runner.response_template = msg.response_template or None
                     runner.loaded_at = runner.last_used_at = _now()
                 if not runner.ready.done():
                     runner.ready.set_result(True)
-            elif kind == "load_error":
-                load_error = (msg.get("message") or "model failed to load", msg.get("error_class") or "")
+            elif isinstance(msg, p.LoadError):
+                load_error = msg
         self._on_exit(runner, load_error)
 
     @staticmethod
-    def _answer_call(runner: _RunnerProcess, msg: dict) -> bool:
+    def _answer_call(runner: _RunnerProcess, msg: p.Result | p.Error) -> bool:
         """Resolves the call ``msg`` answers; False when it answers no call (then it is a generation's)."""
         with runner.lock:
-            call = runner.calls.pop(msg.get("id"), None)
+            call = runner.calls.pop(msg.id, None)
         if call is None:
             return False
         if not call.done():
-            if msg["type"] == "result":
-                call.set_result(msg.get("value"))
+            if isinstance(msg, p.Result):
+                call.set_result(msg.value)
             else:
-                error = PromptError if msg.get("code") == "prompt" else EngineError
-                call.set_exception(error(msg.get("message") or "runner call failed"))
+                error = PromptError if msg.code is p.ErrorCode.PROMPT else EngineError
+                call.set_exception(error(msg.message or "runner call failed"))
         return True
 
-    def _dispatch(self, runner: _RunnerProcess, msg: dict) -> None:
+    def _dispatch(self, runner: _RunnerProcess, msg: p.Delta | p.Done | p.Error) -> None:
+        delta = isinstance(msg, p.Delta)
         with runner.lock:
-            handle = runner.handles.get(msg.get("id"))
-            if handle is not None and msg["type"] != "delta":
-                del runner.handles[msg["id"]]
+            handle = runner.handles.get(msg.id)
+            if handle is not None and not delta:
+                del runner.handles[msg.id]
         if handle is None:
             return
-        if msg["type"] == "delta":
-            handle._push(Event("delta", text=msg.get("text", "")))
+        if delta:
+            handle._push(Event("delta", text=msg.text))
             return
-        if msg["type"] == "done":
-            handle._push(Event("done", stats=GenerationStats(**msg["stats"])))
+        if isinstance(msg, p.Done):
+            handle._push(Event("done", stats=GenerationStats(**msg.stats)))
         else:
-            handle._push(Event("error", message=msg.get("message", "generation failed")))
+            handle._push(Event("error", message=msg.message or "generation failed", code=msg.code))
         runner.last_used_at = _now()
 
-    def _on_exit(self, runner: _RunnerProcess, load_error: tuple[str, str] | None) -> None:
-        process = runner.process
-        process.join(timeout=5)
-        exitcode = process.exitcode
+    def _on_exit(self, runner: _RunnerProcess, load_error: p.LoadError | None) -> None:
+        runner.link.join(timeout=5)
+        exitcode = runner.link.exitcode
         with runner.send_lock:
-            runner.conn.close()
-            runner.conn = None
+            runner.link.close()
+            runner.open = False
         reason = describe_exit(exitcode)
         with self._lock:
             expected = runner.stopping
             if not expected:
                 runner.status = "error"
-                runner.last_error = load_error[0] if load_error else reason
+                runner.last_error = load_error.message if load_error else reason
         if not expected:
-            logger.warning("runner for %s stopped: %s", runner.name, load_error[0] if load_error else reason)
-        runner.fail_handles("cancelled: model unloaded" if expected else reason)
+            logger.warning("runner for %s stopped: %s", runner.name, load_error.message if load_error else reason)
+        runner.fail_handles("cancelled: model unloaded" if expected else reason,
+                            p.ErrorCode.CANCELLED if expected else p.ErrorCode.ENGINE)
         if not runner.ready.done():
             if expected:
-                runner.ready.set_exception(EngineLoadError("load cancelled: model unloaded"))
+                runner.ready.set_exception(LoadCancelledError("load cancelled: model unloaded"))
             elif load_error:
-                cls = EngineUnavailableError if load_error[1] == "EngineUnavailableError" else EngineLoadError
-                runner.ready.set_exception(cls(load_error[0]))
+                cls = EngineUnavailableError if load_error.code is p.ErrorCode.UNAVAILABLE else EngineLoadError
+                runner.ready.set_exception(cls(load_error.message))
             else:
                 runner.ready.set_exception(EngineLoadError(f"{reason} while loading the model"))
 
@@ -608,7 +409,7 @@ class EngineManager:
                 logger.exception("log callback failed")
             return
         levelno = logging.getLevelName(level)
-        logging.getLogger(f"models_app.runner.{name}").log(
+        logging.getLogger(f"models_app.serving.runner.{name}").log(
             levelno if isinstance(levelno, int) else logging.INFO, "%s", message)
 
     # -- unloading ---------------------------------------------------------
@@ -619,32 +420,28 @@ class EngineManager:
             if runner is None:
                 return False
             runner.stopping = True
-        self._stop_runner(runner, "cancelled: model unloaded")
+        self._stop_runner(runner, "cancelled: model unloaded", p.ErrorCode.CANCELLED)
         return True
 
-    def _stop_runner(self, runner: _RunnerProcess, message: str) -> None:
-        runner.fail_handles(message)
-        if runner.process is not None:
+    def _stop_runner(self, runner: _RunnerProcess, message: str, code: p.ErrorCode) -> None:
+        runner.fail_handles(message, code)
+        if runner.link is not None:
             # A runner still loading reads no messages until it is done; there is nothing to
             # shut down gracefully, so it is killed at once.
             if runner.status != "loading":
-                runner.send({"op": "shutdown"})
-                runner.process.join(self.shutdown_timeout_s)
+                runner.send(p.Shutdown())
+                runner.link.join(self.shutdown_timeout_s)
             self._kill(runner)
         if runner.reader is not None and runner.reader is not threading.current_thread():
             runner.reader.join(self.shutdown_timeout_s)
         if not runner.ready.done():
-            runner.ready.set_exception(EngineLoadError("load cancelled: model unloaded"))
+            runner.ready.set_exception(LoadCancelledError("load cancelled: model unloaded"))
         runner.status = "unloaded"
 
     @staticmethod
     def _kill(runner: _RunnerProcess | _Spare) -> None:
-        process = runner.process
-        if process is None:
-            return
-        if process.is_alive():
-            process.kill()
-        process.join(5)
+        if runner.link is not None:
+            runner.link.kill()
 
     def unload_idle(self) -> list[str]:
         now = _now()
@@ -734,7 +531,7 @@ class EngineManager:
                 raise QueueFullError(name, max(0, len(runner.handles) - runner.max_concurrency), max_queue)
             runner.handles[handle.id] = handle
         runner.last_used_at = _now()
-        if not runner.send({"op": "generate", "id": handle.id, "messages": messages, "params": asdict(params)}):
+        if not runner.send(p.Generate(id=handle.id, messages=messages, params=asdict(params))):
             with runner.lock:
                 runner.handles.pop(handle.id, None)
             raise EngineError("model not loaded")
@@ -742,10 +539,11 @@ class EngineManager:
 
     def _call(self, runner: _RunnerProcess, op: str, **payload):
         call_id = uuid.uuid4().hex
+        message = p.call(op, call_id, **payload)
         future: Future = Future()
         with runner.lock:
             runner.calls[call_id] = future
-        if not runner.send({"op": op, "id": call_id, **payload}):
+        if not runner.send(message):
             with runner.lock:
                 runner.calls.pop(call_id, None)
             raise EngineError("model not loaded")
@@ -772,7 +570,7 @@ class EngineManager:
         return self._loaded_runner(name).think_tags
 
     def tool_format(self, name: str) -> str:
-        """The tool-call format the model's chat template teaches (engines.base.detect_tool_format)."""
+        """The tool-call format the model's chat template teaches (engines.templates.detect_tool_format)."""
         return self._loaded_runner(name).tool_format
 
     def response_template(self, name: str) -> dict | None:

@@ -26,7 +26,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
-from .base import PromptError
+from .contract import PromptError
 
 MAX_SCHEMA_BYTES = 32 * 1024  # canonical JSON of the schema
 MAX_SCHEMA_DEPTH = 24  # nested subschemas (properties, items, anyOf, $defs …)

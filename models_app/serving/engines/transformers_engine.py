@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .base import (
+from .contract import (
     Engine,
     EngineError,
     EngineLoadError,
@@ -48,20 +48,15 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
-    chat_inputs,
     embedding_task,
     embedding_token_lists,
-    inspect_gguf,
-    locate_model,
     make_stats,
     PromptError,
-    prompt_segments,
-    render_chat_template,
     resolve_sampling,
     TextStream,
-    scrub_paths,
-    with_content_markers,
 )
+from .model_files import inspect_gguf, locate_model, scrub_paths
+from .templates import chat_inputs, prompt_segments, render_chat_template, with_content_markers
 from .constraints import CompiledCache, ConstraintError, lark_grammar
 from .llama_cpp_engine import CHATML_TEMPLATE
 

@@ -10,7 +10,7 @@ import time
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from .base import (
+from .contract import (
     Engine,
     EngineError,
     EngineLoadError,

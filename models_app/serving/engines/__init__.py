@@ -6,10 +6,10 @@ import importlib
 import importlib.util
 
 ENGINES = {
-    "transformers": "models_app.engines.transformers_engine.TransformersEngine",
-    "llama.cpp": "models_app.engines.llama_cpp_engine.LlamaCppEngine",
-    "vllm": "models_app.engines.vllm_engine.VLLMEngine",
-    "openai": "models_app.engines.openai_engine.OpenAIEngine",
+    "transformers": "models_app.serving.engines.transformers_engine.TransformersEngine",
+    "llama.cpp": "models_app.serving.engines.llama_cpp_engine.LlamaCppEngine",
+    "vllm": "models_app.serving.engines.vllm_engine.VLLMEngine",
+    "openai": "models_app.serving.engines.openai_engine.OpenAIEngine",
 }
 
 _REQUIRED_MODULES = {
@@ -21,7 +21,7 @@ _REQUIRED_MODULES = {
 
 
 def get_engine_class(name: str):
-    from .base import EngineLoadError
+    from .contract import EngineLoadError
 
     try:
         dotted = ENGINES[name]

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Callable, Iterator
 
-from .base import (
+from .contract import (
     Engine,
     EngineError,
     EngineLoadError,
@@ -18,12 +18,11 @@ from .base import (
     GenerationParams,
     GenerationStats,
     LoadSpec,
-    chat_inputs,
-    locate_model,
     make_stats,
     resolve_sampling,
-    scrub_paths,
 )
+from .model_files import locate_model, scrub_paths
+from .templates import chat_inputs
 from .constraints import lark_grammar, normalize_constraint
 
 VLLM_QUANTIZATIONS = ("awq", "gptq", "fp8", "squeezelm")

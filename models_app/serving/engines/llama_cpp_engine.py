@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from .base import (
+from .contract import (
     Engine,
     EngineError,
     EngineLoadError,
@@ -15,21 +15,15 @@ from .base import (
     GenerationStats,
     LoadSpec,
     PromptError,
-    chat_inputs,
     embedding_task,
     embedding_token_lists,
-    gguf_file_for,
-    inspect_gguf,
-    locate_model,
     make_stats,
     normalized,
-    prompt_segments,
-    render_chat_template,
     resolve_sampling,
     TextStream,
-    scrub_paths,
-    with_content_markers,
 )
+from .model_files import gguf_file_for, inspect_gguf, locate_model, scrub_paths
+from .templates import chat_inputs, prompt_segments, render_chat_template, with_content_markers
 from .constraints import CompiledCache, ConstraintError, json_value_closed, llama_gbnf
 
 # Used when a GGUF carries no template of its own; ChatML is what most small chat models expect.
