@@ -99,11 +99,11 @@ def test_every_generating_route_answers_503_while_the_server_restarts_and_stores
     from inference_app.models import BenchmarkRun, UsageRecord
 
     field = "model" if path.startswith("/v1/") else "model_name"
-    services.runtime.set_accepting_generations(False)
+    model_runtime.set_accepting_generations(False)
     try:
         response = api_as(superuser=True).post(path, {**body, field: bundled_model.name}, format="json")
     finally:
-        services.runtime.set_accepting_generations(True)
+        model_runtime.set_accepting_generations(True)
     assert response.status_code == 503, response.content
     assert not (ChatSession.objects.exists() or UsageRecord.objects.exists() or BenchmarkRun.objects.exists())
 
