@@ -213,7 +213,7 @@ def test_keep_alive_expiry_unloads_an_idle_model(manager, gguf_path):
 def test_keep_alive_minus_one_never_expires(manager, gguf_path):
     spec = llama_spec(gguf_path, keep_alive_seconds=-1)
     manager.load(spec)
-    time.sleep(2.5)
+    time.sleep(2.5)  # the time passing is what is tested: past the 1 s expiry of the test above
     assert manager.unload_idle() == []
     status = manager.status(spec.name)
     assert status.status == "loaded" and status.expires_at is None
