@@ -133,9 +133,9 @@ def _database() -> dict:
         # A transaction that reads first and writes later cannot wait for the write lock (SQLite answers
         # "database is locked" at once, to avoid a deadlock); taking it at BEGIN makes it wait instead.
         config["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
-        config["CONN_MAX_AGE"] = 0
-        # Django's SQLite backend plus a per-process pool of open connections (see its docstring).
-        config["ENGINE"] = "beautyai_site.sqlite_pool"
+        # CONN_MAX_AGE (60 s, from the parse above) keeps a connection per request thread, and request
+        # threads are reused (beautyai_site/request_threads.py), so a request does not pay for opening
+        # the file; a pool of our own measured no faster (docs/operations.md).
         # A file, not memory, so that a server started by the tests can share the test database.
         config["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     return config
