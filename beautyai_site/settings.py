@@ -158,16 +158,12 @@ if REDIS_URL:
     }
     # Shared by all web processes: throttling counters must see every process's requests.
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # API-key lookups (system_app/key_cache.py): only here, where every process that changes a key
+    # (web servers, management commands) can remove the entry for all of them.
     CACHES["api_keys"] = CACHES["default"]
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    # API-key lookups must be forgotten by every process on this host when a key changes (the web
-    # server, management commands): files in the data dir are shared, a process's memory is not.
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        "api_keys": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                     "LOCATION": str(DATA_DIR / "cache" / "api-keys")},
-    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # first: a locked-out account/address is refused before any password check
@@ -281,8 +277,8 @@ LOAD_TIMEOUT_SECONDS = env_number("BEAUTYAI_LOAD_TIMEOUT_SECONDS", 600, minimum=
 RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", True)
 
 API_KEY_LAST_USED_PRECISION_SECONDS = 60
-# How long a looked-up API key is kept in the cache (0: no cache); changes to keys and users clear
-# it at once (system_app/key_cache.py).
+# How long a looked-up API key is kept in the cache (0: no cache; without REDIS_URL there is none);
+# changes to keys and users clear it at once (system_app/key_cache.py).
 API_KEY_CACHE_SECONDS = env_number("BEAUTYAI_API_KEY_CACHE_SECONDS", 10, minimum=0, maximum=24 * 3600)
 
 LOG_LEVEL = env_str("BEAUTYAI_LOG_LEVEL", "INFO").upper()
