@@ -20,10 +20,14 @@ _names = itertools.count()
 # Fixtures that start a runner, a server or a browser, or convert the bundled model: a test using any
 # of them (directly or through another fixture) is marked slow, so `make test-fast` (-m "not slow")
 # leaves it out without every such test having to carry the mark.
+# bundled_model is on the list because most tests that register it load it, through the API or on demand.
 SLOW_FIXTURES = frozenset({
-    "loaded_model", "live_server_url", "safetensors_dir", "strict_template_dir",  # tests/conftest.py
-    "manager", "shared_manager", "llama_server", "embedders",  # tests/engines
+    "bundled_model", "loaded_model", "live_server_url", "safetensors_dir", "strict_template_dir",
+    "hub_server",  # tests/conftest.py
+    "gguf_path", "manager", "shared_manager", "llama_server", "embedders",  # tests/engines
     "load_model",  # tests/system_app
+    "chat_key",  # tests/inference_app/test_websocket.py
+    "two_loaded_models",  # tests/resilience/test_hidden_models.py
     "browser_thread",  # tests/pages
 })
 

@@ -54,11 +54,15 @@ def _new_manager(max_loaded_models: int = 4, keep_alive_s: float = 300) -> Engin
                          default_keep_alive_s=keep_alive_s, load_timeout_s=240, shutdown_timeout_s=10)
 
 
+@pytest.fixture(autouse=True)
+def _earlier_runners_are_not_this_tests():
+    _baseline.clear()
+    _baseline.update(p.pid for p in _spawned_children())
+
+
 @pytest.fixture
 def manager():
     """A manager of this test's own: for tests that unload, crash, reconfigure or count runners."""
-    _baseline.clear()
-    _baseline.update(p.pid for p in _spawned_children())
     mgr = _new_manager()
     yield mgr
     mgr.shutdown()
