@@ -1,4 +1,4 @@
-# The two commands: `make serve` and `make test`. Everything installs into .venv.
+# The two commands: `make serve` and `make test` (`make test-fast` for the quick lane). Everything installs into .venv.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,7 +21,7 @@ endif
 WHEELHOUSE ?= $(HOME)/.cache/beautyai/wheels/llama-$(LLAMA_CPP_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl))
 
-.PHONY: install serve test migrate bootstrap bench messages clean
+.PHONY: install serve test test-fast migrate bootstrap bench messages clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,12 @@ serve: bootstrap
 test: install
 	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The fast lane (docs/testing.md): everything but the tests marked slow (real models, runners, servers,
+# browsers). `make test` stays the full suite, what CI runs.
+test-fast: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # Speed and memory against the raw engines (not part of `make test`); see bench/run.py for options.

@@ -134,9 +134,9 @@ def _database() -> dict:
         # A transaction that reads first and writes later cannot wait for the write lock (SQLite answers
         # "database is locked" at once, to avoid a deadlock); taking it at BEGIN makes it wait instead.
         config["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
-        config["CONN_MAX_AGE"] = 0
-        # Django's SQLite backend plus a per-process pool of open connections (see its docstring).
-        config["ENGINE"] = "beautyai_site.sqlite_pool"
+        # CONN_MAX_AGE (60 s, from the parse above) keeps a connection per request thread, and request
+        # threads are reused (beautyai_site/request_threads.py), so a request does not pay for opening
+        # the file; a pool of our own measured no faster (docs/operations.md).
         # A file, not memory, so that a server started by the tests can share the test database.
         config["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
     return config
@@ -159,16 +159,12 @@ if REDIS_URL:
     }
     # Shared by all web processes: throttling counters must see every process's requests.
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # API-key lookups (accounts/key_cache.py): only here, where every process that changes a key
+    # (web servers, management commands) can remove the entry for all of them.
     CACHES["api_keys"] = CACHES["default"]
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    # API-key lookups must be forgotten by every process on this host when a key changes (the web
-    # server, management commands): files in the data dir are shared, a process's memory is not.
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        "api_keys": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                     "LOCATION": str(DATA_DIR / "cache" / "api-keys")},
-    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # first: a locked-out account/address is refused before any password check
@@ -290,8 +286,8 @@ LOAD_TIMEOUT_SECONDS = env_number("BEAUTYAI_LOAD_TIMEOUT_SECONDS", 600, minimum=
 RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", True)
 
 API_KEY_LAST_USED_PRECISION_SECONDS = 60
-# How long a looked-up API key is kept in the cache (0: no cache); changes to keys and users clear
-# it at once (accounts/key_cache.py).
+# How long a looked-up API key is kept in the cache (0: no cache; without REDIS_URL there is none);
+# changes to keys and users clear it at once (accounts/key_cache.py).
 API_KEY_CACHE_SECONDS = env_number("BEAUTYAI_API_KEY_CACHE_SECONDS", 10, minimum=0, maximum=24 * 3600)
 
 LOG_LEVEL = env_str("BEAUTYAI_LOG_LEVEL", "INFO").upper()

@@ -1,11 +1,20 @@
-"""Settings for the test suite: production settings with a cheap password hasher.
+"""Settings for the test suite: the production settings with what makes tests slow switched off.
 
-Django's default PBKDF2 (1,000,000 iterations) costs ~0.4 s per user created or logged in, and the
-suite creates hundreds; what the tests check about passwords does not depend on the iteration count.
-Servers the tests start (tests/servers.py) use this module too, so a password stored by a test can be
-checked by the server.
+Servers the tests start (tests/servers.py) use this module too, so what a test stores can be read
+by the server, and a test that needs one of the things below on switches it on itself (the
+environment variable for a server it starts, ``settings`` or the manager's attribute in-process).
 """
 
+from beautyai_site.env import env_bool
 from beautyai_site.settings import *  # noqa: F401,F403 - the production settings, unchanged but for below
 
+# Django's default PBKDF2 (1,000,000 iterations) costs ~0.4 s per user created or logged in, and the
+# suite creates hundreds; what the tests check about passwords does not depend on the iteration count.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# A spare runner is a second process importing an engine's libraries after every load: seconds of
+# CPU on a small machine, taken from the test that loaded. tests/engines/test_spare_runners.py and
+# tests/system_app/test_restart.py ask for spares.
+RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", False)
+# The sampler and the log writer write rows that race the flushes between transactional tests; the
+# tests of those tasks start them (tests/system_app/conftest.py's background_writer).
+BACKGROUND_TASKS_AUTOSTART = env_bool("BEAUTYAI_BACKGROUND_TASKS", False)

@@ -18,14 +18,63 @@ from models_app.models import ModelConfig
 _names = itertools.count()
 
 
+# Fixtures that start a runner, a server or a browser, or convert the bundled model: a test using any
+# of them (directly or through another fixture) is marked slow, so `make test-fast` (-m "not slow")
+# leaves it out without every such test having to carry the mark.
+# bundled_model is on the list because most tests that register it load it, through the API or on demand.
+SLOW_FIXTURES = frozenset({
+    "bundled_model", "loaded_model", "live_server_url", "safetensors_dir", "strict_template_dir",
+    "hub_server",  # tests/conftest.py
+    "gguf_path", "manager", "shared_manager", "llama_server", "embedders",  # tests/engines
+    "load_model",  # tests/system_app
+    "chat_key",  # tests/inference_app/test_websocket.py
+    "two_loaded_models",  # tests/resilience/test_hidden_models.py
+    "browser_thread",  # tests/pages
+})
+
+
 def pytest_collection_modifyitems(items):
-    # A flush after a transactional test recreates content types and permissions with new ids, which
-    # the session-long live server has cached (guardian then raises MixedContentTypeError), and it
-    # drops the groups the migration made. Restoring the migrated rows, ids and all, avoids both.
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    # Transactional tests restore the groups the migration made (a flush drops them); see django_db_setup.
     for item in items:
         marker = item.get_closest_marker("django_db")
         if marker is not None and marker.kwargs.get("transaction"):
             item.add_marker(pytest.mark.django_db(**{**marker.kwargs, "serialized_rollback": True}), append=False)
+
+
+# Rows the migrations made that a flush between transactional tests must leave alone: content types and
+# permissions recreated with new ids would break the session-long live server, which has cached the
+# old ones (guardian then raises MixedContentTypeError). No test changes these tables.
+KEPT_TABLES = frozenset({"django_content_type", "auth_permission"})
+
+
+def _sql_flush_keeping_migrated_rows(style, connection, reset_sequences=True, allow_cascade=False):
+    tables = [table for table in connection.introspection.django_table_names(only_existing=True, include_views=False)
+              if table not in KEPT_TABLES]
+    return connection.ops.sql_flush(style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The test database, with flushes that keep ``KEPT_TABLES`` and a serialized rollback of the groups only.
+
+    Serializing every migrated row and saving it back one by one after each transactional test cost
+    ~0.35 s a test; the groups (three rows and their permissions) are all that a flush now loses.
+    """
+    from django.contrib.auth.models import Group
+    from django.core import serializers
+    from django.core.management.commands import flush
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        if hasattr(connection, "_test_serialized_contents"):
+            connection._test_serialized_contents = serializers.serialize("json", Group.objects.all())
+    mp = pytest.MonkeyPatch()
+    mp.setattr(flush, "sql_flush", _sql_flush_keeping_migrated_rows)
+    yield
+    mp.undo()
 
 
 @pytest.fixture

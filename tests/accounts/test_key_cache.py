@@ -1,4 +1,8 @@
-"""API-key lookups are cached, and every change to a key or its user is seen by the next request."""
+"""API-key lookups are cached (with Redis only), and every change to a key or its user is seen by the next request.
+
+Without REDIS_URL (the suite's default) the tests of the cache give it an in-memory ``api_keys`` alias:
+within this one process that behaves as Redis does for the processes of a deployment.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,22 @@ from accounts.services import create_api_key
 from tests.envelope import assert_error, assert_ok
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def key_cache_alias(settings, monkeypatch):
+    """The ``api_keys`` cache (Redis when configured, else in memory), and a backend object made from it."""
+    if "api_keys" not in settings.CACHES:
+        settings.CACHES = {**settings.CACHES, "api_keys": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "api-keys-under-test"}}
+    monkeypatch.setattr(key_cache, "_shared", None)
+
+
+@pytest.fixture
+def without_key_cache(key_cache_alias, settings, monkeypatch):
+    """The settings of a deployment without Redis: no ``api_keys`` alias."""
+    settings.CACHES = {alias: config for alias, config in settings.CACHES.items() if alias != "api_keys"}
+    monkeypatch.setattr(key_cache, "_shared", None)
 
 
 def _key_queries(queries) -> list[str]:
@@ -110,3 +130,22 @@ def test_with_the_cache_off_every_request_reads_the_key(make_user, client_for, r
     with CaptureQueriesContext(connection) as queries:
         assert_ok(client.get("/models/"))
     assert len(_key_queries(queries.captured_queries)) == 1
+
+
+def test_without_redis_there_is_no_key_cache_and_every_request_reads_the_key(without_key_cache, make_user, client_for,
+                                                                             registry):
+    client = client_for(make_user("model_read"))
+    assert_ok(client.get("/models/"))
+    with CaptureQueriesContext(connection) as queries:
+        assert_ok(client.get("/models/"))
+    assert len(_key_queries(queries.captured_queries)) == 1
+    _key_of(client).revoke()
+    assert_error(client.get("/models/"), 401, "AuthenticationError")
+
+
+def test_the_settings_give_the_key_cache_to_redis_only():
+    from beautyai_site import settings as production
+
+    assert ("api_keys" in production.CACHES) == bool(production.REDIS_URL)
+    assert all(config["BACKEND"].endswith("RedisCache") for alias, config in production.CACHES.items()
+               if alias == "api_keys")

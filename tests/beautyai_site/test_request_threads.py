@@ -116,3 +116,25 @@ async def test_djangos_own_handler_gives_each_request_a_new_thread():
     first = await request_thread(handler)
     second = await request_thread(handler)
     assert first[1] is not second[1]
+
+
+def test_the_installed_asgiref_and_django_still_have_what_request_threads_re_implements():
+    # ReusingThreadsASGIHandler.__call__ is a copy of Django's with one change (the executor), and it
+    # passes its executor to asgiref's ThreadSensitiveContext; pyproject pins both to the versions
+    # read. A new version that changes either fails here, and the copy is read again.
+    import inspect
+    from importlib.metadata import version
+
+    from asgiref.sync import ThreadSensitiveContext
+
+    assert version("asgiref").startswith("3.13.") and version("django").startswith("5.2.")
+    executor = inspect.signature(ThreadSensitiveContext).parameters["executor"]
+    assert executor.kind is inspect.Parameter.KEYWORD_ONLY and executor.default is None
+    django_call = inspect.getsource(ASGIHandler.__call__)
+    body = [line.strip() for line in django_call.split('"""')[-1].splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+    assert body == ['if scope["type"] != "http":', "raise ValueError(",
+                    '"Django can only handle ASGI/HTTP connections, not %s." % scope["type"]', ")",
+                    "async with ThreadSensitiveContext():", "await self.handle(scope, receive, send)"]
+    assert list(inspect.signature(ASGIHandler.listen_for_disconnect).parameters) == ["self", "receive"]
+    assert list(inspect.signature(ASGIHandler.handle).parameters) == ["self", "scope", "receive", "send"]

@@ -49,12 +49,33 @@ def llama_spec(gguf: Path, name: str = "smol-gguf", **parameters) -> LoadSpec:
                     parameters={"n_ctx": 512, **parameters})
 
 
-@pytest.fixture
-def manager():
+def _new_manager(max_loaded_models: int = 4, keep_alive_s: float = 300) -> EngineManager:
+    return EngineManager(memory_budget_mb=16_000, max_loaded_models=max_loaded_models,
+                         default_keep_alive_s=keep_alive_s, load_timeout_s=240, shutdown_timeout_s=10)
+
+
+@pytest.fixture(autouse=True)
+def _earlier_runners_are_not_this_tests():
     _baseline.clear()
     _baseline.update(p.pid for p in _spawned_children())
-    mgr = EngineManager(memory_budget_mb=16_000, max_loaded_models=4, default_keep_alive_s=300,
-                        load_timeout_s=240, shutdown_timeout_s=10)
+
+
+@pytest.fixture
+def manager():
+    """A manager of this test's own: for tests that unload, crash, reconfigure or count runners."""
+    mgr = _new_manager()
+    yield mgr
+    mgr.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shared_manager():
+    """One manager for a module's tests that only load and generate. A model stays loaded for the
+    module's later tests (``load`` of a loaded name returns its runner), so a runner is started once
+    per spec name instead of once per test; a test that unloads or breaks one uses ``manager``.
+    Room for every engine case of test_engine_contract.py and no idle unload (a module can outlast the
+    300 s keep-alive on a busy machine), so that none is unloaded and loaded again."""
+    mgr = _new_manager(max_loaded_models=8, keep_alive_s=-1)
     yield mgr
     mgr.shutdown()
 

@@ -25,10 +25,11 @@ def first_delta(handle):
         return event
 
 
-def test_stream_yields_several_deltas_then_stats_with_length_finish(manager, gguf_path):
+def test_stream_yields_several_deltas_then_stats_with_length_finish(shared_manager, gguf_path):
     spec = llama_spec(gguf_path)
-    manager.load(spec)
-    text, deltas, final = collect(manager.generate(spec.name, STORY, GenerationParams(max_tokens=12, temperature=0)))
+    shared_manager.load(spec)
+    text, deltas, final = collect(shared_manager.generate(spec.name, STORY,
+                                                          GenerationParams(max_tokens=12, temperature=0)))
     assert deltas >= 3 and text
     assert final.kind == "done"
     assert final.stats.finish_reason == "length"
@@ -37,17 +38,17 @@ def test_stream_yields_several_deltas_then_stats_with_length_finish(manager, ggu
     assert final.stats.tokens_per_second > 0
 
 
-def test_count_tokens_matches_the_prompt_tokens_of_a_generation(manager, gguf_path):
+def test_count_tokens_matches_the_prompt_tokens_of_a_generation(shared_manager, gguf_path):
     spec = llama_spec(gguf_path)
-    manager.load(spec)
-    _, _, final = collect(manager.generate(spec.name, FRANCE, GenerationParams(max_tokens=2, temperature=0)))
-    assert manager.count_tokens(spec.name, FRANCE) == final.stats.prompt_tokens
+    shared_manager.load(spec)
+    _, _, final = collect(shared_manager.generate(spec.name, FRANCE, GenerationParams(max_tokens=2, temperature=0)))
+    assert shared_manager.count_tokens(spec.name, FRANCE) == final.stats.prompt_tokens
 
 
-def test_cancel_mid_stream_ends_with_cancelled_within_a_second(manager, gguf_path):
+def test_cancel_mid_stream_ends_with_cancelled_within_a_second(shared_manager, gguf_path):
     spec = llama_spec(gguf_path)
-    manager.load(spec)
-    handle = manager.generate(spec.name, STORY, LONG)
+    shared_manager.load(spec)
+    handle = shared_manager.generate(spec.name, STORY, LONG)
     first_delta(handle)
     cancelled_at = time.monotonic()
     handle.cancel()
@@ -104,11 +105,12 @@ def test_twenty_concurrent_loads_share_one_runner(manager, gguf_path):
     assert [p.pid for p in runner_children()] == [infos[0].pid]
 
 
-def test_concurrent_generations_queue_fifo_on_a_single_slot_engine(manager, gguf_path):
+def test_concurrent_generations_queue_fifo_on_a_single_slot_engine(shared_manager, gguf_path):
     spec = llama_spec(gguf_path)
-    manager.load(spec)
-    handles = [manager.generate(spec.name, FRANCE, GenerationParams(max_tokens=8, temperature=0)) for _ in range(3)]
-    status = manager.status(spec.name)
+    shared_manager.load(spec)
+    handles = [shared_manager.generate(spec.name, FRANCE, GenerationParams(max_tokens=8, temperature=0))
+               for _ in range(3)]
+    status = shared_manager.status(spec.name)
     assert status.active_requests == 1 and status.queue_depth == 2
     results = []
     threads = [threading.Thread(target=lambda h=h: results.append(collect(h))) for h in handles]
@@ -213,7 +215,7 @@ def test_keep_alive_expiry_unloads_an_idle_model(manager, gguf_path):
 def test_keep_alive_minus_one_never_expires(manager, gguf_path):
     spec = llama_spec(gguf_path, keep_alive_seconds=-1)
     manager.load(spec)
-    time.sleep(2.5)
+    time.sleep(2.5)  # the time passing is what is tested: past the 1 s expiry of the test above
     assert manager.unload_idle() == []
     status = manager.status(spec.name)
     assert status.status == "loaded" and status.expires_at is None
@@ -227,14 +229,14 @@ def test_release_caches_reaches_every_runner(manager, gguf_path):
     assert manager.status("smol-gguf").status == "loaded" and manager.status("smol-gguf-2").status == "loaded"
 
 
-def test_a_handle_can_be_consumed_from_asyncio(manager, gguf_path):
+def test_a_handle_can_be_consumed_from_asyncio(shared_manager, gguf_path):
     import asyncio
 
     spec = llama_spec(gguf_path)
-    manager.load(spec)
+    shared_manager.load(spec)
 
     async def consume():
-        handle = manager.generate(spec.name, FRANCE, GREEDY)
+        handle = shared_manager.generate(spec.name, FRANCE, GREEDY)
         return [event async for event in handle]
 
     events = asyncio.run(consume())

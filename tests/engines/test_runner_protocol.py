@@ -22,19 +22,19 @@ def timed(fn, *args):
         return None, exc, time.monotonic() - started
 
 
-def test_a_call_that_fails_in_the_engine_answers_at_once_and_the_runner_keeps_serving(manager, gguf_path):
+def test_a_call_that_fails_in_the_engine_answers_at_once_and_the_runner_keeps_serving(shared_manager, gguf_path):
     spec = llama_spec(gguf_path)
-    manager.load(spec)
-    _, error, elapsed = timed(manager.count_tokens, spec.name, [{"role": "user", "content": 5}])
+    shared_manager.load(spec)
+    _, error, elapsed = timed(shared_manager.count_tokens, spec.name, [{"role": "user", "content": 5}])
     assert error is not None and not isinstance(error, PromptError)
     assert elapsed < AT_ONCE_S
-    assert manager.count_tokens(spec.name, FRANCE) > 0
+    assert shared_manager.count_tokens(spec.name, FRANCE) > 0
 
 
-def test_an_unknown_op_gets_an_error_reply(manager, gguf_path):
+def test_an_unknown_op_gets_an_error_reply(shared_manager, gguf_path):
     spec = llama_spec(gguf_path)
-    manager.load(spec)
-    _, error, elapsed = timed(manager._call, manager._loaded_runner(spec.name), "no_such_op")
+    shared_manager.load(spec)
+    _, error, elapsed = timed(shared_manager._call, shared_manager._loaded_runner(spec.name), "no_such_op")
     assert "unknown runner op" in str(error)
     assert elapsed < AT_ONCE_S
 

@@ -10,6 +10,7 @@ import pytest
 
 from inference_app.benchmark import percentile
 from inference_app.models import BenchmarkRun, UsageRecord
+from tests.conditions import wait_for
 from tests.envelope import assert_error, assert_ok
 
 MODEL = "smollm2-135m-instruct"
@@ -158,7 +159,9 @@ def test_the_server_answers_other_requests_while_a_benchmark_runs(live_server_ur
 
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(1.0)
+    wait_for(lambda: httpx.get(f"{live_server_url}/models/{MODEL}/status", headers=headers,
+                               timeout=10).json()["data"]["active_requests"] > 0,
+             timeout=60, message="the benchmark never started generating")
     answered_during = 0
     while worker.is_alive():
         started = time.monotonic()

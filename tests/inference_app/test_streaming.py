@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from inference_app.models import ChatMessage
+from tests.conditions import wait_for
 from tests.servers import read_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -140,8 +141,7 @@ def test_a_streamed_chat_is_audited_when_its_stream_closes_not_before_the_first_
     assert event is not None
     assert (event.method, event.route, event.status_code) == ("POST", "/inference/chat", 200)
     # Stamped with the moment the stream was answered, before the reply was stored at its end.
-    reply = ChatMessage.objects.filter(session_id=events[0][1]["session_id"], role="assistant").first()
-    if reply is None:  # the client left: the cancelled reply is stored in the background
-        time.sleep(1)
-        reply = ChatMessage.objects.get(session_id=events[0][1]["session_id"], role="assistant")
+    # When the client left, the cancelled reply is stored in the background, after the audit row.
+    reply = wait_for(lambda: ChatMessage.objects.filter(session_id=events[0][1]["session_id"], role="assistant").first(),
+                     timeout=10, message="the reply was never stored")
     assert event.created_at <= reply.created_at

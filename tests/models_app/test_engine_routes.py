@@ -11,6 +11,7 @@ import pytest
 
 from models_app import runtime, services
 from models_app.models import ModelConfig
+from tests.conditions import wait_for
 from tests.conftest import BUNDLED
 from tests.envelope import assert_error, assert_ok
 
@@ -228,8 +229,14 @@ def test_delete_unloads_the_model_first(api_as, unloaded):
     pid = runtime.status(BUNDLED)["pid"]
     data = assert_ok(client.delete(f"/models/{BUNDLED}"))["data"]
     assert data["unloaded"] is True and data["cache_cleared_bytes"] == 0
-    time.sleep(0.1)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    wait_for(lambda: runner_gone(pid), timeout=10, message="the runner outlived the delete")
+
+
+def runner_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_update_of_a_loaded_model_says_a_reload_is_needed(api_as, unloaded):

@@ -23,11 +23,20 @@ def generate(max_tokens: int):
     return runtime.get_manager().generate(BUNDLED_LLAMA_CPP, STORY, GenerationParams(max_tokens=max_tokens, temperature=0))
 
 
-def test_restart_stops_and_reloads_a_loaded_model_in_a_new_runner(api_as, load_model):
+@pytest.fixture
+def with_spares(monkeypatch):
+    """The process's manager keeping spare runners (the test settings switch them off)."""
+    manager = runtime.get_manager()
+    monkeypatch.setattr(manager, "spares", True)
+    yield manager
+    manager.stop_spares()
+
+
+def test_restart_stops_and_reloads_a_loaded_model_in_a_new_runner(api_as, with_spares, load_model):
     load_model()
     old_pid = runtime.status(BUNDLED_LLAMA_CPP)["pid"]
     old_spares = set(runtime.get_manager().spare_pids().values())
-    assert old_spares  # BEAUTYAI_RUNNER_SPARES is on by default
+    assert old_spares
     data = assert_ok(api_as("admin").post("/system/restart"))["data"]
     state = runtime.status(BUNDLED_LLAMA_CPP)
     assert state["status"] == "loaded" and state["pid"] not in (None, old_pid)
