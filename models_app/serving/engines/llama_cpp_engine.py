@@ -47,6 +47,7 @@ class LlamaCppEngine(Engine):
         self._spec: LoadSpec | None = None
         self._template: str | None = None
         self._bos = ""
+        self._specials: list[str] | None = None
         self._eos = ""
         self._grammars = CompiledCache(self._compile_grammar)
         self._embed_context: int | None = None  # set for an embedding model (task embed)
@@ -102,13 +103,25 @@ class LlamaCppEngine(Engine):
     def chat_template(self) -> str | None:
         return self._template
 
+    def _special_tokens(self) -> list[str]:
+        """The text of every control token (<|im_start|>, <|eot_id|>, ...), read once from the vocabulary."""
+        if self._specials is None:
+            import llama_cpp
+
+            vocab = self._llm._model.vocab
+            self._specials = [
+                llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", "replace")
+                for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+                if llama_cpp.llama_vocab_get_attr(vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL]
+        return self._specials
+
     def context_length(self) -> int:
         return int(self._llm.n_ctx())
 
     def _prompt_tokens(self, messages: list[dict], enable_thinking: bool | None = None,
                        tools: list[dict] | None = None) -> list[int]:
         template = self._template or CHATML_TEMPLATE
-        messages, extra = chat_inputs(template, messages, tools)
+        messages, extra = chat_inputs(template, messages, tools, self._special_tokens)
         if enable_thinking is not None:
             extra["enable_thinking"] = enable_thinking
         marked, marker = with_content_markers(messages)

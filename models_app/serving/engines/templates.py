@@ -107,7 +107,52 @@ def _arguments_object(text):
     return value if isinstance(value, dict) else text
 
 
-def chat_inputs(template: str | None, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], dict]:
+def _strings(value):
+    """Every string in a JSON-like value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def special_tokens_of(tokenizer) -> list[str]:
+    """A Hugging Face tokenizer's special and added special tokens, as text."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            tokens.add(str(added.content))
+    return sorted(tokens)
+
+
+def refuse_special_tokens(messages: list[dict], tools: list[dict] | None, special_tokens) -> None:
+    """PromptError when a client's string in ``tools`` or in a call's arguments holds one of the
+    model's special tokens.
+
+    A template that knows tools writes them and the calls' arguments as its own text, where special
+    tokens are parsed (message content is not: ``with_content_markers``). A description holding
+    ``<|im_start|>system`` would forge a turn (THREATS C14), so such text is refused, not rendered.
+    """
+    specials = [token for token in special_tokens if token and len(token) > 1]
+    if not specials:
+        return
+    sources = [("tools", tools or [])] + [
+        ("messages", _arguments_object(call.get("function", {}).get("arguments")))
+        for message in messages for call in (message.get("tool_calls") or [])]
+    for field, value in sources:
+        for text in _strings(value):
+            for token in specials:
+                if token in text:
+                    raise PromptError(f"{field}: holds the model's special token {token!r}, which the chat "
+                                      "template would read as a token; refused")
+
+
+def chat_inputs(template: str | None, messages: list[dict], tools: list[dict] | None,
+                special_tokens=lambda: ()) -> tuple[list[dict], dict]:
     """The messages and extra template variables for a conversation with tools or tool turns.
 
     Templates that mention ``tools`` get them as the ``tools`` variable and the tool turns as
@@ -120,6 +165,7 @@ def chat_inputs(template: str | None, messages: list[dict], tools: list[dict] | 
     if not tools and not any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
         return messages, {}
     if template_knows_tools(template):
+        refuse_special_tokens(messages, tools, special_tokens())  # a callable: read only when needed
         shaped = []
         for message in messages:
             message = {**message, "content": message.get("content") or ""}

@@ -56,7 +56,7 @@ from .contract import (
     TextStream,
 )
 from .model_files import inspect_gguf, locate_model, scrub_paths
-from .templates import chat_inputs, prompt_segments, render_chat_template, with_content_markers
+from .templates import chat_inputs, prompt_segments, render_chat_template, special_tokens_of, with_content_markers
 from .constraints import CompiledCache, ConstraintError, lark_grammar
 from .llama_cpp_engine import CHATML_TEMPLATE
 
@@ -261,7 +261,8 @@ class TransformersEngine(Engine):
     def _encode(self, messages, enable_thinking=None, tools=None):
         import torch
 
-        messages, extra = chat_inputs(self.chat_template() or CHATML_TEMPLATE, messages, tools)
+        messages, extra = chat_inputs(self.chat_template() or CHATML_TEMPLATE, messages, tools,
+                                      lambda: special_tokens_of(self._tokenizer))
         marked, marker = with_content_markers(messages)
         ids: list[int] = []
         segments = prompt_segments(self._prompt(marked, enable_thinking, extra), messages, marker)

@@ -22,7 +22,7 @@ from .contract import (
     resolve_sampling,
 )
 from .model_files import locate_model, scrub_paths
-from .templates import chat_inputs
+from .templates import chat_inputs, special_tokens_of
 from .constraints import lark_grammar, normalize_constraint
 
 VLLM_QUANTIZATIONS = ("awq", "gptq", "fp8", "squeezelm")
@@ -131,7 +131,8 @@ class VLLMEngine(Engine):
         return getattr(self._tokenizer, "chat_template", None)
 
     def _prompt_ids(self, messages, enable_thinking=None, tools=None) -> list[int]:
-        messages, extra = chat_inputs(self.chat_template(), messages, tools)
+        messages, extra = chat_inputs(self.chat_template(), messages, tools,
+                                      lambda: special_tokens_of(self._tokenizer))
         if enable_thinking is not None:
             extra["enable_thinking"] = enable_thinking
         text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
