@@ -16,8 +16,9 @@ async def opens(host: str, origin: str | None = None, **headers: str) -> bool:
     sent += [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
     ws = WebsocketCommunicator(application, "/ws/chat/", headers=sent)
     connected, _ = await ws.connect()
-    # A refused socket's consumer is still running: end it here, inside the test, so that none of its
-    # work (database calls in worker threads) outlives the test into the database flush.
+    # A refused socket's consumer is still running: end it here, inside the test. Left to the event
+    # loop's close, its channel-layer receive (Redis) was cancelled there and once held the teardown
+    # for the whole 300 s timeout.
     await ws.disconnect()
     return connected
 
