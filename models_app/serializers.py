@@ -108,7 +108,15 @@ INTEGER_PARAMETERS = {
     "n_threads": (-1, 1024), "max_batch_size": (-1, 1024), "tensor_parallel_size": (-1, 1024),
     "pipeline_parallel_size": (-1, 1024), "max_queue": (0, 10_000), "seed": (-1, 2**32 - 1),
 }
-NUMBER_PARAMETERS = {"timeout_s": (0.001, 3600), "gpu_memory_utilization": (0.01, 1.0)}
+# num_gpus may be a fraction: Ray accounts GPUs that way (two 0.5 entries share one GPU).
+NUMBER_PARAMETERS = {"timeout_s": (0.001, 3600), "gpu_memory_utilization": (0.01, 1.0), "num_gpus": (0, 1024)}
+# Custom Ray resources an entry's runner needs (BEAUTYAI_PLACEMENT=ray): a node's own resource such as
+# "gpu_a100" or a node label resource ("node:10.0.0.5"). Ray's predefined resources are not custom
+# ones: GPUs are asked for with num_gpus, and the rest are the placement's to set.
+RAY_RESOURCE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+RAY_RESOURCES_MAX = 16
+RAY_RESOURCE_VALUE_MAX = 1_000_000
+RAY_RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 def _is_number(value) -> bool:
@@ -138,6 +146,8 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
             bad(f"{name} must be a number from {lowest:g} to {highest:g}")
     if "trust_remote_code" in parameters and not isinstance(parameters["trust_remote_code"], bool):
         bad(_("trust_remote_code must be true or false"))
+    if parameters.get("ray_resources") is not None:
+        _validate_ray_resources(parameters["ray_resources"], bad)
     if engine == "openai":
         base_url = parameters.get("base_url")
         if not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url):
@@ -172,6 +182,25 @@ def _validate_parameters(engine: str, parameters: dict) -> None:
         bad(_("matryoshka must be true or false"))
     if task != "embed" and ("pooling" in parameters or "matryoshka" in parameters):
         bad(_("pooling and matryoshka are only for task embed"))
+
+
+def _validate_ray_resources(resources, bad) -> None:
+    if not isinstance(resources, dict):
+        bad(_("ray_resources must be an object of resource names and amounts, such as {\"gpu_a100\": 1}"))
+    if len(resources) > RAY_RESOURCES_MAX:
+        bad(_("ray_resources takes at most %(count)d resources") % {"count": RAY_RESOURCES_MAX})
+    for name, amount in resources.items():
+        if not RAY_RESOURCE_NAME.fullmatch(name):
+            # The name itself is what is wrong, so it is quoted (and cut short) instead of used as a path.
+            bad(_("ray_resources names are 1 to 64 characters of A-Z a-z 0-9 _ . : -, not %(name)s")
+                % {"name": repr(name[:64])})
+        if name == "GPU":
+            bad(_("ray_resources.GPU is Ray's own GPU count: use num_gpus"))
+        if name in RAY_RESERVED_RESOURCES:
+            bad(_("ray_resources.%(name)s is one of Ray's own resources, not a custom one") % {"name": name})
+        if not (_is_number(amount) and 0 < amount <= RAY_RESOURCE_VALUE_MAX):
+            bad(_("ray_resources.%(name)s must be a number above 0 and at most %(most)s")
+                % {"name": name, "most": RAY_RESOURCE_VALUE_MAX})
 
 
 class ModelAddRequestSerializer(StrictSerializer):

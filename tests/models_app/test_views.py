@@ -200,7 +200,7 @@ def test_it_refuses_an_invalid_configuration_naming_the_field(api_as, registry, 
     ("n_ctx", 10**12), ("max_model_len", 2**40), ("n_gpu_layers", 10**9), ("n_threads", 100_000),
     ("max_batch_size", 10**6), ("tensor_parallel_size", 10**6), ("pipeline_parallel_size", 10**6),
     ("max_queue", 10**9), ("max_queue", -1), ("seed", 2**40), ("timeout_s", 1e300), ("timeout_s", 0),
-    ("gpu_memory_utilization", 5),
+    ("gpu_memory_utilization", 5), ("num_gpus", -0.5), ("num_gpus", 1025), ("num_gpus", "1"), ("num_gpus", True),
 ])
 def test_it_refuses_a_duration_size_or_count_beyond_its_bound_naming_it(api_as, registry, name, value):
     client = api_as("model_write")
@@ -214,10 +214,48 @@ def test_it_refuses_a_duration_size_or_count_beyond_its_bound_naming_it(api_as, 
 
 
 def test_the_bounds_themselves_are_accepted(api_as, registry):
-    parameters = {"keep_alive_seconds": 30 * 24 * 3600, "n_ctx": 1_048_576, "max_queue": 10_000, "seed": -1}
+    from models_app.runtime import load_spec
+
+    resources = {"node:10.0.0.5": 0.001, **{f"gpu_kind_{i}": 1_000_000 for i in range(15)}}
+    parameters = {"keep_alive_seconds": 30 * 24 * 3600, "n_ctx": 1_048_576, "max_queue": 10_000, "seed": -1,
+                  "num_gpus": 0.5, "ray_resources": resources}
     body = {**NEW_MODEL, "model_config": {**NEW_MODEL["model_config"], "parameters": parameters}}
     assert_ok(api_as("model_write").post("/models/", body, format="json"), 201)
     assert ModelConfig.objects.get(name="gamma").parameters == parameters
+    # The Ray placement reads them from the load spec, as given.
+    assert load_spec(ModelConfig.objects.get(name="gamma")).parameters == parameters
+
+
+@pytest.mark.parametrize("resources,message", [
+    ([["gpu_a100", 1]], "ray_resources must be an object"),
+    ("gpu_a100", "ray_resources must be an object"),
+    ({f"kind_{i}": 1 for i in range(17)}, "ray_resources takes at most 16"),
+    ({"": 1}, "ray_resources names are 1 to 64 characters"),
+    ({"x" * 65: 1}, "ray_resources names are 1 to 64 characters"),
+    ({"gpu a100": 1}, "ray_resources names are 1 to 64 characters"),
+    ({"gpu_a100\n": 1}, "ray_resources names are 1 to 64 characters"),
+    ({"GPU": 1}, "ray_resources.GPU is Ray's own GPU count: use num_gpus"),
+    ({"CPU": 2}, "ray_resources.CPU is one of Ray's own resources"),
+    ({"memory": 2**30}, "ray_resources.memory is one of Ray's own resources"),
+    ({"object_store_memory": 2**30}, "ray_resources.object_store_memory is one of Ray's own resources"),
+    ({"gpu_a100": 0}, "ray_resources.gpu_a100 must be a number above 0 and at most 1000000"),
+    ({"gpu_a100": -1}, "ray_resources.gpu_a100 must be a number above 0"),
+    ({"gpu_a100": 1_000_001}, "ray_resources.gpu_a100 must be a number above 0"),
+    ({"gpu_a100": "1"}, "ray_resources.gpu_a100 must be a number above 0"),
+    ({"gpu_a100": True}, "ray_resources.gpu_a100 must be a number above 0"),
+    ({"gpu_a100": None}, "ray_resources.gpu_a100 must be a number above 0"),
+])
+def test_it_refuses_ray_resources_ray_could_not_schedule_naming_the_resource(api_as, registry, resources, message):
+    client = api_as("model_write")
+    parameters = {"ray_resources": resources}
+    body = {**NEW_MODEL, "model_config": {**NEW_MODEL["model_config"], "parameters": parameters}}
+    error = assert_error(client.post("/models/", body, format="json"), 400, "ValidationError")
+    assert error["error_message"].startswith(f"parameters: {message}")
+    assert not ModelConfig.objects.filter(name="gamma").exists()
+    error = assert_error(client.put("/models/alpha", {"updates": {"parameters": parameters}}, format="json"),
+                         400, "ValidationError")
+    assert error["error_message"].startswith(f"parameters: {message}")
+    assert ModelConfig.objects.get(name="alpha").parameters == {}
 
 
 @pytest.mark.parametrize("name", ["default", "Default", "DEFAULT"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import queue
 import threading
 import time
@@ -45,7 +46,29 @@ def cuda_gpu_count() -> int:
         return 0
 
 
-def build_engine_args(spec: LoadSpec) -> dict:
+def visible_gpu_count() -> int:
+    """CUDA GPUs this process may use: the node's (NVML), cut down by ``CUDA_VISIBLE_DEVICES`` when set.
+
+    A Ray actor is given only the GPUs it asked for this way (none: the variable is empty), which is
+    what vLLM's own worker processes would see.
+    """
+    count = cuda_gpu_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return count
+    return min(count, len([device for device in visible.split(",") if device.strip()]))
+
+
+def build_engine_args(spec: LoadSpec, visible_gpus: int) -> dict:
+    """vLLM engine arguments for an entry, on a node where this process can use ``visible_gpus`` GPUs.
+
+    An entry whose ``tensor_parallel_size`` x ``pipeline_parallel_size`` is more GPUs than that, and
+    that does not name a ``distributed_executor_backend`` itself, gets ``"ray"``: vLLM then places its
+    workers on the Ray cluster this process is connected to (a runner under ``BEAUTYAI_PLACEMENT=ray``
+    already is; otherwise vLLM connects to ``RAY_ADDRESS`` or starts a local Ray). One that fits is left
+    to vLLM's default (worker processes on this node). Only the mapping is tested: a real run across
+    nodes needs a Ray cluster of GPU hosts.
+    """
     quant = (spec.quantization or "none").lower()
     if quant not in VLLM_QUANTIZATIONS + ("none",):
         raise EngineLoadError(f"quantization '{spec.quantization}' is not supported by vLLM "
@@ -58,7 +81,16 @@ def build_engine_args(spec: LoadSpec) -> dict:
             args[key] = spec.parameters[key]
     if spec.parameters.get("trust_remote_code") is True:
         args["trust_remote_code"] = True
+    world_size = _size(spec.parameters, "tensor_parallel_size") * _size(spec.parameters, "pipeline_parallel_size")
+    if args.get("distributed_executor_backend") is None and world_size > visible_gpus:
+        args["distributed_executor_backend"] = "ray"
     return args
+
+
+def _size(parameters: dict, name: str) -> int:
+    # Unset (or the registry's -1/0) is vLLM's default of 1; vLLM itself refuses a bad value.
+    value = parameters.get(name)
+    return value if isinstance(value, int) and value > 0 else 1
 
 
 def structured_outputs(constraint: dict, sampling_params_module) -> dict:
@@ -100,7 +132,7 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
     def load(self, spec: LoadSpec) -> None:
-        args = build_engine_args(spec)
+        args = build_engine_args(spec, visible_gpu_count())
         if importlib.util.find_spec("vllm") is None:
             raise EngineUnavailableError("vLLM is not installed on this host")
         if cuda_gpu_count() == 0:
