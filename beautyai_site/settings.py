@@ -284,6 +284,12 @@ LOAD_TIMEOUT_SECONDS = env_number("BEAUTYAI_LOAD_TIMEOUT_SECONDS", 600, minimum=
 # After a load, keep one idle runner per engine with its libraries imported, so the next load of
 # that engine skips seconds of imports (an idle transformers spare holds ~340 MB).
 RUNNER_SPARES = env_bool("BEAUTYAI_RUNNER_SPARES", True)
+# Where runners run: "local" (processes this web process spawns) or "ray" (named actors on the Ray
+# cluster at RAY_ADDRESS, shared by every web process; docs/operations.md, "Ray placement").
+PLACEMENT = env_str("BEAUTYAI_PLACEMENT", "local").lower()
+if PLACEMENT not in {"local", "ray"}:
+    raise ImproperlyConfigured("BEAUTYAI_PLACEMENT must be local or ray")
+RAY_ADDRESS = env_str("RAY_ADDRESS", "") or None  # read by Ray itself too; None: the local cluster ("auto")
 
 API_KEY_LAST_USED_PRECISION_SECONDS = 60
 # How long a looked-up API key is kept in the cache (0: no cache; without REDIS_URL there is none);

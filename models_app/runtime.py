@@ -23,20 +23,26 @@ def get_manager():
     if _manager is None:
         with _manager_lock:
             if _manager is None:
-                from models_app.serving.manager import EngineManager
+                limits = dict(memory_budget_mb=settings.MEMORY_BUDGET_MB, max_loaded_models=settings.MAX_LOADED_MODELS,
+                              default_keep_alive_s=settings.KEEP_ALIVE_SECONDS,
+                              load_timeout_s=settings.LOAD_TIMEOUT_SECONDS)
+                if settings.PLACEMENT == "ray":
+                    from models_app.serving.cluster import ClusterEngineManager
+                    from models_app.serving.ray_placement import RayPlacement
 
-                _manager = EngineManager(
-                    memory_budget_mb=settings.MEMORY_BUDGET_MB,
-                    max_loaded_models=settings.MAX_LOADED_MODELS,
-                    default_keep_alive_s=settings.KEEP_ALIVE_SECONDS,
-                    load_timeout_s=settings.LOAD_TIMEOUT_SECONDS,
-                    spares=settings.RUNNER_SPARES,
-                )
+                    _manager = ClusterEngineManager(placement=RayPlacement(settings.RAY_ADDRESS), **limits)
+                else:
+                    from models_app.serving.manager import EngineManager
+
+                    _manager = EngineManager(spares=settings.RUNNER_SPARES, **limits)
     return _manager
 
 
 def manager_if_started():
-    """The manager if anything has used it; status reads must not start one (and its reaper) needlessly."""
+    """The manager if anything has used it; status reads must not start one (and its reaper) needlessly.
+    With Ray placement the cluster may hold runners that other web processes loaded: always ask it."""
+    if _manager is None and settings.PLACEMENT == "ray":
+        return get_manager()
     return _manager
 
 
@@ -103,6 +109,7 @@ def unloaded_status(name: str) -> dict:
 
 
 def _info_dict(info) -> dict:
+    where = {"node_id": info.node_id, "node_address": info.node_address} if info.node_id else {}
     return {
         "model_name": info.name,
         "status": info.status,
@@ -115,6 +122,7 @@ def _info_dict(info) -> dict:
         "queue_depth": info.queue_depth,
         "expires_at": iso(info.expires_at),
         "last_error": info.last_error,
+        **where,
     }
 
 

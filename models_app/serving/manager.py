@@ -47,7 +47,7 @@ from models_app.serving.engines.contract import (
 )
 from models_app.serving.engines.memory import estimate_memory_mb
 from models_app.serving import protocol as p
-from models_app.serving.handle import Event, GenerationHandle, describe_exit
+from models_app.serving.handle import Event, GenerationHandle
 from models_app.serving.hardware import process_memory_mb
 from models_app.serving.placement import LocalPlacement, Placement, RunnerConnection
 from models_app.serving.spares import SparesMixin, _Spare
@@ -94,6 +94,8 @@ class RunnerInfo:
     model_id: str | None
     engine: str | None
     prestarted: bool  # loaded in a spare runner, whose imports were already done
+    node_id: str | None = None  # with Ray placement: where the runner runs
+    node_address: str | None = None
 
 
 def _now() -> datetime:
@@ -225,8 +227,12 @@ class EngineManager(SparesMixin):
         try:
             runner.ready.result(timeout=self.load_timeout_s)
         except FutureTimeout:
-            self._abort_load(runner, f"model load timed out after {self.load_timeout_s:.0f}s")
-            raise EngineLoadError(f"model load timed out after {self.load_timeout_s:.0f}s") from None
+            message = f"model load timed out after {self.load_timeout_s:.0f}s"
+            pending = getattr(runner.link, "pending_reason", None)
+            if pending is not None and (why := pending()):
+                message = f"{message}: {why}"
+            self._abort_load(runner, message)
+            raise EngineLoadError(message) from None
         if self.spares:
             # Only now: a spare importing while this model loads would slow the load down on a
             # small machine, and an engine that cannot load here needs no spare.
@@ -274,10 +280,14 @@ class EngineManager(SparesMixin):
             try:
                 link = self._spawn(f"beautyai-runner-{runner.name}", runner.spec)
             except Exception as exc:
+                # A placement's own refusal (no node offers the resources, no room) is the answer as it
+                # stands; anything else is reported by class only (its text may hold paths).
+                error = exc if isinstance(exc, EngineError) else EngineLoadError(
+                    f"could not start runner: {exc.__class__.__name__}")
                 with self._lock:
                     runner.status = "error"
-                    runner.last_error = f"could not start runner: {exc.__class__.__name__}"
-                runner.ready.set_exception(EngineLoadError(runner.last_error))
+                    runner.last_error = str(error)
+                runner.ready.set_exception(error)
                 return
         runner.link, runner.pid, runner.open = link, link.pid, True
         if runner.stopping:
@@ -342,6 +352,12 @@ class EngineManager(SparesMixin):
                     runner.ready.set_result(True)
             elif isinstance(msg, p.LoadError):
                 load_error = msg
+            elif isinstance(msg, p.Stopping):
+                # A shared runner ended on purpose by another web process: unloaded here too, not failed.
+                with self._lock:
+                    runner.stopping = True
+                    if self._runners.get(runner.name) is runner:
+                        del self._runners[runner.name]
         self._on_exit(runner, load_error)
 
     @staticmethod
@@ -378,11 +394,10 @@ class EngineManager(SparesMixin):
 
     def _on_exit(self, runner: _RunnerProcess, load_error: p.LoadError | None) -> None:
         runner.link.join(timeout=5)
-        exitcode = runner.link.exitcode
+        reason = runner.link.exit_reason()
         with runner.send_lock:
             runner.link.close()
             runner.open = False
-        reason = describe_exit(exitcode)
         with self._lock:
             expected = runner.stopping
             if not expected:

@@ -1,10 +1,9 @@
 """Where runners run: the one seam between the manager and the processes that hold models.
 
 The manager asks a `Placement` to start a runner and from then on talks to it only through the
-`RunnerConnection` it got back: protocol messages in and out, plus liveness and a hard stop. Today
-the only placement is `LocalPlacement` (a spawned process on this host, over a multiprocessing pipe);
-a Ray placement (a named actor per model on a cluster) is the next issue and implements these two
-classes, nothing more.
+`RunnerConnection` it got back: protocol messages in and out, plus liveness and a hard stop. 
+`LocalPlacement` is a spawned process on this host, over a multiprocessing pipe; `RayPlacement`
+(ray_placement.py) a named actor per model on a Ray cluster, shared by every web process.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from models_app.serving import protocol as p
 from models_app.serving.engines.contract import LoadSpec
+from models_app.serving.handle import describe_exit
 from models_app.serving.runner import runner_main
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
@@ -26,6 +26,8 @@ class RunnerConnection(ABC):
     """One started runner. `send` and `recv` may be called from different threads, never each from two."""
 
     pid: int | None
+    node_id: str | None = None
+    shared = False  # True: other web processes use the same runner (ray_placement.py)
 
     @abstractmethod
     def send(self, message: p.ParentMessage) -> None:
@@ -44,6 +46,10 @@ class RunnerConnection(ABC):
     def exitcode(self) -> int | None:
         """None while running; negative: killed by that signal."""
 
+    def exit_reason(self) -> str:
+        """Why the runner ended, for its status' last_error."""
+        return describe_exit(self.exitcode)
+
     @abstractmethod
     def join(self, timeout: float) -> None:
         """Waits up to `timeout` seconds for the runner to end by itself."""
@@ -58,6 +64,8 @@ class RunnerConnection(ABC):
 
 
 class Placement(ABC):
+    shared = False  # runners outlive this web process and serve others too
+
     @abstractmethod
     def start(self, name: str, spec: LoadSpec | None, *, log_level: str,
               spare_engine: str | None = None) -> RunnerConnection:

@@ -6,7 +6,8 @@ a dict back into the dataclass, refusing an unknown version, op or kind with `Pr
 
 Parent -> runner (key "op"): load (a spare only, first), then generate, cancel, count_tokens, embed,
 release_caches, shutdown.
-Runner -> parent (key "kind"): ready | load_error first, then started, delta, done, error, result, log.
+Runner -> parent (key "kind"): ready | load_error first, then started, delta, done, error, result, log;
+stopping last when a runner shared by several web processes ends on purpose (an unload from another one).
 
 Every message with an id gets an answer under that id: a generation ends with done or error, a call
 (count_tokens, embed, release_caches, or an op the runner cannot decode) with result or error. An
@@ -42,6 +43,7 @@ class Kind(str, Enum):
     ERROR = "error"
     RESULT = "result"
     LOG = "log"
+    STOPPING = "stopping"
 
 
 class ErrorCode(str, Enum):
@@ -172,14 +174,20 @@ class Log:
     KIND = Kind.LOG
 
 
+@dataclass
+class Stopping:
+    reason: str  # the runner ends on purpose: its entry becomes unloaded, not an error
+    KIND = Kind.STOPPING
+
+
 CALLS = {Op.COUNT_TOKENS: CountTokens, Op.EMBED: Embed, Op.RELEASE_CACHES: ReleaseCaches}
 _BY_OP = {cls.OP: cls for cls in (Load, Generate, Cancel, CountTokens, Embed, ReleaseCaches, Shutdown)}
-_BY_KIND = {cls.KIND: cls for cls in (Ready, LoadError, Started, Delta, Done, Error, Result, Log)}
+_BY_KIND = {cls.KIND: cls for cls in (Ready, LoadError, Started, Delta, Done, Error, Result, Log, Stopping)}
 _FIELDS = {cls: {f.name for f in fields(cls)} for cls in (*_BY_OP.values(), *_BY_KIND.values())}
 _CODED = (LoadError, Error)
 
 ParentMessage = Load | Generate | Cancel | CountTokens | Embed | ReleaseCaches | Shutdown
-RunnerMessage = Ready | LoadError | Started | Delta | Done | Error | Result | Log
+RunnerMessage = Ready | LoadError | Started | Delta | Done | Error | Result | Log | Stopping
 
 
 def encode(msg: ParentMessage | RunnerMessage) -> dict:

@@ -55,12 +55,16 @@ class _PipeLogHandler(logging.Handler):
 
 
 class _Runner:
-    def __init__(self, conn, engine, send_lock: threading.Lock):
-        self.conn = conn
+    """Serves one loaded engine. Every request arrives with the `reply` function of the connection it
+    came on, and its answers go back there: a local runner has one connection (its pipe), a runner on
+    a Ray cluster one per web process (ray_placement.py)."""
+
+    def __init__(self, engine):
         self.engine = engine
-        self.send_lock = send_lock
         self.cancel_events: dict[str, threading.Event] = {}
+        self.owners: dict[str, object] = {}  # generation id -> the reply function of its connection
         self.events_lock = threading.Lock()
+        self.last_used = time.time()
         # Pending generations wait here in arrival order; a fixed pool of workers
         # (engine.max_concurrency of them) takes them, which bounds concurrency.
         self.pending: queue.Queue = queue.Queue()
@@ -69,13 +73,18 @@ class _Runner:
         for w in self.workers:
             w.start()
 
-    def send(self, message) -> None:
-        with self.send_lock:
-            try:
-                self.conn.send(p.encode(message))
-            except (OSError, EOFError, BrokenPipeError):
-                # Parent is gone; the main loop sees EOF and exits.
-                pass
+    @property
+    def in_flight(self) -> int:
+        """Generations running or waiting, from every connection."""
+        with self.events_lock:
+            return len(self.cancel_events)
+
+    def cancel_all(self, owner=None) -> None:
+        """Stops the generations of one connection (a web process that went away), or all of them."""
+        with self.events_lock:
+            events = [e for req_id, e in self.cancel_events.items() if owner is None or self.owners.get(req_id) is owner]
+        for event in events:
+            event.set()
 
     def _worker(self):
         while True:
@@ -84,71 +93,76 @@ class _Runner:
                 return
             self._generate(*item)
 
-    def _generate(self, req_id: str, messages: list, params: GenerationParams, cancel: threading.Event):
+    def _generate(self, reply, req_id: str, messages: list, params: GenerationParams, cancel: threading.Event):
         try:
             if cancel.is_set():
-                self.send(p.Done(id=req_id, stats=asdict(GenerationStats(0, 0, "cancelled", 0.0, 0.0, 0.0))))
+                reply(p.Done(id=req_id, stats=asdict(GenerationStats(0, 0, "cancelled", 0.0, 0.0, 0.0))))
                 return
             # Marks the end of the wait in the queue, so the parent can report queue time apart from TTFT.
-            self.send(p.Started(id=req_id))
+            reply(p.Started(id=req_id))
             for item in self.engine.generate(messages, params, cancel.is_set):
                 if isinstance(item, GenerationStats):
-                    self.send(p.Done(id=req_id, stats=asdict(item)))
+                    reply(p.Done(id=req_id, stats=asdict(item)))
                 elif item:
-                    self.send(p.Delta(id=req_id, text=item))
+                    reply(p.Delta(id=req_id, text=item))
         except EngineError as exc:
-            self.send(error_reply(req_id, exc))
+            reply(error_reply(req_id, exc))
         except Exception as exc:
             logging.getLogger(__name__).exception("generation failed")
-            self.send(error_reply(req_id, exc, prefix="generation failed: "))
+            reply(error_reply(req_id, exc, prefix="generation failed: "))
         finally:
+            self.last_used = time.time()
             with self.events_lock:
                 self.cancel_events.pop(req_id, None)
+                self.owners.pop(req_id, None)
 
-    def _call(self, req_id: str, fn):
+    def _call(self, reply, req_id: str, fn):
+        self.last_used = time.time()
         try:
-            self.send(p.Result(id=req_id, value=fn()))
+            reply(p.Result(id=req_id, value=fn()))
         except Exception as exc:
-            self.send(error_reply(req_id, exc))
+            reply(error_reply(req_id, exc))
 
     def _embed(self, inputs: list) -> dict:
         vectors, prompt_tokens = self.engine.embed(inputs)
         return {"vectors": vectors, "prompt_tokens": int(prompt_tokens)}
 
-    def handle(self, raw: dict) -> bool:
-        """Dispatch one parent message; False means stop serving."""
+    def handle(self, raw: dict, reply) -> bool:
+        """Dispatch one message from the connection whose send function is `reply`; False means stop serving."""
         try:
             msg = p.decode(raw)
         except p.ProtocolError as exc:
             # The caller waits for an answer under this id; silence would hold it until its timeout.
-            self.send(error_reply(raw.get("id") if isinstance(raw, dict) else None, exc))
+            reply(error_reply(raw.get("id") if isinstance(raw, dict) else None, exc))
             return True
         if isinstance(msg, p.Generate):
             params = GenerationParams(**{k: v for k, v in (msg.params or {}).items() if k in _PARAM_FIELDS})
             cancel = threading.Event()
             with self.events_lock:
                 self.cancel_events[msg.id] = cancel
-            self.pending.put((msg.id, msg.messages or [], params, cancel))
+                self.owners[msg.id] = reply
+            self.last_used = time.time()
+            self.pending.put((reply, msg.id, msg.messages or [], params, cancel))
         elif isinstance(msg, p.Cancel):
             with self.events_lock:
                 event = self.cancel_events.get(msg.id)
             if event is not None:
                 event.set()
         elif isinstance(msg, p.CountTokens):
-            self._call_in_thread(msg.id, lambda: self.engine.count_tokens(msg.messages or [], tools=msg.tools or None))
+            self._call_in_thread(reply, msg.id, lambda: self.engine.count_tokens(msg.messages or [], tools=msg.tools or None))
         elif isinstance(msg, p.Embed):
-            self._call_in_thread(msg.id, lambda: self._embed(msg.inputs or []))
+            self._call_in_thread(reply, msg.id, lambda: self._embed(msg.inputs or []))
         elif isinstance(msg, p.ReleaseCaches):
-            self._call_in_thread(msg.id, self.engine.release_caches)
+            self._call_in_thread(reply, msg.id, self.engine.release_caches)
         elif isinstance(msg, p.Shutdown):
             return False
         else:  # a Load after the model is loaded
-            self.send(p.Error(id=getattr(msg, "id", None), code=p.ErrorCode.PROTOCOL,
+            reply(p.Error(id=getattr(msg, "id", None), code=p.ErrorCode.PROTOCOL,
                               message=f"unexpected runner op: {msg.OP.value}"))
         return True
 
-    def _call_in_thread(self, req_id: str, fn) -> None:
-        threading.Thread(target=self._call, args=(req_id, fn), daemon=True).start()
+    def _call_in_thread(self, reply, req_id: str, fn) -> None:
+        threading.Thread(target=self._call, args=(reply, req_id, fn), daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
         with self.events_lock:
@@ -185,6 +199,29 @@ def _wait_as_spare(conn, engine: str) -> dict:
     return msg.spec
 
 
+def load_engine(spec: LoadSpec):
+    """Loads `spec`: (engine, Ready) on success, (None, LoadError) on failure. Shared by the local runner
+    process and the Ray runner actor, so both report a load the same way."""
+    started = time.monotonic()
+    try:
+        engine = get_engine_class(spec.engine)()
+        engine.load(spec)
+    except EngineError as exc:
+        code = p.ErrorCode.UNAVAILABLE if isinstance(exc, EngineUnavailableError) else p.ErrorCode.LOAD
+        return None, p.LoadError(code=code, message=str(exc))
+    except BaseException as exc:
+        return None, p.LoadError(code=p.ErrorCode.LOAD,
+                                 message=f"failed to load model: {exc.__class__.__name__}: {scrub_paths(str(exc))}")
+    template = engine.chat_template()
+    return engine, p.Ready(pid=os.getpid(), load_time_seconds=time.monotonic() - started,
+                           context_length=engine.context_length(), max_concurrency=engine.max_concurrency,
+                           chat_template_present=bool(template),
+                           # Reasoning models mark their reasoning with <think>…</think>; their templates mention the tags.
+                           think_tags=bool(template) and "</think>" in template,
+                           tool_format=detect_tool_format(template),
+                           response_template=engine.response_template())
+
+
 def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str | None = None) -> None:
     """Loads `spec_dict` and serves it; without a spec, a spare for `spare_engine` that waits for one."""
     send_lock = threading.Lock()
@@ -192,6 +229,12 @@ def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str 
     def send(message):
         with send_lock:
             conn.send(p.encode(message))
+
+    def reply(message):
+        try:
+            send(message)
+        except (OSError, EOFError, BrokenPipeError):
+            pass  # the parent is gone; the main loop sees EOF and exits
 
     root = logging.getLogger()
     root.handlers[:] = [_PipeLogHandler(send)]
@@ -201,39 +244,20 @@ def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str 
 
     if spec_dict is None:
         spec_dict = _wait_as_spare(conn, spare_engine)
-    spec = LoadSpec(**spec_dict)
-    started = time.monotonic()
-    try:
-        engine = get_engine_class(spec.engine)()
-        engine.load(spec)
-    except EngineError as exc:
-        code = p.ErrorCode.UNAVAILABLE if isinstance(exc, EngineUnavailableError) else p.ErrorCode.LOAD
-        send(p.LoadError(code=code, message=str(exc)))
-        conn.close()
-        sys.exit(1)
-    except BaseException as exc:
-        send(p.LoadError(code=p.ErrorCode.LOAD,
-                         message=f"failed to load model: {exc.__class__.__name__}: {scrub_paths(str(exc))}"))
+    engine, answer = load_engine(LoadSpec(**spec_dict))
+    send(answer)
+    if engine is None:
         conn.close()
         sys.exit(1)
 
-    runner = _Runner(conn, engine, send_lock)
-    template = engine.chat_template()
-    send(p.Ready(pid=os.getpid(), load_time_seconds=time.monotonic() - started,
-                 context_length=engine.context_length(), max_concurrency=engine.max_concurrency,
-                 chat_template_present=bool(template),
-                 # Reasoning models mark their reasoning with <think>…</think>; their templates mention the tags.
-                 think_tags=bool(template) and "</think>" in template,
-                 tool_format=detect_tool_format(template),
-                 response_template=engine.response_template()))
-
+    runner = _Runner(engine)
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             # The parent went away: nobody can read our output, so stop right now.
             os._exit(0)
-        if not runner.handle(msg):
+        if not runner.handle(msg, reply):
             break
 
     runner.stop()

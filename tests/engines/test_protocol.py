@@ -1,6 +1,5 @@
 """The runner protocol: every message survives encode/decode, and what is not the protocol is refused by type."""
 
-import threading
 
 import pytest
 
@@ -72,27 +71,19 @@ def test_a_call_message_is_made_only_for_call_ops():
         p.call("generate", "c")
 
 
-class _Pipe:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, message):
-        self.sent.append(message)
-
-
 class _IdleEngine:
     max_concurrency = 1
 
 
 def test_the_runner_answers_an_undecodable_op_under_its_id_with_a_protocol_error():
-    pipe = _Pipe()
-    runner = _Runner(pipe, _IdleEngine(), threading.Lock())
+    sent = []
+    runner = _Runner(_IdleEngine())
     try:
-        assert runner.handle({"v": p.VERSION, "op": "no_such_op", "id": "q1"}) is True
-        assert runner.handle({"v": 99, "op": "cancel", "id": "q2"}) is True
+        assert runner.handle({"v": p.VERSION, "op": "no_such_op", "id": "q1"}, sent.append) is True
+        assert runner.handle({"v": 99, "op": "cancel", "id": "q2"}, sent.append) is True
     finally:
         runner.stop()
-    replies = [p.decode(message) for message in pipe.sent]
+    replies = sent
     assert [(r.id, r.code) for r in replies] == [("q1", p.ErrorCode.PROTOCOL), ("q2", p.ErrorCode.PROTOCOL)]
     assert "unknown runner op" in replies[0].message
 
