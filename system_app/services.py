@@ -64,17 +64,23 @@ def _runner_memory(runners: list) -> list[dict]:
     gpu_by_pid = probes.gpu_memory_by_pid()
     rows = []
     for info in runners:
-        process = probes.process_memory(info.pid) if info.pid else None
-        rows.append({
+        row = {
             "model_name": info.name,
             "status": info.status,
             "pid": info.pid,
-            "rss_mb": mb(process.rss_bytes) if process else 0.0,
-            "gpu_memory_mb": mb(gpu_by_pid.get(info.pid, 0)),
             "memory_usage_mb": round(info.memory_usage_mb or 0.0, 2),
             "active_requests": info.active_requests,
             "queue_depth": info.queue_depth,
-        })
+        }
+        if info.node_id:
+            # A runner on the Ray cluster measured itself on its node; its pid means nothing here.
+            row.update(rss_mb=round((info.memory_usage_mb or 0.0) - (info.gpu_memory_mb or 0.0), 2),
+                       gpu_memory_mb=round(info.gpu_memory_mb or 0.0, 2),
+                       node_id=info.node_id, node_address=info.node_address)
+        else:
+            process = probes.process_memory(info.pid) if info.pid else None
+            row.update(rss_mb=mb(process.rss_bytes) if process else 0.0, gpu_memory_mb=mb(gpu_by_pid.get(info.pid, 0)))
+        rows.append(row)
     return rows
 
 

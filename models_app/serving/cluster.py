@@ -78,6 +78,7 @@ class ClusterEngineManager(EngineManager):
             expires_at=expires, last_error=ready.message if isinstance(ready, p.LoadError) else None,
             model_id=spec.model_id if spec else None, engine=spec.engine if spec else None, prestarted=False,
             node_id=info.get("node_id"), node_address=info.get("node_address"),
+            gpu_memory_mb=float(info.get("gpu_memory_mb") or 0.0),
         )
 
     def status(self, name: str) -> RunnerInfo:

@@ -96,6 +96,7 @@ class RunnerInfo:
     prestarted: bool  # loaded in a spare runner, whose imports were already done
     node_id: str | None = None  # with Ray placement: where the runner runs
     node_address: str | None = None
+    gpu_memory_mb: float = 0.0  # with Ray placement, measured by the runner on its node (part of memory_usage_mb)
 
 
 def _now() -> datetime:

@@ -41,7 +41,7 @@ from multiprocessing.connection import Client, Listener
 from models_app.serving import protocol as p
 from models_app.serving.engines.contract import EngineLoadError, LoadSpec
 from models_app.serving.engines.memory import estimate_memory_mb
-from models_app.serving.hardware import process_memory_mb
+from models_app.serving.hardware import gpu_memory_mb, process_memory_mb
 from models_app.serving.placement import _PROJECT_ROOT, Placement, RunnerConnection
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class RunnerActor:
             "spec": self._spec, "node_id": self._node_id, "node_address": self._host, "pid": os.getpid(),
             "status": "loaded" if runner is not None else ("error" if self._loaded.is_set() else "loading"),
             "estimate_mb": self._estimate_mb, "memory_mb": process_memory_mb(os.getpid()),
+            "gpu_memory_mb": gpu_memory_mb(os.getpid()),
             "in_flight": runner.in_flight if runner is not None else 0,
             "last_used": runner.last_used if runner is not None else None, "loaded_at": self._loaded_at,
             "ready": p.encode(self._answer) if self._answer is not None else None,

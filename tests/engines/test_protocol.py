@@ -24,6 +24,7 @@ EVERY_MESSAGE = [
     p.Error(id="r1", code=p.ErrorCode.CANCELLED, message="model unloaded"),
     p.Result(id="c1", value=7),
     p.Log(level="INFO", message="loaded"),
+    p.Stopping(reason="model unloaded"),
 ]
 
 

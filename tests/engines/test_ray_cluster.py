@@ -1,0 +1,203 @@
+"""Runners on a Ray cluster (BEAUTYAI_PLACEMENT=ray), with Ray's own multi-node harness.
+
+`ray.cluster_utils.Cluster` starts a head and further nodes as real Ray processes on this machine,
+each with its own resources; two real daphne web processes share the test database and the cluster.
+Every Ray process and every runner listens on 127.0.0.1 only, and the cluster stops with the module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from models_app import services
+from models_app.bootstrap import bundled_entries
+from tests.envelope import assert_error
+from tests.servers import read_events, start_server, stop_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+MODEL = "ray-smollm2"
+ACCEL = "beautyai_test_accel"  # a custom resource only the second node has
+
+
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # Every Ray node binds 127.0.0.1 (Ray reads this when it starts a node).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray.cluster_utils import Cluster
+
+    small = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
+    accel_node = cluster.add_node(**small, resources={ACCEL: 1})
+    ray.init(address=cluster.address, namespace="beautyai", log_to_driver=False)
+    cluster.accel_node = accel_node
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def runner_actors(model: str) -> list[str]:
+    import ray
+
+    return [name for name in ray.util.list_named_actors() if name.startswith(f"{model}@")]
+
+
+def loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def pids_mapping(path: str) -> set[int]:
+    """Processes of this test (its Ray nodes, their workers, its web processes) that map ``path``."""
+    pids = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if path in Path(f"/proc/{process.pid}/maps").read_text():
+                pids.add(process.pid)
+        except OSError:
+            pass
+    return pids
+
+
+def register(ray_resources: dict, name: str = MODEL):
+    config = dict(bundled_entries()["smollm2-135m-instruct"])
+    config["parameters"] = {**config.get("parameters", {}), "ray_resources": ray_resources}
+    return services.registry_add(name=name, config=config)
+
+
+@pytest.fixture
+def web(ray_cluster, tmp_path, make_user, client_for):
+    """Starts daphne web processes placing runners on the cluster; each is (process, url)."""
+    key = client_for(make_user(superuser=True)).raw_key
+    started = []
+
+    def start(label: str):
+        process, url = start_server(tmp_path / f"{label}.log", env={
+            "BEAUTYAI_PLACEMENT": "ray", "RAY_ADDRESS": ray_cluster.address,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        started.append(process)
+        return process, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=180)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            stop_server(process)
+
+
+def test_two_web_processes_share_one_runner_placed_on_the_node_with_its_resource(ray_cluster, web):
+    model = register({ACCEL: 1})
+    process_a, a = web("a")
+    process_b, b = web("b")
+
+    # Both web processes load at once: one runner actor on the cluster.
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda client: client.post(f"/models/{MODEL}/load", json={}), (a, b)))
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    assert len(runner_actors(MODEL)) == 1
+
+    status = b.get(f"/models/{MODEL}/status").json()["data"]
+    assert status["status"] == "loaded"
+    assert status["node_id"] == ray_cluster.accel_node.node_id and status["node_address"] == "127.0.0.1"
+    runner_pid = status["pid"]
+    assert pids_mapping(model.model_id) == {runner_pid}, "one copy of the model in the cluster"
+
+    # Nothing Ray started (nor the runner's own channel) listens beyond loopback.
+    ours = psutil.Process().children(recursive=True)
+    listening = {(c.laddr.ip, p.pid) for p in ours for c in p.net_connections(kind="inet") if c.status == "LISTEN"}
+    assert listening and all(loopback(ip) for ip, _ in listening), listening
+    assert runner_pid in {pid for _, pid in listening}
+
+    reply = b.post("/inference/chat", json={"model_name": MODEL, "message": "Say hello.",
+                                            "generation_config": {"max_tokens": 8, "temperature": 0}})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["response"]
+
+    # A stream through A; A is killed mid-stream; B keeps chatting on the same runner.
+    with a.stream("POST", "/inference/chat", json={"model_name": MODEL, "message": "Count to one hundred.",
+                                                   "stream": True,
+                                                   "generation_config": {"max_tokens": 400}}) as stream:
+        assert read_events(stream, stop_after=1)[-1][0] == "delta"
+        process_a.send_signal(signal.SIGKILL)
+        process_a.wait(30)
+    reply = b.post("/inference/chat", json={"model_name": MODEL, "message": "Say hello again.",
+                                            "generation_config": {"max_tokens": 8, "temperature": 0}})
+    assert reply.status_code == 200, reply.text
+    # A's generation was cancelled by the runner when A's connection closed, not left to run out.
+    wait_for(lambda: b.get(f"/models/{MODEL}/status").json()["data"]["active_requests"] == 0)
+    assert b.get(f"/models/{MODEL}/status").json()["data"]["pid"] == runner_pid
+
+    detailed = b.get("/system/status", params={"detailed": "true"}).json()
+    [row] = [r for r in detailed["model_info"]["runners"] if r["model_name"] == MODEL]
+    assert row["node_id"] == ray_cluster.accel_node.node_id and row["rss_mb"] > 0
+
+    # An unload through B ends the runner for everyone and frees its process.
+    assert b.post(f"/models/{MODEL}/unload").status_code == 200
+    assert b.get(f"/models/{MODEL}/status").json()["data"]["status"] == "unloaded"
+    wait_for(lambda: not psutil.pid_exists(runner_pid), timeout=30)
+    assert runner_actors(MODEL) == []
+
+
+def test_a_lost_node_turns_its_model_to_error_and_a_reload_names_the_missing_resource(ray_cluster, web):
+    doomed = ray_cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20, resources={"beautyai_doomed": 1})
+    register({"beautyai_doomed": 1})
+    _, b = web("b")
+    assert b.post(f"/models/{MODEL}/load", json={}).status_code == 200
+
+    events: list = []
+    first = threading.Event()
+
+    def stream():
+        with b.stream("POST", "/inference/chat", json={"model_name": MODEL, "message": "Count to one hundred.",
+                                                       "stream": True, "generation_config": {"max_tokens": 400}}) as r:
+            lines = r.iter_lines()
+            events.extend(read_events(r, stop_after=1, lines=lines))
+            first.set()
+            events.extend(read_events(r, lines=lines))
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first.wait(120)
+    ray_cluster.remove_node(doomed)
+    reader.join(60)
+    assert not reader.is_alive(), "the stream did not end when its runner's node went away"
+    assert events[-1][0] == "error", events[-1]
+
+    status = b.get(f"/models/{MODEL}/status").json()["data"]
+    assert status["status"] == "error" and "left the cluster" in status["last_error"]
+
+    again = assert_error(b.post(f"/models/{MODEL}/load", json={}), 500, "ModelLoadError")
+    assert "beautyai_doomed=1" in again["error_message"]
+
+
+def test_a_model_that_fits_no_node_fails_its_load_at_once_naming_the_missing_resource(ray_cluster, web):
+    register({"beautyai_nowhere": 2})
+    _, b = web("b")
+    started = time.monotonic()
+    answer = assert_error(b.post(f"/models/{MODEL}/load", json={}), 500, "ModelLoadError")
+    assert "beautyai_nowhere=2" in answer["error_message"]
+    assert time.monotonic() - started < 30, "refused at once, not after the load timeout"
+    assert runner_actors(MODEL) == []
