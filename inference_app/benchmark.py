@@ -9,8 +9,10 @@ Metrics follow vLLM's ``benchmark_serving``, measured in the web process as a cl
 
 A benchmark runs in the request's own thread (Django runs each sync view in its own thread under
 ASGI), and the concurrent phase in a thread pool, so the event loop keeps serving other requests.
-Each run checks the caller's quota before it starts and records its usage when it ends; a client
-that leaves cancels the runs in flight, and the rest never start.
+Each run is a generation opened like a chat's (``services.chat_open`` with the benchmark's
+``prompt_plan``, which has no session: nothing but usage is stored). Each run checks the caller's
+quota before it starts and records its usage when it ends; a client that leaves cancels the runs in
+flight, and the rest never start.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import math
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from beautyai_site import disconnect
 from beautyai_site.api import errors
 from inference_app import services
 from inference_app.models import BenchmarkRun
-from inference_app.usage import quota_check, usage_record
+from inference_app.usage import quota_check
 from models_app import selectors, services as registry
 
 DEFAULT_PROMPT = "Write a short paragraph about the sea."
@@ -34,9 +36,9 @@ DEFAULT_MAX_TOKENS = 64
 
 @dataclass
 class TimedGeneration:
-    """One generation as a client saw it: text, the runner's stats and arrival times."""
+    """One run as a client saw it: the runner's stats and arrival times. ``reply`` is what
+    ``chat_record`` stores the usage of; None for a run that never started."""
 
-    text: str = ""
     stats: dict | None = None
     error: str | None = None
     ttft_ms: float | None = None
@@ -44,6 +46,7 @@ class TimedGeneration:
     itl_ms: list[float] = field(default_factory=list)
     deltas: int = 0
     queue_time_ms: float | None = None
+    reply: services.ReplyBuilder | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -54,45 +57,32 @@ class TimedGeneration:
         return int((self.stats or {}).get("prompt_tokens") or 0)
 
 
-def generate_timed(model, messages: list[dict], params, client: disconnect.ClientGone | None = None) -> TimedGeneration:
-    """Runs one generation to its end; a full queue raises RateLimitError before anything starts.
-
-    The generation is cancelled if ``client`` (by default the current request's) leaves meanwhile.
+def generate_timed(plan: services.ChatPlan, client: disconnect.ClientGone) -> TimedGeneration:
+    """Runs one generation of ``plan`` to its end, not storing it yet; a full queue raises
+    RateLimitError before anything starts. The generation is cancelled if ``client`` leaves meanwhile.
     """
     result = TimedGeneration()
     started = time.perf_counter()
-    handle = registry.generate(model=model, messages=messages, params=params)
-    parts: list[str] = []
     last = None
-    with (client or disconnect.current()).watch(handle.cancel):
-        for event in handle:
-            now = time.perf_counter()
-            if event.kind == "delta":
-                if not event.text:
-                    continue
-                result.deltas += 1
-                if last is None:
-                    result.ttft_ms = (now - started) * 1000.0
-                else:
-                    result.itl_ms.append((now - last) * 1000.0)
-                last = now
-                parts.append(event.text)
-            elif event.kind == "done":
-                result.stats = asdict(event.stats) if event.stats is not None else None
-            else:
-                result.error = event.message or "generation failed"
+
+    def observe(event) -> None:
+        nonlocal last
+        if event.kind != "delta" or not event.text:
+            return
+        now = time.perf_counter()
+        result.deltas += 1
+        if last is None:
+            result.ttft_ms = (now - started) * 1000.0
+        else:
+            result.itl_ms.append((now - last) * 1000.0)
+        last = now
+
+    run = services.chat_open(plan=plan.another())
+    reply = run.read_to_end(client=client, observe=observe)
     result.latency_ms = (time.perf_counter() - started) * 1000.0
-    result.queue_time_ms = handle.queue_time_ms
-    result.text = "".join(parts)
+    result.reply, result.stats, result.error = reply, reply.stats, reply.error
+    result.queue_time_ms = reply.queue_time_ms
     return result
-
-
-def prepared_prompt(*, model, prompt: str, config: dict) -> tuple[list[dict], object]:
-    """The prompt as a single user turn and its generation parameters, fitted to the context window."""
-    params = services.generation_params(model, config)
-    messages, _ = services.fit_context(model_name=model.name, messages=[{"role": "user", "content": prompt}],
-                                       params=params)
-    return messages, params
 
 
 # Statistics -------------------------------------------------------------------------------------
@@ -173,11 +163,7 @@ class Attempts:
     usage as soon as it ends, so a benchmark spends a quota as that many chats would, not past it.
     Both happen in the request's thread; the pool threads of the throughput phase only generate."""
 
-    user: object
-    model: object
-    messages: list[dict]
-    params: object
-    api_key_id: int | None
+    plan: services.ChatPlan
     client: disconnect.ClientGone
 
     def refusal(self) -> TimedGeneration | None:
@@ -185,7 +171,7 @@ class Attempts:
         if self.client.gone:
             return TimedGeneration(error="cancelled: client disconnected")
         try:
-            quota_check(user=self.user, model=self.model)
+            quota_check(user=self.plan.user, model=self.plan.model)
         except errors.APIError as exc:
             return TimedGeneration(error=exc.message)
         return None
@@ -194,15 +180,13 @@ class Attempts:
         """A run that could not start (full queue, model gone) is a failed run, not a failed benchmark."""
         started = time.perf_counter()
         try:
-            return generate_timed(self.model, self.messages, self.params, self.client)
+            return generate_timed(self.plan, self.client)
         except errors.APIError as exc:
             return TimedGeneration(error=exc.message, latency_ms=(time.perf_counter() - started) * 1000.0)
 
     def record(self, run: TimedGeneration) -> TimedGeneration:
-        if run.stats is not None:
-            usage_record(user=self.user, api_key_id=self.api_key_id, model_name=self.model.name,
-                         transport="benchmark", prompt_tokens=run.prompt_tokens, completion_tokens=run.output_tokens,
-                         duration_ms=run.stats.get("inference_time_ms") or 0.0)
+        if run.reply is not None:
+            services.chat_record(run.reply)
         return run
 
 
@@ -253,13 +237,13 @@ def benchmark_run(*, user, model_name: str, benchmark_type: str, config: dict,
         "temperature": config.get("temperature", 0.0),
         "concurrency": config.get("concurrency", 4) if benchmark_type != "latency" else 1,
     }
-    services.model_ready(user=user, model=model)
-    messages, params = prepared_prompt(model=model, prompt=settings_used["prompt"],
-                                       config={"max_tokens": max_tokens, "temperature": settings_used["temperature"]})
+    plan = services.prompt_plan(user=user, model=model, prompt=settings_used["prompt"], transport="benchmark",
+                                generation_config={"max_tokens": max_tokens,
+                                                   "temperature": settings_used["temperature"]},
+                                api_key_id=api_key_id)
 
     # Captured here: the throughput phase's pool threads do not share this request's context.
-    attempt = Attempts(user=user, model=model, messages=messages, params=params, api_key_id=api_key_id,
-                       client=disconnect.current())
+    attempt = Attempts(plan=plan, client=disconnect.current())
     started = time.perf_counter()
     memory_before = selectors.model_status(model.name)["memory_usage_mb"]
     results: dict[str, list] = {}

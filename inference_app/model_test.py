@@ -10,17 +10,15 @@ Both run in the request's worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import time
 import unicodedata
 
 import regex
 from django.conf import settings
 
-from beautyai_site.api import errors
-from inference_app import reasoning, services
-from inference_app.benchmark import generate_timed, prepared_prompt
+from inference_app import services
 from inference_app.tool_serializers import LANGUAGE_SCRIPTS
-from inference_app.usage import usage_record
-from models_app import selectors, services as registry
+from models_app import services as registry
 
 LANGUAGE_SHARE = 0.5
 CHECK_ORDER = ("min_length", "max_length", "contains", "not_contains", "regex", "expected_language", "max_time_ms")
@@ -93,22 +91,18 @@ def model_test_run(*, user, model_name: str, prompt: str, generation_config: dic
                    api_key_id: int | None = None) -> dict:
     """Generates once (not stored as a chat session), records usage and checks the reply."""
     model = registry.model_get_for_user(user=user, name=model_name, permission="test")
-    services.model_ready(user=user, model=model)
-    messages, params = prepared_prompt(model=model, prompt=prompt, config=generation_config)
-    run = generate_timed(model, messages, params)
-    if run.stats is not None:
-        usage_record(user=user, api_key_id=api_key_id, model_name=model.name, transport="test",
-                     prompt_tokens=run.prompt_tokens, completion_tokens=run.output_tokens,
-                     duration_ms=run.stats.get("inference_time_ms") or 0.0)
-    if run.error is not None:
-        raise errors.SystemError(f"Generation failed: {run.error}")
-    thinking, answer = reasoning.split_complete(run.text) if selectors.uses_think_tags(model) else ("", run.text)
-    stats = {**run.stats, "end_to_end_ms": round(run.latency_ms, 3), "queue_time_ms": run.queue_time_ms}
+    plan = services.prompt_plan(user=user, model=model, prompt=prompt, generation_config=generation_config,
+                                transport="test", api_key_id=api_key_id)
+    started = time.perf_counter()
+    reply = services.chat_open(plan=plan).run_to_end()
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    thinking, answer = reply.texts()
+    stats = {**reply.stats, "end_to_end_ms": round(latency_ms, 3), "queue_time_ms": reply.queue_time_ms}
     return {
         "model_name": model.name,
         "prompt": prompt,
         "response": answer,
         "reasoning": thinking,
         "generation_stats": stats,
-        "validation_result": check_reply(answer, criteria, latency_ms=run.latency_ms),
+        "validation_result": check_reply(answer, criteria, latency_ms=latency_ms),
     }

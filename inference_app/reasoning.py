@@ -75,11 +75,3 @@ def finish(reasoning: str, answer: str, splitter: ThinkSplitter | None) -> tuple
         return "", reasoning + answer
     return reasoning, answer
 
-
-def split_complete(text: str) -> tuple[str, str]:
-    """(reasoning, answer) of a whole reply from a ``think_tags`` model."""
-    splitter = ThinkSplitter()
-    pieces = splitter.feed(text) + splitter.flush()
-    reasoning = "".join(t for kind, t in pieces if kind == "reasoning")
-    answer = "".join(t for kind, t in pieces if kind == "content")
-    return finish(reasoning, answer, splitter)

@@ -5,8 +5,9 @@ Every transport (REST, SSE, WebSocket, /v1, /v1/messages) calls ``chat_open``, w
 model's runner, then stores the user message), registers the generation for cancels and answers a
 ``ChatRun``: its ``ReplyBuilder`` is fed with the runner's events (``events()`` streamed,
 ``run_to_end()`` not), and ``chat_record`` stores its result once per reply. Each transport keeps
-only its wire format. ``model_ready`` is the preamble every generation shares, the model test
-and benchmarks included.
+only its wire format. The model test and each benchmark run go the same way from a
+``prompt_plan``: a plan without a session, so that only their usage is stored. ``model_ready`` is
+the preamble every generation shares.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import secrets
 import threading
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from django.db import transaction
 
@@ -52,7 +53,9 @@ class ChatPlan:
     request_id: str
     user: object
     model: ModelConfig
-    session: ChatSession
+    # None for a generation that is no chat (``prompt_plan``: the model test, a benchmark's runs):
+    # neither its prompt nor its reply is stored, only its usage.
+    session: ChatSession | None
     messages: list[dict]
     params: object  # GenerationParams
     dropped_turns: int
@@ -69,6 +72,10 @@ class ChatPlan:
     tool_limit: int | None = None  # parallel_tool_calls: false keeps one call
     # The tokenizer's response template when it parses this reply instead of tool_format's markers.
     response_template: dict | None = None
+
+    def another(self) -> ChatPlan:
+        """The same prompt for one more generation (a benchmark's runs), under its own request id."""
+        return replace(self, request_id=uuid.uuid4().hex)
 
 
 def _pick_model(*, user, model_name: str | None, session: ChatSession | None):
@@ -312,6 +319,23 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     )
 
 
+def prompt_plan(*, user, model: ModelConfig, prompt: str, generation_config: dict, transport: str,
+                api_key_id: int | None = None) -> ChatPlan:
+    """One prompt as a single user turn, for a generation that is no chat (the model test, a
+    benchmark's runs): the model readied (``model_ready``), the turn fitted to its context window.
+
+    The plan has no session, so ``chat_start`` and ``chat_record`` store nothing of it but its
+    usage. The caller has checked access to ``model`` itself (the test and benchmark permissions).
+    """
+    model_ready(user=user, model=model)
+    params = generation_params(model, generation_config)
+    messages, dropped = fit_context(model_name=model.name, messages=[{"role": "user", "content": prompt}],
+                                    params=params)
+    return ChatPlan(request_id=uuid.uuid4().hex, user=user, model=model, session=None, messages=messages,
+                    params=params, dropped_turns=dropped, think_tags=selectors.uses_think_tags(model),
+                    transport=transport, api_key_id=api_key_id, user_message=prompt)
+
+
 def _store_user_turn(plan: ChatPlan) -> None:
     session, model = plan.session, plan.model
     with transaction.atomic():
@@ -334,6 +358,8 @@ def chat_start(plan: ChatPlan):
     generation is cancelled and the error propagates.
     """
     handle = registry.generate(model=plan.model, messages=plan.messages, params=plan.params)
+    if plan.session is None:  # no chat to store the prompt in
+        return handle
     try:
         _store_user_turn(plan)
     except BaseException:
@@ -352,7 +378,7 @@ class ReplyBuilder:
 
     def __init__(self, plan: ChatPlan):
         self.plan = plan
-        fmt = getattr(plan, "tool_format", None)  # plans built before tools (tests, benchmarks) have none
+        fmt = getattr(plan, "tool_format", None)  # the tests' stand-in plans may have none
         limit, template = getattr(plan, "tool_limit", None), getattr(plan, "response_template", None)
         # A response template with a reasoning field reads the reasoning itself (from the turn's prefix on).
         think_tags = plan.think_tags and not response_parsing.has_reasoning(template)
@@ -372,8 +398,12 @@ class ReplyBuilder:
         self.deltas = 0
         self.lock = threading.Lock()
 
+    @property
+    def session_id(self) -> str | None:
+        return str(self.plan.session.id) if self.plan.session is not None else None
+
     def start_event(self) -> tuple[str, dict]:
-        return "start", {"session_id": str(self.plan.session.id), "request_id": self.plan.request_id,
+        return "start", {"session_id": self.session_id, "request_id": self.plan.request_id,
                          "model_name": self.plan.model.name}
 
     def _tool_events(self, parsed: list[tuple]) -> list[tuple[str, dict]]:
@@ -421,8 +451,9 @@ class ReplyBuilder:
         if event.kind == "done":
             self.stats = asdict(event.stats) if event.stats is not None else None
             return tail + [("done", self.response_fields())]
-        if event.cancelled:
+        if event.cancelled and self.plan.session is not None:
             # e.g. the model was unloaded: a cancellation, not a failure; the reply so far stands.
+            # A generation without a session (model test, benchmark run) keeps no partial reply: it failed.
             self.cancelled_locally(reason=event.message)
             return tail + [("done", self.response_fields())]
         self.error = event.message or "generation failed"
@@ -468,7 +499,7 @@ class ReplyBuilder:
         return {
             "response": answer,
             "reasoning": thinking,
-            "session_id": str(self.plan.session.id),
+            "session_id": self.session_id,
             "request_id": self.plan.request_id,
             "model_name": self.plan.model.name,
             "generation_stats": self.generation_stats(),
@@ -479,17 +510,25 @@ class ReplyBuilder:
         from beautyai_site.api.envelope import error_body
 
         return error_body(None, code="SystemError", message=self.error,
-                          details={"request_id": self.plan.request_id, "session_id": str(self.plan.session.id)})
+                          details={"request_id": self.plan.request_id, "session_id": self.session_id})
 
 
 def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
-    """Stores the assistant reply once, with what was generated even when cancelled or failed."""
+    """Stores the assistant reply once, with what was generated even when cancelled or failed.
+
+    A generation without a session (model test, benchmark run) stores only its usage record, and only
+    when the runner finished it; it feeds no chat metrics.
+    """
     with builder.lock:
         if builder.recorded:
             return None
         builder.recorded = True
-    thinking, answer = builder.texts()
     stats = builder.generation_stats()
+    if builder.plan.session is None:
+        if builder.stats is not None:
+            usage_record_reply(builder.plan, stats)
+        return None
+    thinking, answer = builder.texts()
     message = ChatMessage.objects.create(
         session=builder.plan.session,
         role="assistant",
@@ -510,7 +549,7 @@ def chat_record(builder: ReplyBuilder) -> ChatMessage | None:
 
 @dataclass
 class ChatRun:
-    """One reply in flight, as every transport gets it from ``chat_open``."""
+    """One reply in flight, as every transport (and the model test and benchmark) gets it from ``chat_open``."""
 
     plan: ChatPlan
     handle: object  # the runner's GenerationHandle
@@ -533,45 +572,60 @@ class ChatRun:
             return streaming.sse_response(self.builder, self.handle)
         return streaming.streaming_response(self.builder, self.handle, body)
 
+    def read_to_end(self, *, client: disconnect.ClientGone | None = None, observe=None) -> ReplyBuilder:
+        """Feeds the builder a non-streamed reply's events up to the last, storing nothing (``chat_record``).
+
+        A client that leaves meanwhile cancels the generation: ``client``, by default the current
+        request's (a benchmark's pool threads do not share the request's context, so they are given it).
+        ``observe`` sees each runner event as it arrives, before the builder does (a benchmark's timings).
+        """
+        from inference_app import active
+
+        try:
+            with (client or disconnect.current()).watch(self.handle.cancel):
+                for event in self.handle:
+                    if observe is not None:
+                        observe(event)
+                    self.builder.on_event(event, self.handle.queue_time_ms)
+        finally:
+            active.unregister(self.plan.request_id)
+        return self.builder
+
     def run_to_end(self) -> ReplyBuilder:
-        """A non-streamed reply, read to its end and stored; a failed generation raises SystemError."""
-        chat_run_to_end(self.builder, self.handle)
+        """A non-streamed reply, read to its end and stored, even when reading fails (a client that
+        leaves cancels it: stored as cancelled); a failed generation raises SystemError."""
+        try:
+            self.read_to_end()
+        finally:
+            chat_record(self.builder)
         if self.builder.error is not None:
-            raise errors.SystemError(f"Generation failed: {self.builder.error}",
-                                     details={"session_id": str(self.plan.session.id),
-                                              "request_id": self.plan.request_id})
+            details = {"request_id": self.plan.request_id}
+            if self.plan.session is not None:
+                details = {"session_id": self.builder.session_id, **details}
+            raise errors.SystemError(f"Generation failed: {self.builder.error}", details=details)
         return self.builder
 
 
-def chat_open(*, user, data: dict, transport: str, api_key_id: int | None = None, model_field: str = "model_name",
-              count_prompt: bool = False) -> ChatRun:
-    """Prepares and starts one reply and registers it for cancels: the start of every chat.
+def chat_open(*, user=None, data: dict | None = None, transport: str = "rest", api_key_id: int | None = None,
+              model_field: str = "model_name", count_prompt: bool = False, plan: ChatPlan | None = None) -> ChatRun:
+    """Prepares and starts one generation and registers it for cancels: the start of every chat, and
+    of the model test's and each benchmark run's generation.
 
+    A chat's ``data`` is prepared here (``chat_prepare``) for ``user`` over ``transport``; the model
+    test and the benchmark pass the ``plan`` of their prompt instead (``prompt_plan``).
     ``count_prompt``: the prompt's tokens are counted (tools included) before the generation starts,
     while the runner is not busy with it, for a transport that announces them first (Anthropic's
     ``message_start``).
     """
     from inference_app import active
 
-    plan = chat_prepare(user=user, data=data, transport=transport, api_key_id=api_key_id, model_field=model_field)
+    if (plan is None) == (data is None):
+        raise TypeError("chat_open takes a chat's data or a prepared plan")
+    if plan is None:
+        plan = chat_prepare(user=user, data=data, transport=transport, api_key_id=api_key_id,
+                            model_field=model_field)
     prompt_tokens = (registry.count_tokens(name=plan.model.name, messages=plan.messages, tools=plan.params.tools)
                      if count_prompt else None)
     handle = chat_start(plan)
-    active.register(plan.request_id, user.pk, handle)
+    active.register(plan.request_id, plan.user.pk, handle)
     return ChatRun(plan=plan, handle=handle, builder=ReplyBuilder(plan), prompt_tokens=prompt_tokens)
-
-
-def chat_run_to_end(builder: ReplyBuilder, handle) -> None:
-    """Feeds a non-streamed reply's events to ``builder`` and stores the reply, even when iteration fails.
-
-    A client that leaves meanwhile cancels the generation (the reply is stored as cancelled).
-    """
-    from inference_app import active
-
-    try:
-        with disconnect.current().watch(handle.cancel):
-            for event in handle:
-                builder.on_event(event, handle.queue_time_ms)
-    finally:
-        active.unregister(builder.plan.request_id)
-        chat_record(builder)

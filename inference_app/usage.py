@@ -42,7 +42,7 @@ def usage_record(*, user, model_name: str, transport: str, prompt_tokens: int, c
 
 
 def usage_record_reply(plan, stats: dict) -> UsageRecord:
-    """The record of one stored chat reply (REST, SSE, WebSocket, /v1)."""
+    """The record of one reply: a chat's (REST, SSE, WebSocket, /v1), the model test's, a benchmark run's."""
     return usage_record(
         user=plan.user, api_key_id=plan.api_key_id, model_name=plan.model.name, transport=plan.transport,
         requested_name=plan.requested_name,

@@ -8,8 +8,9 @@ import time
 import httpx
 import pytest
 
+from accounts.models import APIKey
 from inference_app.benchmark import percentile
-from inference_app.models import BenchmarkRun, UsageRecord
+from inference_app.models import BenchmarkRun, ChatMessage, ChatSession, UsageRecord
 from tests.conditions import wait_for
 from tests.envelope import assert_error, assert_ok
 
@@ -79,6 +80,20 @@ def test_a_throughput_benchmark_measures_aggregate_rates(api_as, loaded_model):
     summary = body["summary"]["throughput"]
     assert_consistent(body["results"]["throughput"], summary)
     assert summary["request_throughput"] == pytest.approx(4 / summary["duration_s"], rel=0.01)
+
+
+@pytest.mark.django_db
+def test_a_throughput_benchmark_records_each_runs_usage_with_its_key_and_stores_no_chat(make_user, client_for,
+                                                                                       loaded_model):
+    user = make_user("benchmark")
+    client = client_for(user)
+    body = assert_ok(bench(client, "throughput", num_runs=3, concurrency=3, max_tokens=4))
+    # Recorded from the request's thread: a pool thread's write would not see this test's transaction.
+    records = UsageRecord.objects.filter(user=user)
+    assert {(r.transport, r.api_key_id) for r in records} == {("benchmark", APIKey.objects.find(client.raw_key).pk)}
+    assert sorted((r.prompt_tokens, r.completion_tokens) for r in records) == sorted(
+        (run["prompt_tokens"], run["output_tokens"]) for run in body["results"]["throughput"])
+    assert not ChatSession.objects.exists() and not ChatMessage.objects.exists()  # a benchmark is not a chat
 
 
 def test_percentiles_interpolate_like_numpy():

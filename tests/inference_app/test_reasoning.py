@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from inference_app.reasoning import ThinkSplitter, split_complete, template_uses_think_tags
+from inference_app.reasoning import ThinkSplitter, template_uses_think_tags
 from inference_app.services import ReplyBuilder
 from models_app.serving.engines.contract import GenerationStats
 from models_app.serving.handle import Event
@@ -22,7 +22,13 @@ from models_app.serving.handle import Event
     ],
 )
 def test_whole_replies_split_into_reasoning_and_answer(text, expected):
-    assert split_complete(text) == expected
+    # As the model test reads its reply: through a ReplyBuilder, here with the whole reply in one delta.
+    plan = SimpleNamespace(think_tags=True, request_id="r1", dropped_turns=0, session=None,
+                           model=SimpleNamespace(name="m"))
+    builder = ReplyBuilder(plan)
+    builder.on_event(Event(kind="delta", text=text))
+    builder.on_event(Event(kind="done", stats=GenerationStats(5, 7, "stop", 1.0, 10.0, 700.0)))
+    assert builder.texts() == expected
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7])

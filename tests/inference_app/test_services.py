@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from django.db import IntegrityError
 
 from inference_app import services
 from models_app import runtime as model_runtime
-from inference_app.models import ChatMessage, ChatSession
+from inference_app.models import ChatMessage, ChatSession, UsageRecord
+from models_app.serving.handle import Event
+from models_app.serving.protocol import ErrorCode
 
 
 def _prepare(user, model, **data):
@@ -122,3 +126,30 @@ def test_an_opened_chat_is_cancellable_until_it_has_run_to_its_end_and_stored_it
     assert not active.cancel(run.plan.request_id, user.pk)
     reply = ChatMessage.objects.get(session_id=run.plan.session.id, role="assistant")
     assert reply.content == run.builder.texts()[1] and reply.finish_reason in ("stop", "length")
+
+
+UNLOADED = Event(kind="error", message="cancelled: model unloaded", code=ErrorCode.CANCELLED)
+
+
+def _builder(session):
+    plan = SimpleNamespace(think_tags=False, request_id="r1", dropped_turns=0, session=session,
+                           model=SimpleNamespace(name="m"))
+    builder = services.ReplyBuilder(plan)
+    builder.on_event(Event(kind="delta", text="Par"))
+    return builder
+
+
+def test_a_chat_cut_short_by_an_unload_keeps_its_partial_reply_as_cancelled():
+    builder = _builder(SimpleNamespace(id="s1"))
+    assert builder.on_event(UNLOADED)[-1][0] == "done"
+    assert builder.error is None and builder.finish_reason == "cancelled" and builder.texts()[1] == "Par"
+
+
+@pytest.mark.django_db
+def test_a_model_test_or_benchmark_run_cut_short_by_an_unload_is_a_failure_that_records_no_usage():
+    # A plan without a session keeps no partial reply, and usage counts only what the runner finished.
+    builder = _builder(None)
+    assert builder.on_event(UNLOADED)[-1][0] == "error"
+    assert builder.error == "cancelled: model unloaded" and builder.stats is None
+    assert services.chat_record(builder) is None
+    assert not UsageRecord.objects.exists()
