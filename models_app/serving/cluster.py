@@ -29,20 +29,26 @@ def _at(epoch: float | None) -> datetime | None:
 class ClusterEngineManager(EngineManager):
     def __init__(self, *, placement: RayPlacement, **kwargs):
         kwargs["spares"] = False  # a spare is a local process; a Ray node starts workers itself
+        self._placement: RayPlacement = placement  # before the base's configure(), which hands it the limits
         super().__init__(placement=placement, **kwargs)
-        self._placement: RayPlacement = placement
         self._attach_lock = threading.Lock()
 
     def configure(self, **limits) -> None:
         super().configure(**limits)
-        placement = getattr(self, "_placement", None)
-        if placement is not None:
-            placement.memory_budget_mb, placement.max_loaded_models = self.memory_budget_mb, self.max_loaded_models
+        self._placement.memory_budget_mb, self._placement.max_loaded_models = self.memory_budget_mb, self.max_loaded_models
+        self._placement.shutdown_timeout_s = getattr(self, "shutdown_timeout_s", self._placement.shutdown_timeout_s)
 
     def _choose_victims(self, name: str, needed: float) -> list[_RunnerProcess]:
         return []  # per node, by RayPlacement, with what every web process is doing
 
     def load(self, spec: LoadSpec, *, force_reload: bool = False) -> RunnerInfo:
+        with self._lock:
+            local = self._runners.get(spec.name)
+            if local is not None and local.spec != spec:
+                # Another registry revision: requests already on it finish there (RayPlacement drains the
+                # old runner before it places the new one); new ones go to the new runner.
+                del self._runners[spec.name]
+                local.stopping = True
         super().load(spec, force_reload=force_reload)
         return self.status(spec.name)
 

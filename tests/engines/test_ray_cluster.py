@@ -20,12 +20,18 @@ import psutil
 import pytest
 
 from models_app import services
+from models_app.serving.cluster import ClusterEngineManager
+from models_app.serving.engines.bundled import bundled_gguf_path
+from models_app.serving.engines.contract import GenerationParams, LoadSpec
+from models_app.serving.manager import MemoryBudgetError
+from models_app.serving.ray_placement import RayPlacement, actor_name
 from models_app.bootstrap import bundled_entries
 from tests.envelope import assert_error
 from tests.servers import read_events, start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "ray-smollm2"
 ACCEL = "beautyai_test_accel"  # a custom resource only the second node has
 
@@ -51,7 +57,9 @@ def ray_cluster():
     small = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
     cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
     accel_node = cluster.add_node(**small, resources={ACCEL: 1})
-    ray.init(address=cluster.address, namespace="beautyai", log_to_driver=False)
+    # This test process is a web process too (the manager tests below): its runners import the project.
+    ray.init(address=cluster.address, namespace="beautyai", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}})
     cluster.accel_node = accel_node
     try:
         yield cluster
@@ -136,18 +144,23 @@ def test_two_web_processes_share_one_runner_placed_on_the_node_with_its_resource
     assert reply.status_code == 200, reply.text
     assert reply.json()["response"]
 
-    # A stream through A; A is killed mid-stream; B keeps chatting on the same runner.
-    with a.stream("POST", "/inference/chat", json={"model_name": MODEL, "message": "Count to one hundred.",
-                                                   "stream": True,
-                                                   "generation_config": {"max_tokens": 400}}) as stream:
+    # Idle time counts from the last use on any web process.
+    assert a.get(f"/models/{MODEL}/status").json()["data"]["last_used_at"] == \
+        b.get(f"/models/{MODEL}/status").json()["data"]["last_used_at"]
+
+    # A long stream through A (about 30 s to run out here); A is killed mid-stream.
+    with a.stream("POST", "/inference/chat", json={
+            "model_name": MODEL, "message": "Write the numbers from 1 to 1000, separated by commas.", "stream": True,
+            "generation_config": {"max_tokens": 1500, "temperature": 0}}) as stream:
         assert read_events(stream, stop_after=1)[-1][0] == "delta"
         process_a.send_signal(signal.SIGKILL)
         process_a.wait(30)
+    # The runner cancels the generation of the connection that closed instead of running it out,
+    wait_for(lambda: b.get(f"/models/{MODEL}/status").json()["data"]["active_requests"] == 0, timeout=10)
+    # and keeps serving B.
     reply = b.post("/inference/chat", json={"model_name": MODEL, "message": "Say hello again.",
                                             "generation_config": {"max_tokens": 8, "temperature": 0}})
     assert reply.status_code == 200, reply.text
-    # A's generation was cancelled by the runner when A's connection closed, not left to run out.
-    wait_for(lambda: b.get(f"/models/{MODEL}/status").json()["data"]["active_requests"] == 0)
     assert b.get(f"/models/{MODEL}/status").json()["data"]["pid"] == runner_pid
 
     detailed = b.get("/system/status", params={"detailed": "true"}).json()
@@ -201,3 +214,57 @@ def test_a_model_that_fits_no_node_fails_its_load_at_once_naming_the_missing_res
     assert "beautyai_nowhere=2" in answer["error_message"]
     assert time.monotonic() - started < 30, "refused at once, not after the load timeout"
     assert runner_actors(MODEL) == []
+
+
+def spec_on_accel(name: str, **changes) -> LoadSpec:
+    return LoadSpec(name=name, engine="llama.cpp", model_id=str(bundled_gguf_path()),
+                    parameters={"ray_resources": {ACCEL: 0.1}, "n_ctx": 1024}, **changes)  # a tenth: several fit
+
+
+@pytest.fixture
+def manager(ray_cluster):
+    made = []
+
+    def make(**limits):
+        limits = {"memory_budget_mb": 100_000, "max_loaded_models": 4, **limits}
+        made.append(ClusterEngineManager(placement=RayPlacement(ray_cluster.address), default_keep_alive_s=600,
+                                         load_timeout_s=120, **limits))
+        return made[-1]
+
+    yield make
+    for m in made:
+        for info in m.loaded():
+            m.unload(info.name)
+        m.shutdown()
+
+
+def test_a_full_node_unloads_its_least_recently_used_idle_runner_but_never_one_that_is_generating(manager):
+    cluster = manager(max_loaded_models=2)
+    cluster.load(spec_on_accel("evict-a"))
+    cluster.load(spec_on_accel("evict-b"))
+    list(cluster.generate("evict-a", [{"role": "user", "content": "Hi"}], GenerationParams(max_tokens=2)))
+
+    cluster.load(spec_on_accel("evict-c"))  # the node holds two: b, used least recently, goes
+    assert runner_actors("evict-b") == [] and cluster.status("evict-b").status == "unloaded"
+    assert {i.name for i in cluster.loaded()} >= {"evict-a", "evict-c"}
+
+    busy = [cluster.generate(name, [{"role": "user", "content": "Count to one hundred."}],
+                             GenerationParams(max_tokens=400)) for name in ("evict-a", "evict-c")]
+    for handle in busy:
+        assert next(iter(handle)).kind == "delta"
+    with pytest.raises(MemoryBudgetError, match="busy"):
+        cluster.load(spec_on_accel("evict-d"))
+    for handle in busy:
+        handle.cancel()
+    assert runner_actors("evict-a") and runner_actors("evict-c")
+
+
+def test_a_changed_registry_entry_replaces_the_runner_of_the_older_revision(manager):
+    cluster = manager()
+    old = spec_on_accel("revised")
+    cluster.load(old)
+    new = spec_on_accel("revised", max_new_tokens=old.max_new_tokens + 1)
+    cluster.load(new)
+    assert runner_actors("revised") == [actor_name(new)] != [actor_name(old)]
+    reply = list(cluster.generate("revised", [{"role": "user", "content": "Hi"}], GenerationParams(max_tokens=2)))
+    assert reply[-1].kind == "done"
