@@ -268,3 +268,12 @@ def test_a_changed_registry_entry_replaces_the_runner_of_the_older_revision(mana
     assert runner_actors("revised") == [actor_name(new)] != [actor_name(old)]
     reply = list(cluster.generate("revised", [{"role": "user", "content": "Hi"}], GenerationParams(max_tokens=2)))
     assert reply[-1].kind == "done"
+
+
+def test_a_runner_idle_past_its_keep_alive_is_unloaded_from_the_cluster(manager):
+    cluster = manager()
+    spec = spec_on_accel("short-lived")
+    spec.parameters["keep_alive_seconds"] = 1
+    assert cluster.load(spec).expires_at is not None
+    wait_for(lambda: runner_actors("short-lived") == [], timeout=30)
+    assert cluster.status("short-lived").status == "unloaded"
