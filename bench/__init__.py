@@ -10,4 +10,6 @@ live in their own modules so that the smoke test can run each of them for a few 
 * ``bench.parts``   — the four parts of the issue (streaming, concurrency, management API,
                       load and memory)
 * ``bench.report``  — the JSON, Markdown summary and PNG chart
+* ``bench.ray_channel`` — on its own (``python -m bench.ray_channel``): how tokens should travel from a
+                      Ray runner actor (streaming generator vs the runner protocol over a socket)
 """

@@ -34,6 +34,7 @@ class Options:
     load_cycles: int = 20
     overload_samples: int = 10
     transformers_threads: int | None = None  # n_threads for the transformers entries (both sides); None: default
+    placement: str = "local"  # BENCH_PLACEMENT: local, ray (parts 1-2 on a Ray cluster) or both
 
     def tokens_for(self, engine: str) -> int:
         return self.tokens if engine == "llama.cpp" else self.tokens_transformers

@@ -80,9 +80,12 @@ def _clean(value):
 
 
 def all_checks(results: dict) -> list[dict]:
+    """Every check of the run, the Ray section's (BENCH_PLACEMENT=ray) after those of local placement."""
     checks = []
-    for key in ("part1", "part2", "part3", "part4", "part5"):
-        part = results.get(key)
+    sections = [(results, key) for key in ("part1", "part2", "part3", "part4", "part5")]
+    sections += [(results.get("ray") or {}, key) for key in ("part1", "part2")]
+    for section, key in sections:
+        part = section.get(key)
         if isinstance(part, dict) and "checks" in part:
             checks += part["checks"]
         elif isinstance(part, dict):
@@ -112,6 +115,115 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _parts_1_2(results: dict, level: str = "##", title: str = "") -> list[str]:
+    """The tables of parts 1 and 2 from `results` (the run's, or its Ray section)."""
+    lines: list[str] = []
+    p1 = results.get("part1") or {}
+    if p1:
+        lines += [f"{level} Part 1{title} — streaming overhead (medians)", "",
+                  "| engine | side | decode tok/s | ratio | TTFT ms | added TTFT ms | start event ms | TTFT outside "
+                  "the engine ms | p99 ITL ms | added p99 ITL ms | end-to-end ms | tokens |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for engine, part in p1.items():
+            if not isinstance(part, dict) or "summary" not in part:
+                continue
+            for side, s in part["summary"].items():
+                comp = part["comparisons"].get(side, {})
+                lines.append(
+                    f"| {engine} | {side} | {fmt(s['decode_tps_median'], 1)} | {fmt(comp.get('tps_ratio'), 3)} | "
+                    f"{fmt(s['ttft_ms_median'], 1)} | {fmt(comp.get('added_ttft_ms'), 1)} | "
+                    f"{fmt(s.get('start_ms_median'), 1)} | {fmt(s.get('outside_engine_ttft_ms_median'), 1)} | "
+                    f"{fmt(s['itl_p99_ms_median'], 1)} | {fmt(comp.get('added_itl_p99_ms'), 1)} | "
+                    f"{fmt(s['total_ms_median'], 0)} | {','.join(map(str, s['tokens']))} |")
+        lines += ["", "Start event: when the platform's `start` event (SSE, WebSocket) or first chunk (/v1) arrived — "
+                  "authentication, session and context work done, request handed to the runner. TTFT outside the "
+                  "engine: the client's TTFT minus the engine's own (runner stats; /v1 reports none). Every row is "
+                  "the median of its runs; the runs alternate the sides in rotating order. direct: the engine alone in its "
+                  "own process (bench.direct_worker: a fresh interpreter that imports only that engine, like a "
+                  "runner), timed inside that process.", ""]
+
+    p2 = results.get("part2") or {}
+    if p2:
+        lines += [f"{level} Part 2{title} — concurrency (SSE streams sent together; medians)", "",
+                  "| engine | streams | aggregate tok/s | × 1 stream | per-stream decode tok/s | TTFT p50 ms "
+                  "| TTFT p95 ms | errors |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for engine, part in p2.items():
+            if not isinstance(part, dict) or "summary" not in part:
+                continue
+            single = part["summary"]["1"]["aggregate_tps_median"]
+            for side, s in part["summary"].items():
+                rel = None if not single or s["aggregate_tps_median"] is None else s["aggregate_tps_median"] / single
+                label = "1 (engine alone, no platform)" if side == "direct-1" else side
+                lines.append(f"| {engine} ({part['model']}) | {label} | {fmt(s['aggregate_tps_median'], 1)} | "
+                             f"{fmt(rel, 2)} | {fmt(s['per_stream_decode_tps_median'], 1)} | "
+                             f"{fmt(s['ttft_ms_p50_median'], 0)} | {fmt(s['ttft_ms_p95_median'], 0)} | "
+                             f"{s['errors_total']} |")
+        for engine, part in p2.items():
+            ov = part.get("overload") if isinstance(part, dict) else None
+            if ov:
+                lines += ["", f"Overload ({engine}, max_queue={ov['max_queue']}, slot and queue full): "
+                          f"{len(ov['sequential'])} sequential chats answered "
+                          f"{sorted({s['status'] for s in ov['sequential']})} in p50 "
+                          f"{fmt(ov['sequential_ms_p50'], 1)} ms / max {fmt(ov['sequential_ms_max'], 1)} ms; a burst "
+                          f"of {ov['burst_size']} answered {ov['burst_statuses']} in p50 {fmt(ov['burst_ms_p50'], 1)} "
+                          f"ms / max {fmt(ov['burst_ms_max'], 1)} ms.", ""]
+        lines.append("")
+    return lines
+
+
+def _ray_section(results: dict) -> list[str]:
+    """BENCH_PLACEMENT=ray: the same parts 1-2 through runners that are Ray actors, next to local placement."""
+    ray = results.get("ray")
+    if not ray:
+        return []
+    cluster = ray.get("cluster") or {}
+    la0, la1 = ray.get("loadavg_start"), ray.get("loadavg_end")
+    lines = ["## Ray placement (BENCH_PLACEMENT=ray) — parts 1–2", "",
+             f"The same parts against a second private server started with BEAUTYAI_PLACEMENT=ray: its runners are "
+             f"named Ray actors on a one-node Ray {cluster.get('ray', '?')} cluster on 127.0.0.1 "
+             f"({cluster.get('num_cpus', '?')} CPUs, object store {fmt((cluster.get('object_store_bytes') or 0) / 1e6, 0)} MB) "
+             "started for the run and stopped after it; tokens reach the web process over the runner's "
+             "authenticated socket (runner protocol), not as Ray objects. Same direct-engine baseline (its own "
+             "process, alternating with the platform's sides) and the same targets (in the Targets table as "
+             "part \"1 ray\" / \"2 ray\")."
+             + (f" Load average (1 min) {la0[0]:.2f} when the Ray parts started, {la1[0]:.2f} when they ended."
+                if la0 and la1 else ""), ""]
+    local1, ray1 = results.get("part1") or {}, ray.get("part1") or {}
+    rows = []
+    for engine, part in ray1.items():
+        if not isinstance(part, dict) or "comparisons" not in part:
+            continue
+        other = (local1.get(engine) or {}).get("comparisons") or {}
+        for transport, comp in part["comparisons"].items():
+            loc = other.get(transport) or {}
+            rows.append(f"| {engine} | {transport} | {fmt(loc.get('tps_ratio'), 3)} | {fmt(comp.get('tps_ratio'), 3)} | "
+                        f"{fmt(loc.get('added_ttft_ms'), 1)} | {fmt(comp.get('added_ttft_ms'), 1)} | "
+                        f"{fmt(loc.get('added_itl_p99_ms'), 1)} | {fmt(comp.get('added_itl_p99_ms'), 1)} |")
+    if rows:
+        lines += ["| engine | transport | tok/s ÷ direct, local | tok/s ÷ direct, ray | added TTFT ms, local "
+                  "| added TTFT ms, ray | added p99 ITL ms, local | added p99 ITL ms, ray |",
+                  "|---|---|---|---|---|---|---|---|", *rows,
+                  "", "Targets: ratio ≥ 0.95, added TTFT ≤ 20 ms, added p99 ITL ≤ 5 ms. Each column is against its "
+                  "own direct baseline, measured alternately with it; n/a: not run with that placement.", ""]
+    local2, ray2 = results.get("part2") or {}, ray.get("part2") or {}
+    rows = []
+    for engine, part in ray2.items():
+        if not isinstance(part, dict) or "summary" not in part:
+            continue
+        other = (local2.get(engine) or {}).get("summary") or {}
+        for side in [str(n) for n in part.get("levels", [])]:
+            loc, here = other.get(side) or {}, part["summary"].get(side) or {}
+            rows.append(f"| {engine} | {side} | {fmt(loc.get('aggregate_tps_median'), 1)} | "
+                        f"{fmt(here.get('aggregate_tps_median'), 1)} | {loc.get('errors_total', 'n/a')} | "
+                        f"{here.get('errors_total', 'n/a')} |")
+    if rows:
+        lines += ["| engine | streams | aggregate tok/s, local | aggregate tok/s, ray | errors, local | errors, ray |",
+                  "|---|---|---|---|---|---|", *rows, ""]
+    lines += _parts_1_2(ray, level="###", title=" on Ray")
+    return lines
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     o = results["options"]
@@ -139,7 +251,9 @@ def markdown(results: dict) -> str:
         f"{', '.join(map(str, o['parts']))}; engines {', '.join(o['engines'])}; soak {o['soak_seconds']:.0f} s; "
         f"wall time {results.get('wall_s', 0) / 60:.1f} min"
         + (f"; transformers entries run with n_threads={o['transformers_threads']}" if o.get("transformers_threads")
-           else "") + ".",
+           else "")
+        + (f"; placement {o['placement']} (parts 1–2 {'also ' if o['placement'] == 'both' else ''}through runners "
+           "on a Ray cluster: see \"Ray placement\")" if o.get("placement") in ("ray", "both") else "") + ".",
         "",
     ]
     if "transformers" in o["engines"] and o["tokens_transformers"] != o["tokens"]:
@@ -150,7 +264,8 @@ def markdown(results: dict) -> str:
     lines += ["## Targets", "", "| part | engine | figure | target | measured | result |", "|---|---|---|---|---|---|"]
     for c in checks:
         measured = _measured(c["measured"]) + (f" ({c['note']})" if c.get("note") else "")
-        lines.append(f"| {c['part']} | {c['engine'] or '—'} | {_cell(c['what'])} | {_cell(c['target'])} | "
+        part = f"{c['part']} ray" if c.get("placement") == "ray" else c["part"]
+        lines.append(f"| {part} | {c['engine'] or '—'} | {_cell(c['what'])} | {_cell(c['target'])} | "
                      f"{_cell(measured)} | {_verdict(c['passed'])} |")
     passed = sum(1 for c in checks if c["passed"] is True)
     failed = sum(1 for c in checks if c["passed"] is False)
@@ -160,57 +275,8 @@ def markdown(results: dict) -> str:
     for error in results.get("errors", []):
         lines += [f"**Part {error['part']} did not finish:** `{_cell(error['error'])}`", ""]
 
-    p1 = results.get("part1") or {}
-    if p1:
-        lines += ["## Part 1 — streaming overhead (medians)", "",
-                  "| engine | side | decode tok/s | ratio | TTFT ms | added TTFT ms | start event ms | TTFT outside "
-                  "the engine ms | p99 ITL ms | added p99 ITL ms | end-to-end ms | tokens |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for engine, part in p1.items():
-            if not isinstance(part, dict) or "summary" not in part:
-                continue
-            for side, s in part["summary"].items():
-                comp = part["comparisons"].get(side, {})
-                lines.append(
-                    f"| {engine} | {side} | {fmt(s['decode_tps_median'], 1)} | {fmt(comp.get('tps_ratio'), 3)} | "
-                    f"{fmt(s['ttft_ms_median'], 1)} | {fmt(comp.get('added_ttft_ms'), 1)} | "
-                    f"{fmt(s.get('start_ms_median'), 1)} | {fmt(s.get('outside_engine_ttft_ms_median'), 1)} | "
-                    f"{fmt(s['itl_p99_ms_median'], 1)} | {fmt(comp.get('added_itl_p99_ms'), 1)} | "
-                    f"{fmt(s['total_ms_median'], 0)} | {','.join(map(str, s['tokens']))} |")
-        lines += ["", "Start event: when the platform's `start` event (SSE, WebSocket) or first chunk (/v1) arrived — "
-                  "authentication, session and context work done, request handed to the runner. TTFT outside the "
-                  "engine: the client's TTFT minus the engine's own (runner stats; /v1 reports none). Every row is "
-                  "the median of its runs; the runs alternate the sides in rotating order. direct: the engine alone in its "
-                  "own process (bench.direct_worker: a fresh interpreter that imports only that engine, like a "
-                  "runner), timed inside that process.", ""]
-
-    p2 = results.get("part2") or {}
-    if p2:
-        lines += ["## Part 2 — concurrency (SSE streams sent together; medians)", "",
-                  "| engine | streams | aggregate tok/s | × 1 stream | per-stream decode tok/s | TTFT p50 ms "
-                  "| TTFT p95 ms | errors |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for engine, part in p2.items():
-            if not isinstance(part, dict) or "summary" not in part:
-                continue
-            single = part["summary"]["1"]["aggregate_tps_median"]
-            for side, s in part["summary"].items():
-                rel = None if not single or s["aggregate_tps_median"] is None else s["aggregate_tps_median"] / single
-                label = "1 (engine alone, no platform)" if side == "direct-1" else side
-                lines.append(f"| {engine} ({part['model']}) | {label} | {fmt(s['aggregate_tps_median'], 1)} | "
-                             f"{fmt(rel, 2)} | {fmt(s['per_stream_decode_tps_median'], 1)} | "
-                             f"{fmt(s['ttft_ms_p50_median'], 0)} | {fmt(s['ttft_ms_p95_median'], 0)} | "
-                             f"{s['errors_total']} |")
-        for engine, part in p2.items():
-            ov = part.get("overload") if isinstance(part, dict) else None
-            if ov:
-                lines += ["", f"Overload ({engine}, max_queue={ov['max_queue']}, slot and queue full): "
-                          f"{len(ov['sequential'])} sequential chats answered "
-                          f"{sorted({s['status'] for s in ov['sequential']})} in p50 "
-                          f"{fmt(ov['sequential_ms_p50'], 1)} ms / max {fmt(ov['sequential_ms_max'], 1)} ms; a burst "
-                          f"of {ov['burst_size']} answered {ov['burst_statuses']} in p50 {fmt(ov['burst_ms_p50'], 1)} "
-                          f"ms / max {fmt(ov['burst_ms_max'], 1)} ms.", ""]
-        lines.append("")
+    lines += _parts_1_2(results)
+    lines += _ray_section(results)
 
     p3 = results.get("part3") or {}
     if p3.get("summary"):

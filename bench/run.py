@@ -15,6 +15,11 @@ Options (environment):
   BENCH_MGMT_SECONDS          seconds per management-API measurement (default 3)
   BENCH_TRANSFORMERS_THREADS  n_threads for the transformers entries, on both sides (default: half the logical
                               cores, as llama.cpp's own default; 0: torch's own, all physical cores)
+  BENCH_PLACEMENT             local (default), ray or both: with ray, parts 1-2 run (again, for both) against a
+                              server whose runners are Ray actors (BEAUTYAI_PLACEMENT=ray) on a one-node Ray
+                              cluster on 127.0.0.1 started for the run and stopped after it; same direct-engine
+                              baseline and targets; reported in the "Ray placement" section. Other parts always
+                              run with local placement.
   BENCH_RESULTS_DIR           where the outputs go (default bench/results)
 
 Writes <stamp>.json, <stamp>.md, <stamp>.png and latest.md. Targets are reported, not asserted:
@@ -32,9 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import clients, parts, report
-from bench.server import BenchServer
+from bench.server import BenchServer, RayHead
 
 ENGINES = ("llama.cpp", "transformers")
+PLACEMENTS = ("local", "ray", "both")
+RAY_PARTS = (1, 2)  # the parts that have a Ray column
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -56,6 +63,11 @@ def options_from_env() -> parts.Options:
     engines = tuple(e.strip() for e in engines_raw.split(",") if e.strip())
     if not engines or any(e not in ENGINES for e in engines):
         raise SystemExit(f"BENCH_ENGINES: a comma-separated subset of {','.join(ENGINES)}")
+    placement = (os.environ.get("BENCH_PLACEMENT") or "local").strip()
+    if placement not in PLACEMENTS:
+        raise SystemExit(f"BENCH_PLACEMENT: one of {', '.join(PLACEMENTS)}")
+    if placement == "ray" and not set(selected) & set(RAY_PARTS):
+        raise SystemExit("BENCH_PLACEMENT=ray measures parts 1 and 2 only; BENCH_PARTS has neither")
     return parts.Options(
         runs=_int("BENCH_RUNS", 5),
         tokens=_int("BENCH_TOKENS", 128, minimum=2),
@@ -69,6 +81,7 @@ def options_from_env() -> parts.Options:
         # the rest, and an engine spread over every core stalls whenever they run (its threads wait for
         # the slowest one), which would charge the client's CPU to the platform.
         transformers_threads=_int("BENCH_TRANSFORMERS_THREADS", max(1, (os.cpu_count() or 2) // 2), minimum=0) or None,
+        placement=placement,
     )
 
 
@@ -77,17 +90,101 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _plan(bench: parts.Bench, selected: tuple[int, ...]) -> list:
+    opts = bench.opts
+    plan = []
+    if 1 in selected:
+        plan += [(1, e, lambda e=e: parts.part_streaming(bench, e)) for e in opts.engines]
+    if 2 in selected:
+        plan += [(2, e, lambda e=e: parts.part_concurrency(bench, e)) for e in opts.engines]
+    if 3 in selected:
+        plan.append((3, None, lambda: parts.part_management(bench)))
+    if 4 in selected:
+        plan.append((4, None, lambda: parts.part_load_memory(bench)))
+    if 5 in selected:
+        plan += [(5, e, lambda e=e: parts.part_constrained(bench, e)) for e in opts.engines]
+    return plan
+
+
+def _run_plan(bench: parts.Bench, selected: tuple[int, ...], into: dict, errors: list, label: str = "") -> None:
+    """Runs the parts in `selected`, each result under into["part<n>"] (by engine where there is one);
+    a part that fails is recorded in `errors` and the next one runs."""
+    for number, engine, fn in _plan(bench, selected):
+        key = f"part{number}"
+        load_before = list(os.getloadavg())
+        try:
+            value = fn()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            bench.log(f"{label}part {number} {engine or ''} failed: {exc!r}")
+            errors.append({"part": f"{label}{number}{' ' + engine if engine else ''}",
+                           "error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc(),
+                           "server_log_tail": bench.server.log_tail()})
+            continue
+        value["loadavg_before"], value["loadavg_after"] = load_before, list(os.getloadavg())
+        if engine is None:
+            into[key] = value
+        else:
+            into.setdefault(key, {})[engine] = value
+
+
+def _ray_checks(part: dict) -> None:
+    """Marks a part's checks as the Ray column's: ids prefixed, placement named."""
+    for check in part.get("checks", []):
+        check["id"], check["placement"] = f"ray.{check['id']}", "ray"
+
+
+def run_on_ray(opts: parts.Options, selected: tuple[int, ...], results: dict, started: float) -> None:
+    """Parts 1-2 against a server whose runners are actors on a one-node Ray cluster (BEAUTYAI_PLACEMENT=ray);
+    into results["ray"]. The cluster and the server stop whatever happens."""
+    head = RayHead()
+    server = None
+    section: dict = {"parts": list(selected), "loadavg_start": list(os.getloadavg())}
+    results["ray"] = section
+    bench = parts.Bench(server=None, opts=opts, started=started)  # its server once the cluster is up
+    try:
+        bench.log("ray: starting a one-node Ray cluster on 127.0.0.1")
+        head.start()
+        section["cluster"] = head.describe()
+        server = bench.server = BenchServer(extra_env=head.server_env())
+        bench.log(f"ray: starting a private server placing runners on {head.address} (data dir {server.data_dir})")
+        server.start()
+        section["server"] = {"url": server.url, "pid": server.pid}
+        _run_plan(bench, selected, section, results["errors"], label="ray ")
+        for key in ("part1", "part2"):
+            for engine_part in (section.get(key) or {}).values():
+                _ray_checks(engine_part)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        results["errors"].append({"part": "ray setup", "error": f"{exc.__class__.__name__}: {exc}",
+                                  "traceback": traceback.format_exc(),
+                                  "server_log_tail": server.log_tail() if server else ""})
+    finally:
+        try:
+            if server is not None:
+                bench.log("ray: stopping the server")
+                section["server_stop"] = server.stop()
+        finally:
+            bench.log("ray: stopping the Ray cluster")
+            head.stop()
+            section["loadavg_end"] = list(os.getloadavg())
+
+
 def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    local_parts = opts.parts if opts.placement != "ray" else tuple(p for p in opts.parts if p not in RAY_PARTS)
+    ray_parts = tuple(p for p in opts.parts if p in RAY_PARTS) if opts.placement != "local" else ()
     results: dict = {
         "stamp": stamp,
         "options": {"runs": opts.runs, "tokens": opts.tokens, "tokens_transformers": opts.tokens_transformers,
                     "parts": list(opts.parts), "engines": list(opts.engines), "soak_seconds": opts.soak_seconds,
                     "levels": list(opts.levels), "mgmt_clients": opts.mgmt_clients,
                     "mgmt_seconds": opts.mgmt_seconds, "load_cycles": opts.load_cycles,
-                    "transformers_threads": opts.transformers_threads},
+                    "transformers_threads": opts.transformers_threads, "placement": opts.placement},
         "prompt": clients.PROMPT,
         "machine": report.machine_info(),
         "loadavg_start": list(os.getloadavg()),
@@ -97,60 +194,35 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
     server = BenchServer()
     bench = parts.Bench(server=server, opts=opts)
     sampler = None
-    bench.log(f"starting a private server (data dir {server.data_dir}); loadavg {results['loadavg_start']}")
     try:
-        if set(opts.parts) - {5}:  # part 5 runs the engines alone, without the platform
-            server.start()
-            results["server"] = {"url": server.url, "pid": server.pid}
-            sampler = parts.Sampler(bench)
-            sampler.start()
-        plan = []
-        if 1 in opts.parts:
-            plan += [(1, e, lambda e=e: parts.part_streaming(bench, e)) for e in opts.engines]
-        if 2 in opts.parts:
-            plan += [(2, e, lambda e=e: parts.part_concurrency(bench, e)) for e in opts.engines]
-        if 3 in opts.parts:
-            plan.append((3, None, lambda: parts.part_management(bench)))
-        if 4 in opts.parts:
-            plan.append((4, None, lambda: parts.part_load_memory(bench)))
-        if 5 in opts.parts:
-            plan += [(5, e, lambda e=e: parts.part_constrained(bench, e)) for e in opts.engines]
-        for number, engine, fn in plan:
-            key = f"part{number}"
-            load_before = list(os.getloadavg())
+        try:
+            if set(local_parts) - {5}:  # part 5 runs the engines alone, without the platform
+                bench.log(f"starting a private server (data dir {server.data_dir}); loadavg {results['loadavg_start']}")
+                server.start()
+                results["server"] = {"url": server.url, "pid": server.pid}
+                sampler = parts.Sampler(bench)
+                sampler.start()
+            _run_plan(bench, local_parts, results, results["errors"])
+            p1t = (results.get("part1") or {}).get("transformers")
+            if p1t:
+                results["part1_transformers_gguf_load"] = {"model": p1t["model"], "platform_s": p1t["platform_load_s"],
+                                                           "direct_s": p1t["direct_load_s"]}
+        finally:
             try:
-                value = fn()
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                bench.log(f"part {number} {engine or ''} failed: {exc!r}")
-                results["errors"].append({"part": f"{number}{' ' + engine if engine else ''}",
-                                          "error": f"{exc.__class__.__name__}: {exc}",
-                                          "traceback": traceback.format_exc(),
-                                          "server_log_tail": server.log_tail()})
-                continue
-            value["loadavg_before"], value["loadavg_after"] = load_before, list(os.getloadavg())
-            if engine is None:
-                results[key] = value
-            else:
-                results.setdefault(key, {})[engine] = value
-        p1t = (results.get("part1") or {}).get("transformers")
-        if p1t:
-            results["part1_transformers_gguf_load"] = {"model": p1t["model"], "platform_s": p1t["platform_load_s"],
-                                                       "direct_s": p1t["direct_load_s"]}
+                if sampler is not None:
+                    sampler.stop()
+                    results["timeline"] = sampler.samples
+            finally:
+                if server.process is not None:
+                    bench.log("stopping the server")
+                results["server_stop"] = server.stop()
+        if ray_parts:
+            run_on_ray(opts, ray_parts, results, bench.started)
     except KeyboardInterrupt as exc:
         results["errors"].append({"part": "all", "error": f"interrupted ({exc})", "traceback": ""})
     except Exception as exc:
         results["errors"].append({"part": "setup", "error": f"{exc.__class__.__name__}: {exc}",
                                   "traceback": traceback.format_exc(), "server_log_tail": server.log_tail()})
-    finally:
-        try:
-            if sampler is not None:
-                sampler.stop()
-                results["timeline"] = sampler.samples
-        finally:
-            bench.log("stopping the server")
-            results["server_stop"] = server.stop()
     results["loadavg_end"] = list(os.getloadavg())
     results["wall_s"] = time.perf_counter() - started
     paths = report.write_outputs(results, out_dir)

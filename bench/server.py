@@ -39,6 +39,84 @@ BENCH_ENV = {
 DROPPED_ENV = ("DATABASE_URL", "REDIS_URL", "BEAUTYAI_MODEL_ROOTS", "DJANGO_DEBUG", "BEAUTYAI_DATA_DIR")
 
 
+class RayHead:
+    """A one-node Ray cluster on 127.0.0.1 for BENCH_PLACEMENT=ray: Ray's own ``ray.cluster_utils.Cluster``
+    inside the benchmark's process, so every Ray process it starts (GCS, raylet, workers, the runner
+    actors) is a child of this process and ends with ``stop()``. Never ``ray stop``: that ends every
+    Ray cluster on the host, other people's included. Starting a head also rewrites the host's "current
+    cluster" file (what ``ray.init("auto")`` reads) and stopping it deletes that file; both times the
+    previous content is put back, so a cluster someone else runs here stays the one "auto" finds."""
+
+    # Ray reads this when it starts a node and when a driver connects: every process binds 127.0.0.1.
+    ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+    def __init__(self, num_cpus: int = 2, object_store_bytes: int = 80_000_000):
+        self.num_cpus, self.object_store_bytes = num_cpus, object_store_bytes
+        self.cluster = None
+        self.address: str | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._address_file: Path | None = None
+        self._previous_address: str | None = None
+
+    def start(self) -> "RayHead":
+        # Before Ray is imported: it reads the variable into a constant at import.
+        self._saved_env = {k: os.environ.get(k) for k in self.ENV}
+        os.environ.update(self.ENV)
+        try:
+            from ray._common.utils import get_ray_address_file
+            from ray.cluster_utils import Cluster
+        except ImportError as exc:
+            raise ServerError(f"BENCH_PLACEMENT=ray needs Ray in this environment ({exc})") from None
+        self._address_file = Path(get_ray_address_file(None))
+        try:
+            self._previous_address = self._address_file.read_text()
+        except OSError:
+            self._previous_address = None
+        try:
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": self.num_cpus, "object_store_memory": self.object_store_bytes,
+                "include_dashboard": False, "node_ip_address": "127.0.0.1"})
+        finally:
+            self._restore_address_file()
+        self.address = self.cluster.address
+        return self
+
+    def _restore_address_file(self) -> None:
+        if self._address_file is None:
+            return
+        try:
+            if self._previous_address is None:
+                self._address_file.unlink(missing_ok=True)
+            else:
+                self._address_file.write_text(self._previous_address)
+        except OSError:
+            pass
+
+    def server_env(self) -> dict:
+        """What a BenchServer needs to place its runners on this cluster."""
+        return {"BEAUTYAI_PLACEMENT": "ray", "RAY_ADDRESS": self.address, **self.ENV}
+
+    def describe(self) -> dict:
+        import ray
+
+        return {"address": self.address, "ray": ray.__version__, "num_cpus": self.num_cpus,
+                "object_store_bytes": self.object_store_bytes, "nodes": 1}
+
+    def stop(self) -> None:
+        try:
+            if self.cluster is not None:
+                self.cluster.shutdown()
+                self.cluster = None
+        finally:
+            self._restore_address_file()
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            self._saved_env = {}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

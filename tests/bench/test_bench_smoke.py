@@ -51,6 +51,68 @@ def test_options_from_env(monkeypatch):
         options_from_env()
 
 
+def test_placement_option_defaults_to_local_and_ray_needs_part_1_or_2(monkeypatch):
+    from bench.run import options_from_env
+
+    monkeypatch.delenv("BENCH_PLACEMENT", raising=False)
+    monkeypatch.setenv("BENCH_PARTS", "1,5")
+    assert options_from_env().placement == "local"  # `make bench` unchanged unless asked
+    monkeypatch.setenv("BENCH_PLACEMENT", "both")
+    assert options_from_env().placement == "both"
+    monkeypatch.setenv("BENCH_PLACEMENT", "kubernetes")
+    with pytest.raises(SystemExit):
+        options_from_env()
+    monkeypatch.setenv("BENCH_PLACEMENT", "ray")
+    monkeypatch.setenv("BENCH_PARTS", "3")
+    with pytest.raises(SystemExit):
+        options_from_env()  # the Ray column has parts 1 and 2 only
+
+
+def _fake_part1(tps_ratio: float) -> dict:
+    side = {"decode_tps_median": 50.0, "ttft_ms_median": 30.0, "start_ms_median": 5.0,
+            "outside_engine_ttft_ms_median": 4.0, "itl_p99_ms_median": 25.0, "total_ms_median": 2600.0,
+            "tokens": [128]}
+    comparison = {"tps_ratio": tps_ratio, "added_ttft_ms": 4.0, "added_itl_p99_ms": 1.0}
+    return {"engine": "llama.cpp", "model": LLAMA, "tokens": 128,
+            "summary": {s: side for s in ("direct", "sse", "websocket", "v1")},
+            "comparisons": {t: comparison for t in ("sse", "websocket", "v1")},
+            "checks": [parts.check("1.llama.cpp.sse.tps", 1, "llama.cpp", "decode tokens/s, sse ÷ direct", "≥ 0.95",
+                                   tps_ratio, tps_ratio >= 0.95)]}
+
+
+def _fake_part2(aggregate: float) -> dict:
+    row = {"aggregate_tps_median": aggregate, "per_stream_decode_tps_median": 40.0, "ttft_ms_p50_median": 30.0,
+           "ttft_ms_p95_median": 60.0, "errors_total": 0}
+    return {"engine": "llama.cpp", "model": LLAMA, "levels": [1, 4, 16],
+            "summary": {s: row for s in ("direct-1", "1", "4", "16")}, "checks": []}
+
+
+def test_report_puts_the_ray_column_next_to_local_placement(tmp_path):
+    from bench.run import _ray_checks
+
+    ray_part1 = _fake_part1(0.812)
+    _ray_checks(ray_part1)
+    doc = {"stamp": "ray", "options": {"runs": 1, "tokens": 128, "tokens_transformers": 16, "parts": [1, 2],
+                                       "engines": ["llama.cpp"], "soak_seconds": 1, "placement": "both"},
+           "prompt": clients.PROMPT, "machine": report.machine_info(), "loadavg_start": [1.0, 1.0, 1.0],
+           "loadavg_end": [1.0, 1.0, 1.0], "errors": [],
+           "part1": {"llama.cpp": _fake_part1(0.987)}, "part2": {"llama.cpp": _fake_part2(45.0)},
+           "ray": {"cluster": {"ray": "2.60.0", "num_cpus": 2, "object_store_bytes": 80_000_000},
+                   "loadavg_start": [1.5, 1.0, 1.0], "loadavg_end": [1.7, 1.0, 1.0],
+                   "part1": {"llama.cpp": ray_part1}, "part2": {"llama.cpp": _fake_part2(41.0)}}}
+    summary = report.markdown(doc)
+
+    assert "## Ray placement (BENCH_PLACEMENT=ray) — parts 1–2" in summary
+    # One row per transport: local and ray ratios side by side, each against its own direct baseline.
+    assert "| llama.cpp | sse | 0.987 | 0.812 | 4.0 | 4.0 | 1.0 | 1.0 |" in summary
+    assert "| llama.cpp | 16 | 45.0 | 41.0 | 0 | 0 |" in summary
+    assert "### Part 1 on Ray — streaming overhead" in summary and "### Part 2 on Ray — concurrency" in summary
+    # The Ray column's checks are targets like the others, marked with their placement.
+    assert "| 1 ray | llama.cpp | decode tokens/s, sse ÷ direct | ≥ 0.95 | 0.812 | **FAIL** |" in summary
+    assert "| 1 | llama.cpp | decode tokens/s, sse ÷ direct | ≥ 0.95 | 0.987 | pass |" in summary
+    assert "1 pass, 1 fail" in summary
+
+
 def test_harness_end_to_end_for_a_few_tokens(tmp_path):
     opts = parts.Options(runs=1, tokens=TOKENS, tokens_transformers=TOKENS, parts=(1,), engines=("llama.cpp",),
                          soak_seconds=1, mgmt_seconds=0.3)
