@@ -120,7 +120,7 @@ def session_get_for_user(*, user, session_id) -> ChatSession:
 
 def ensure_loaded(*, user, model: ModelConfig) -> None:
     """Loads on demand when the caller may load this model (as Ollama does); otherwise 409."""
-    if selectors.model_status(model.name)["status"] == "loaded":
+    if selectors.model_is_loaded(model.name):
         return
     if not has_on(user, "model_load", model):
         raise errors.ConflictError(f"Model '{model.name}' is not loaded.", details={"model_name": model.name})

@@ -134,7 +134,8 @@ def statuses() -> dict[str, dict]:
 
 
 def is_loaded(name: str) -> bool:
-    return status(name)["status"] == "loaded"
+    manager = manager_if_started()
+    return manager is not None and manager.is_loaded(name)
 
 
 def load(model, *, force_reload: bool = False, user=None) -> dict:

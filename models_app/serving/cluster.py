@@ -102,6 +102,11 @@ class ClusterEngineManager(EngineManager):
             info.status, info.last_error = "error", error[0]
         return info
 
+    def is_loaded(self, name: str) -> bool:
+        # Every chat asks this first: a runner this process is connected to answers without a Ray call
+        # (its connection ends, and its entry with it, when the runner stops anywhere).
+        return super().is_loaded(name) or self.status(name).status == "loaded"
+
     def loaded(self) -> list[RunnerInfo]:
         out = {}
         for actor, info in self._placement.infos().items():

@@ -518,6 +518,11 @@ class EngineManager(SparesMixin):
             runner = self._runners.get(name)
         return self._snapshot(runner, name)
 
+    def is_loaded(self, name: str) -> bool:
+        with self._lock:
+            runner = self._runners.get(name)
+            return runner is not None and runner.status == "loaded"
+
     def loaded(self) -> list[RunnerInfo]:
         with self._lock:
             runners = [r for r in self._runners.values() if r.status in ("loaded", "loading")]

@@ -79,10 +79,13 @@ def loopback(ip: str) -> bool:
     return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
-def pids_mapping(path: str) -> set[int]:
-    """Processes of this test (its Ray nodes, their workers, its web processes) that map ``path``."""
+def pids_mapping(path: str, web_pids: list[int]) -> set[int]:
+    """Processes of the cluster's nodes (their workers) and of the web processes (with anything they
+    spawned) that map ``path``; not this test process's own runners, which other tests may have started."""
+    raylets = [p for p in psutil.Process().children(recursive=True) if "raylet" in p.name()]
+    web = [psutil.Process(pid) for pid in web_pids]
     pids = set()
-    for process in psutil.Process().children(recursive=True):
+    for process in [*web, *(c for p in [*raylets, *web] for c in p.children(recursive=True))]:
         try:
             if path in Path(f"/proc/{process.pid}/maps").read_text():
                 pids.add(process.pid)
@@ -131,7 +134,7 @@ def test_two_web_processes_share_one_runner_placed_on_the_node_with_its_resource
     assert status["status"] == "loaded"
     assert status["node_id"] == ray_cluster.accel_node.node_id and status["node_address"] == "127.0.0.1"
     runner_pid = status["pid"]
-    assert pids_mapping(model.model_id) == {runner_pid}, "one copy of the model in the cluster"
+    assert pids_mapping(model.model_id, [process_a.pid, process_b.pid]) == {runner_pid}, "one copy in the cluster"
 
     # Nothing Ray started (nor the runner's own channel) listens beyond loopback.
     ours = psutil.Process().children(recursive=True)
