@@ -318,6 +318,11 @@ class _RayConnection(RunnerConnection):
         self.pid, self.node_id = endpoint["pid"], endpoint["node_id"]
         if "load_error" in endpoint:
             self._failed_load = True
+            # The actor holds the model's name: a failed one must go, or every later load would find it.
+            try:
+                ray.kill(self._actor, no_restart=True)
+            except Exception:
+                pass
             return p.decode(endpoint["load_error"])
         self._conn = Client(tuple(endpoint["address"]), authkey=endpoint["authkey"])
         _nodelay(self._conn)

@@ -22,7 +22,7 @@ import pytest
 from models_app import services
 from models_app.serving.cluster import ClusterEngineManager
 from models_app.serving.engines.bundled import bundled_gguf_path
-from models_app.serving.engines.contract import GenerationParams, LoadSpec
+from models_app.serving.engines.contract import EngineLoadError, GenerationParams, LoadSpec
 from models_app.serving.manager import MemoryBudgetError
 from models_app.serving.ray_placement import RayPlacement, actor_name
 from models_app.bootstrap import bundled_entries
@@ -50,6 +50,7 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.2):
 @pytest.fixture(scope="module")
 def ray_cluster():
     # Every Ray node binds 127.0.0.1 (Ray reads this when it starts a node).
+    before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
     from ray.cluster_utils import Cluster
@@ -66,6 +67,10 @@ def ray_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if before is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = before
 
 
 def runner_actors(model: str) -> list[str]:
@@ -280,3 +285,15 @@ def test_a_runner_idle_past_its_keep_alive_is_unloaded_from_the_cluster(manager)
     assert cluster.load(spec).expires_at is not None
     wait_for(lambda: runner_actors("short-lived") == [], timeout=30)
     assert cluster.status("short-lived").status == "unloaded"
+
+
+def test_a_load_that_fails_in_the_runner_leaves_no_actor_holding_the_name(manager, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    cluster = manager()
+    spec = LoadSpec(name="broken", engine="llama.cpp", model_id=str(broken),
+                    parameters={"ray_resources": {ACCEL: 0.1}})
+    for _ in range(2):  # the second load meets no leftover of the first
+        with pytest.raises(EngineLoadError, match="not a valid GGUF file"):
+            cluster.load(spec)
+    wait_for(lambda: runner_actors("broken") == [], timeout=30)
