@@ -297,3 +297,15 @@ def test_a_load_that_fails_in_the_runner_leaves_no_actor_holding_the_name(manage
         with pytest.raises(EngineLoadError, match="not a valid GGUF file"):
             cluster.load(spec)
     wait_for(lambda: runner_actors("broken") == [], timeout=30)
+
+
+def test_a_model_whose_resources_are_taken_fails_its_load_at_the_timeout_naming_them(manager):
+    cluster = manager()
+    cluster.load(spec_on_accel("holder"))  # holds a tenth of the only node's accelerator resource
+    impatient = manager()
+    impatient.configure(memory_budget_mb=100_000, max_loaded_models=4, default_keep_alive_s=600, load_timeout_s=5)
+    whole = LoadSpec(name="needs-all", engine="llama.cpp", model_id=str(bundled_gguf_path()),
+                     parameters={"ray_resources": {ACCEL: 1}})
+    with pytest.raises(EngineLoadError, match=f"timed out after 5s: no node had {ACCEL}=1"):
+        impatient.load(whole)
+    wait_for(lambda: runner_actors("needs-all") == [], timeout=30)
