@@ -4,7 +4,8 @@ Every transport (REST, SSE, WebSocket, /v1, /v1/messages) calls ``chat_open``, w
 ``chat_prepare`` (access, session, context, on-demand load) and ``chat_start`` (submits to the
 model's runner, then stores the user message), registers the generation for cancels and answers a
 ``ChatRun``: its ``ReplyBuilder`` is fed with the runner's events (``events()`` streamed,
-``run_to_end()`` not), and ``chat_record`` stores its result once per reply. Each transport keeps
+``run_to_end()`` not), and ``chat_record`` stores its result once per reply (or, with Ray placement,
+``store_orphaned_reply`` in another web process when this one dies mid-reply). Each transport keeps
 only its wire format. The model test and each benchmark run go the same way from a
 ``prompt_plan``: a plan without a session, so that only their usage is stored. ``model_ready`` is
 the preamble every generation shares.
@@ -349,6 +350,21 @@ def _store_user_turn(plan: ChatPlan) -> None:
             ChatMessage.objects.create(session=session, **turn)
 
 
+def orphan_tag(plan: ChatPlan) -> dict | None:
+    """What another web process needs to store this reply if this one dies before it ends (Ray
+    placement: the runner keeps the reply's text for it; ``store_orphaned_reply``). None for a
+    generation without a session: a model test or benchmark run that dies with its process is gone."""
+    if plan.session is None:
+        return None
+    tag = {"session_id": str(plan.session.id), "request_id": plan.request_id, "model_name": plan.model.name,
+           "requested_name": plan.requested_name, "transport": plan.transport, "api_key_id": plan.api_key_id,
+           "dropped_turns": plan.dropped_turns, "think_tags": plan.think_tags}
+    if plan.tool_format is not None:  # the reply is parsed for calls: the parser needs these again
+        tag.update(tool_format=plan.tool_format, tool_limit=plan.tool_limit,
+                   response_template=plan.response_template, tools=plan.params.tools)
+    return tag
+
+
 def chat_start(plan: ChatPlan):
     """Submits the generation, then stores the user's message (and a new session) while the runner
     processes the prompt, so that the write does not add to the time to first token.
@@ -357,7 +373,7 @@ def chat_start(plan: ChatPlan):
     returns, so a reply that fails later never loses it; when the write itself fails, the
     generation is cancelled and the error propagates.
     """
-    handle = registry.generate(model=plan.model, messages=plan.messages, params=plan.params)
+    handle = registry.generate(model=plan.model, messages=plan.messages, params=plan.params, tag=orphan_tag(plan))
     if plan.session is None:  # no chat to store the prompt in
         return handle
     try:
@@ -629,3 +645,62 @@ def chat_open(*, user=None, data: dict | None = None, transport: str = "rest", a
     handle = chat_start(plan)
     active.register(plan.request_id, plan.user.pk, handle)
     return ChatRun(plan=plan, handle=handle, builder=ReplyBuilder(plan), prompt_tokens=prompt_tokens)
+
+
+def store_orphaned_reply(*, tag: dict, text: str, stats: dict | None, error: str | None = None,
+                         **_signal) -> ChatMessage | None:
+    """Stores the reply of a web process that died mid-generation (Ray placement), as that process's
+    ``chat_record`` would have: the assistant message of its session, content split from reasoning
+    (and tool calls) by a ``ReplyBuilder`` rebuilt from ``orphan_tag``, the runner's final stats (its
+    finish reason: "cancelled" unless the reply ended on its own first), the session's ``updated_at``,
+    the usage record and the generation metrics. The message's stats also hold ``request_id`` (which
+    makes this idempotent) and, when cancelled, ``cancel_reason``. The receiver of
+    ``models_app.signals.reply_orphaned``.
+
+    Nothing is stored for a session that is gone (deleted since, or never stored: the process died
+    before ``chat_start`` stored it), nor for a tag that is not ``orphan_tag``'s.
+    """
+    if not isinstance(tag, dict) or "session_id" not in tag or "request_id" not in tag:
+        return None
+    session = ChatSession.objects.filter(pk=tag["session_id"]).select_related("owner").first()
+    if session is None:
+        return None
+    request_id = tag["request_id"]
+    if session.messages.filter(role="assistant", stats__request_id=request_id).exists():
+        return None
+    model = ModelConfig.objects.filter(name=tag["model_name"]).first() or ModelConfig(name=tag["model_name"])
+    plan = ChatPlan(
+        request_id=request_id, user=session.owner, model=model, session=session, messages=[],
+        params=registry.GenerationParams(tools=tag.get("tools")), dropped_turns=tag.get("dropped_turns") or 0,
+        think_tags=bool(tag.get("think_tags")), transport=tag.get("transport") or "rest",
+        api_key_id=tag.get("api_key_id"), requested_name=tag.get("requested_name") or "",
+        tool_format=tag.get("tool_format"), tool_limit=tag.get("tool_limit"),
+        response_template=tag.get("response_template"),
+    )
+    builder = ReplyBuilder(plan)
+    if text:
+        builder.on_event(_OrphanEvent("delta", text=text))
+    if stats is not None:
+        known = registry.GenerationStats.__dataclass_fields__
+        builder.on_event(_OrphanEvent("done", stats=registry.GenerationStats(
+            **{k: v for k, v in stats.items() if k in known})))
+    else:
+        builder.on_event(_OrphanEvent("error", message=error or "generation failed"))
+    # A failed generation has no stats of its own: the zeros chat_record stores for one.
+    builder.stats = {**(builder.stats or {"prompt_tokens": 0, "tokens_generated": 0, "inference_time_ms": 0.0,
+                                          "time_to_first_token_ms": None, "tokens_per_second": 0.0}),
+                     "request_id": request_id}
+    if builder.finish_reason == "cancelled":
+        builder.stats["cancel_reason"] = "cancelled: web process gone"
+    return chat_record(builder)
+
+
+@dataclass
+class _OrphanEvent:
+    """A runner event as ``ReplyBuilder.on_event`` reads it, for a reply collected after the fact."""
+
+    kind: str
+    text: str = ""
+    stats: object = None
+    message: str = ""
+    cancelled: bool = False

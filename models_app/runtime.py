@@ -30,12 +30,28 @@ def get_manager():
                     from models_app.serving.cluster import ClusterEngineManager
                     from models_app.serving.ray_placement import RayPlacement
 
-                    _manager = ClusterEngineManager(placement=RayPlacement(settings.RAY_ADDRESS), **limits)
+                    _manager = ClusterEngineManager(placement=RayPlacement(settings.RAY_ADDRESS),
+                                                    orphan_callback=_orphaned, **limits)
                 else:
                     from models_app.serving.manager import EngineManager
 
                     _manager = EngineManager(spares=settings.RUNNER_SPARES, **limits)
     return _manager
+
+
+def _orphaned(orphan: dict) -> None:
+    """A reply whose web process died (ClusterEngineManager's reaper thread): handed to the receivers of
+    ``reply_orphaned`` (inference_app stores chat replies); raises when one failed, so it comes again."""
+    from django.db import close_old_connections
+
+    from models_app.signals import reply_orphaned
+
+    try:
+        for _receiver, answer in reply_orphaned.send_robust(sender=None, **orphan):
+            if isinstance(answer, Exception):
+                raise answer
+    finally:
+        close_old_connections()  # the reaper thread is no request: nothing else ends its connection
 
 
 def manager_if_started():
@@ -338,14 +354,15 @@ def check_queue(model) -> None:
                                     details={"model_name": model.name, "max_queue": limit})
 
 
-def generate(model, messages: list[dict], params):
-    """Submits a generation; answers 429 at once when the model's queue is full."""
+def generate(model, messages: list[dict], params, tag: dict | None = None):
+    """Submits a generation; answers 429 at once when the model's queue is full. ``tag``: see
+    EngineManager.generate (what another web process needs to store the reply if this one dies)."""
     from models_app.serving.engines.contract import EngineError
     from models_app.serving.manager import QueueFullError
 
     require_task(model, "generate")
     try:
-        return get_manager().generate(model.name, messages, params, max_queue=max_queue(model))
+        return get_manager().generate(model.name, messages, params, max_queue=max_queue(model), tag=tag)
     except QueueFullError as exc:
         raise errors.RateLimitError(
             f"Model '{model.name}' is busy: its queue is full.",

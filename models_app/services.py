@@ -28,6 +28,7 @@ from models_app.serving.engines.constraints import (  # noqa: F401 - re-exported
 from models_app.serving.engines.contract import (  # noqa: F401 - re-exported
     MAX_EMBEDDING_INPUTS,
     GenerationParams,
+    GenerationStats,
     normalized,
 )
 from models_app.serving.engines.model_files import is_hub_id  # noqa: F401 - re-exported
@@ -309,9 +310,12 @@ def count_tokens(*, name: str, messages: list[dict], tools: list[dict] | None = 
     return runtime.count_tokens(name, messages, tools)
 
 
-def generate(*, model: ModelConfig, messages: list[dict], params):
-    """Submits a generation and returns its handle (429 at once when the queue is full)."""
-    return runtime.generate(model, messages, params)
+def generate(*, model: ModelConfig, messages: list[dict], params, tag: dict | None = None):
+    """Submits a generation and returns its handle (429 at once when the queue is full).
+
+    ``tag``: a JSON-able dict that comes back through ``models_app.signals.reply_orphaned`` (sent in
+    another web process) when, with Ray placement, this process dies before the reply ends."""
+    return runtime.generate(model, messages, params, tag=tag)
 
 
 def embed(*, model: ModelConfig, inputs: list) -> tuple[list[list[float]], int]:

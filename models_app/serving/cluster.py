@@ -6,13 +6,20 @@ themselves (so every web process, on any host, reads the same), a request for a 
 process loaded connects to its runner, an unload ends the runner for everyone, idle time is counted
 from the last use on any web process, and a web process that shuts down only closes its connections.
 Memory budget and model count apply per node and are enforced by RayPlacement when it places a runner.
+
+Replies of a web process that died: its runners keep the tagged ones as orphans (runner.py); this
+manager's reaper takes them from every runner actor and hands each to `orphan_callback` (set by
+models_app.runtime, which stores it as the chat reply it was). A callback that fails gets the orphan
+again on the next passes, up to `_ORPHAN_ATTEMPTS` times.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 from models_app.serving import protocol as p
 from models_app.serving.engines.contract import EngineError, LoadSpec
@@ -21,17 +28,22 @@ from models_app.serving.ray_placement import RayPlacement, actor_name, model_of
 
 logger = logging.getLogger("models_app.serving.manager")
 
+_ORPHAN_ATTEMPTS = 30  # reaper passes (2 s apart) before an orphan that cannot be stored is given up
+
 
 def _at(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, timezone.utc) if epoch else None
 
 
 class ClusterEngineManager(EngineManager):
-    def __init__(self, *, placement: RayPlacement, **kwargs):
+    def __init__(self, *, placement: RayPlacement, orphan_callback: Callable[[dict], None] | None = None, **kwargs):
         kwargs["spares"] = False  # a spare is a local process; a Ray node starts workers itself
         self._placement: RayPlacement = placement  # before the base's configure(), which hands it the limits
         super().__init__(placement=placement, **kwargs)
         self._attach_lock = threading.Lock()
+        # Without a callback the orphans stay on the actors for a web process that has one.
+        self.orphan_callback = orphan_callback
+        self._orphans_failed: deque[tuple[dict, int]] = deque(maxlen=1000)  # (orphan, attempts so far)
 
     def configure(self, **limits) -> None:
         super().configure(**limits)
@@ -139,6 +151,33 @@ class ClusterEngineManager(EngineManager):
         self._placement.record_error(name, None)
         return local or any(remote)
 
+    def _reap_once(self) -> None:
+        super()._reap_once()
+        try:
+            self.collect_orphans()
+        except Exception:
+            logger.exception("collecting orphaned replies failed")
+
+    def collect_orphans(self) -> int:
+        """Takes the orphans of every runner actor and hands each to `orphan_callback`; the number stored."""
+        if self.orphan_callback is None:
+            return 0
+        batch = [(orphan, 0) for orphan in self._placement.take_orphans()]
+        while self._orphans_failed:
+            batch.append(self._orphans_failed.popleft())
+        stored = 0
+        for orphan, attempts in batch:
+            try:
+                self.orphan_callback(orphan)
+                stored += 1
+            except Exception:
+                if attempts + 1 < _ORPHAN_ATTEMPTS:
+                    self._orphans_failed.append((orphan, attempts + 1))
+                    logger.warning("storing an orphaned reply failed; retrying", exc_info=True)
+                else:
+                    logger.exception("storing an orphaned reply failed %d times; given up", _ORPHAN_ATTEMPTS)
+        return stored
+
     def unload_idle(self) -> list[str]:
         expired = [info.name for info in self.loaded()
                    if info.expires_at is not None and info.expires_at <= datetime.now(timezone.utc)]
@@ -161,6 +200,12 @@ class ClusterEngineManager(EngineManager):
             self._runners.clear()
         for runner in runners:
             runner.stopping = True
+            # Cancelled by this process, which stores their partial replies itself (below, through the
+            # handles' events): the runner must not also hand them to another process as orphans.
+            with runner.lock:
+                ids = list(runner.handles)
+            for req_id in ids:
+                runner.send(p.Cancel(id=req_id))
             runner.fail_handles("cancelled: web process shutting down", p.ErrorCode.CANCELLED)
             if runner.link is not None:
                 runner.link.close()

@@ -485,11 +485,15 @@ class EngineManager(SparesMixin):
 
     def _reap(self) -> None:
         while not self._closing.wait(_REAPER_INTERVAL_S):
-            try:
-                for name in self.unload_idle():
-                    logger.info("unloaded idle model %s", name)
-            except Exception:
-                logger.exception("idle reaper failed")
+            self._reap_once()
+
+    def _reap_once(self) -> None:
+        """One pass of the reaper thread (every 2 s once a model was loaded)."""
+        try:
+            for name in self.unload_idle():
+                logger.info("unloaded idle model %s", name)
+        except Exception:
+            logger.exception("idle reaper failed")
 
     # -- status ----------------------------------------------------------------
 
@@ -538,9 +542,13 @@ class EngineManager(SparesMixin):
             return runner
 
     def generate(self, name: str, messages: list[dict], params: GenerationParams, *,
-                 max_queue: int | None = None) -> GenerationHandle:
+                 max_queue: int | None = None, tag: dict | None = None) -> GenerationHandle:
         """Submits a generation. With ``max_queue``, refuses at once (QueueFullError) when that many
         requests already wait behind the running ones, instead of letting callers pile up.
+
+        ``tag`` (opaque, JSON-able) goes to a runner that other web processes share, which hands the
+        reply to one of them if this process dies before it ends (ClusterEngineManager's orphans);
+        a local runner dies with this process, so it is not sent there.
 
         The id is made here and only here: it keys the runner's request table, where two
         generations sharing one id would receive each other's tokens and one would never end.
@@ -552,7 +560,8 @@ class EngineManager(SparesMixin):
                 raise QueueFullError(name, max(0, len(runner.handles) - runner.max_concurrency), max_queue)
             runner.handles[handle.id] = handle
         runner.last_used_at = _now()
-        if not runner.send(p.Generate(id=handle.id, messages=messages, params=asdict(params))):
+        tag = tag if getattr(runner.link, "shared", False) else None
+        if not runner.send(p.Generate(id=handle.id, messages=messages, params=asdict(params), tag=tag)):
             with runner.lock:
                 runner.handles.pop(handle.id, None)
             raise EngineError("model not loaded")

@@ -9,6 +9,8 @@ release_caches, shutdown.
 Runner -> parent (key "kind"): ready | load_error first, then started, delta, done, error, result, log;
 stopping last when a runner shared by several web processes ends on purpose (an unload from another one).
 
+A generation may carry a `tag` the core never reads (Generate); see runner.py's orphans.
+
 Every message with an id gets an answer under that id: a generation ends with done or error, a call
 (count_tokens, embed, release_caches, or an op the runner cannot decode) with result or error. An
 error's `code` says whose fault it is (`ErrorCode`); callers branch on it, never on message text.
@@ -74,6 +76,10 @@ class Generate:
     id: str
     messages: list
     params: dict
+    # Opaque to the serving core: what the web process needs to store this reply if it dies before the
+    # reply ends. A runner shared by several web processes keeps such a generation's text for another
+    # one to collect (`_Runner.take_orphans`); a message without it is valid (and sent without the key).
+    tag: dict | None = None
     OP = Op.GENERATE
 
 
@@ -194,6 +200,8 @@ def encode(msg: ParentMessage | RunnerMessage) -> dict:
     # vars(), not asdict(): asdict deep-copies every field, and a delta goes out per token.
     out = dict(vars(msg))
     out["v"] = VERSION
+    if isinstance(msg, Generate) and msg.tag is None:
+        del out["tag"]  # the message as runners before the tag read it
     if isinstance(msg, _CODED):
         out["code"] = ErrorCode(msg.code).value
     if hasattr(msg, "OP"):

@@ -16,7 +16,8 @@ Who decides what:
     decided by Ray's control store); an unload from any of them stops it for all: the actor tells
     every connection (`Stopping`), then it is killed.
   * A web process that dies only closes its connection: the actor cancels that connection's
-    generations and keeps serving the others.
+    generations and keeps serving the others. Those that carried a tag (chat replies) end as orphans,
+    their text kept in the actor until another web process takes them (`take_orphans`) and stores them.
   * A runner that crashes or whose node is lost closes every connection; each web process reports it
     like a crashed local runner, and records the reason in the cluster's directory actor so web
     processes that were not connected show it too.
@@ -146,6 +147,11 @@ class RunnerActor:
 
     def ping(self) -> bool:
         return True
+
+    def take_orphans(self) -> list[dict]:
+        """Replies whose web process went away mid-generation, removed: each goes to one caller only."""
+        runner = self._runner
+        return runner.take_orphans() if runner is not None else []
 
     def _accept(self) -> None:
         from multiprocessing import AuthenticationError
@@ -428,6 +434,7 @@ class RayPlacement(Placement):
         self._init_lock = threading.Lock()
         self._actor_cls = None
         self._directory = None
+        self._takes: dict[str, object] = {}  # actor name -> its take_orphans call not yet answered
 
     def _ray(self):
         import ray
@@ -481,6 +488,28 @@ class RayPlacement(Placement):
             out[name] = {"status": "loading", "node_id": None, "node_address": None, "pid": None, "in_flight": 0,
                          "last_used": None, "loaded_at": None, "memory_mb": 0.0, "estimate_mb": 0.0,
                          "spec": None, "ready": None, "stopping": None}
+        return out
+
+    def take_orphans(self, timeout: float = _INFO_TIMEOUT_S) -> list[dict]:
+        """The orphans of every runner actor (runner.py), each handed to this caller alone. An actor that
+        does not answer within `timeout` keeps its call pending: its answer is read on the next call,
+        never dropped (the actor has already removed those orphans)."""
+        ray = self._ray()
+        for name, actor in self.actors().items():
+            if name not in self._takes:
+                self._takes[name] = actor.take_orphans.remote()
+        if not self._takes:
+            return []
+        refs = list(self._takes.values())
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        out = []
+        for name, ref in list(self._takes.items()):
+            if ref in ready:
+                del self._takes[name]
+                try:
+                    out += ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass  # the actor died: its orphans went with it
         return out
 
     def errors(self) -> dict[str, tuple[str, float]]:

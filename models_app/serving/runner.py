@@ -17,7 +17,8 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, fields
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
 
 from models_app.serving.engines import get_engine_class
 from models_app.serving.engines.contract import (
@@ -33,6 +34,20 @@ from models_app.serving import protocol as p
 
 _PARAM_FIELDS = {f.name for f in fields(GenerationParams)}
 _PARENT_POLL_S = 1.0
+MAX_ORPHANS = 1000  # kept until a web process collects them; beyond this the oldest go
+
+
+@dataclass
+class _Tagged:
+    """A tagged generation's reply so far, for another web process to store if its own goes away."""
+    tag: dict
+    text: list[str] = field(default_factory=list)  # the deltas: joined only if it becomes an orphan
+    stats: dict | None = None
+    error: str | None = None
+    orphaned: bool = False  # its connection closed while it ran or waited
+
+    def orphan(self) -> dict:
+        return {"tag": self.tag, "text": "".join(self.text), "stats": self.stats, "error": self.error}
 
 
 def error_reply(req_id, exc: BaseException, prefix: str = "") -> p.Error:
@@ -57,12 +72,20 @@ class _PipeLogHandler(logging.Handler):
 class _Runner:
     """Serves one loaded engine. Every request arrives with the `reply` function of the connection it
     came on, and its answers go back there: a local runner has one connection (its pipe), a runner on
-    a Ray cluster one per web process (ray_placement.py)."""
+    a Ray cluster one per web process (ray_placement.py).
+
+    Orphans: a generation that carries a `tag` keeps its text and final stats while it runs. When its
+    connection closes before it ended (its web process died) and that connection had not cancelled it
+    itself, it is cancelled and then kept as an orphan, `{tag, text, stats, error}`, until a web process
+    takes it (`take_orphans`, each orphan once) and stores it. A connection's own Cancel (its client
+    left, or it shuts down on purpose) means it stores the reply itself: no orphan then."""
 
     def __init__(self, engine):
         self.engine = engine
         self.cancel_events: dict[str, threading.Event] = {}
         self.owners: dict[str, object] = {}  # generation id -> the reply function of its connection
+        self.tagged: dict[str, _Tagged] = {}  # generation id -> its reply so far, for tagged generations
+        self.orphans: deque[dict] = deque(maxlen=MAX_ORPHANS)
         self.events_lock = threading.Lock()
         self.last_used = time.time()
         # Pending generations wait here in arrival order; a fixed pool of workers
@@ -80,11 +103,24 @@ class _Runner:
             return len(self.cancel_events)
 
     def cancel_all(self, owner=None) -> None:
-        """Stops the generations of one connection (a web process that went away), or all of them."""
+        """Stops the generations of one connection (a web process that went away: its tagged ones
+        become orphans when they end), or all of them (the runner stops: nobody is left to store them)."""
         with self.events_lock:
-            events = [e for req_id, e in self.cancel_events.items() if owner is None or self.owners.get(req_id) is owner]
+            ids = [req_id for req_id in self.cancel_events if owner is None or self.owners.get(req_id) is owner]
+            events = [self.cancel_events[req_id] for req_id in ids]
+            if owner is not None:
+                for req_id in ids:
+                    if req_id in self.tagged:
+                        self.tagged[req_id].orphaned = True
         for event in events:
             event.set()
+
+    def take_orphans(self) -> list[dict]:
+        """The orphans so far, removed: each goes to exactly one caller."""
+        with self.events_lock:
+            taken = list(self.orphans)
+            self.orphans.clear()
+        return taken
 
     def _worker(self):
         while True:
@@ -94,27 +130,48 @@ class _Runner:
             self._generate(*item)
 
     def _generate(self, reply, req_id: str, messages: list, params: GenerationParams, cancel: threading.Event):
+        with self.events_lock:
+            kept = self.tagged.get(req_id)
         try:
             if cancel.is_set():
-                reply(p.Done(id=req_id, stats=asdict(GenerationStats(0, 0, "cancelled", 0.0, 0.0, 0.0))))
+                stats = asdict(GenerationStats(0, 0, "cancelled", 0.0, 0.0, 0.0))
+                if kept is not None:
+                    kept.stats = stats
+                reply(p.Done(id=req_id, stats=stats))
                 return
             # Marks the end of the wait in the queue, so the parent can report queue time apart from TTFT.
             reply(p.Started(id=req_id))
             for item in self.engine.generate(messages, params, cancel.is_set):
                 if isinstance(item, GenerationStats):
-                    reply(p.Done(id=req_id, stats=asdict(item)))
+                    stats = asdict(item)
+                    if kept is not None:
+                        kept.stats = stats
+                    reply(p.Done(id=req_id, stats=stats))
                 elif item:
+                    if kept is not None:
+                        kept.text.append(item)
                     reply(p.Delta(id=req_id, text=item))
         except EngineError as exc:
-            reply(error_reply(req_id, exc))
+            answer = error_reply(req_id, exc)
+            if kept is not None:
+                kept.error = answer.message
+            reply(answer)
         except Exception as exc:
             logging.getLogger(__name__).exception("generation failed")
-            reply(error_reply(req_id, exc, prefix="generation failed: "))
+            answer = error_reply(req_id, exc, prefix="generation failed: ")
+            if kept is not None:
+                kept.error = answer.message
+            reply(answer)
         finally:
             self.last_used = time.time()
             with self.events_lock:
                 self.cancel_events.pop(req_id, None)
                 self.owners.pop(req_id, None)
+                self.tagged.pop(req_id, None)
+                # Under the lock cancel_all marks with: an orphan is kept exactly when its connection
+                # closed while it was still in flight.
+                if kept is not None and kept.orphaned:
+                    self.orphans.append(kept.orphan())
 
     def _call(self, reply, req_id: str, fn):
         self.last_used = time.time()
@@ -141,11 +198,16 @@ class _Runner:
             with self.events_lock:
                 self.cancel_events[msg.id] = cancel
                 self.owners[msg.id] = reply
+                if msg.tag is not None:
+                    self.tagged[msg.id] = _Tagged(msg.tag)
             self.last_used = time.time()
             self.pending.put((reply, msg.id, msg.messages or [], params, cancel))
         elif isinstance(msg, p.Cancel):
             with self.events_lock:
                 event = self.cancel_events.get(msg.id)
+                if self.owners.get(msg.id) is reply:
+                    # Its own web process cancelled it and stores the reply itself.
+                    self.tagged.pop(msg.id, None)
             if event is not None:
                 event.set()
         elif isinstance(msg, p.CountTokens):

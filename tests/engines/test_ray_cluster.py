@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from inference_app.models import ChatMessage
 from models_app import services
 from models_app.serving.cluster import ClusterEngineManager
 from models_app.serving.engines.bundled import bundled_gguf_path
@@ -160,11 +161,24 @@ def test_two_web_processes_share_one_runner_placed_on_the_node_with_its_resource
     with a.stream("POST", "/inference/chat", json={
             "model_name": MODEL, "message": "Write the numbers from 1 to 1000, separated by commas.", "stream": True,
             "generation_config": {"max_tokens": 1500, "temperature": 0}}) as stream:
-        assert read_events(stream, stop_after=1)[-1][0] == "delta"
+        # Held until A is gone: a line iterator dropped here would close the connection to A, and A would
+        # cancel (and store) the reply itself if it saw that before the kill.
+        lines = stream.iter_lines()
+        seen = read_events(stream, stop_after=1, lines=lines)
+        assert seen[-1][0] == "delta"
         process_a.send_signal(signal.SIGKILL)
         process_a.wait(30)
     # The runner cancels the generation of the connection that closed instead of running it out,
     wait_for(lambda: b.get(f"/models/{MODEL}/status").json()["data"]["active_requests"] == 0, timeout=10)
+    # B stores the reply A was streaming, once, as cancelled: what the runner generated up to the cancel.
+    session_id, shown = seen[0][1]["session_id"], seen[-1][1]["content"]
+    replies = ChatMessage.objects.filter(session_id=session_id, role="assistant")
+    stored = wait_for(replies.first, timeout=30)
+    assert stored.finish_reason == "cancelled" and stored.stats["finish_reason"] == "cancelled"
+    assert stored.content.strip() and stored.content.startswith(shown), (shown, stored.content)
+    assert 0 < stored.completion_tokens < 1500
+    assert list(ChatMessage.objects.filter(session_id=session_id).values_list("role", flat=True)) == \
+        ["user", "assistant"]
     # and keeps serving B.
     reply = b.post("/inference/chat", json={"model_name": MODEL, "message": "Say hello again.",
                                             "generation_config": {"max_tokens": 8, "temperature": 0}})

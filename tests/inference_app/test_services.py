@@ -153,3 +153,36 @@ def test_a_model_test_or_benchmark_run_cut_short_by_an_unload_is_a_failure_that_
     assert builder.error == "cancelled: model unloaded" and builder.stats is None
     assert services.chat_record(builder) is None
     assert not UsageRecord.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_reply_orphaned_by_a_dead_web_process_is_stored_once_as_its_sessions_cancelled_assistant_message(
+        make_user, registry):
+    from models_app.signals import reply_orphaned
+
+    user = make_user()
+    session = ChatSession.objects.create(owner=user, model=registry["alpha"], model_name="alpha")
+    ChatMessage.objects.create(session=session, role="user", content="Count.")
+    tag = {"session_id": str(session.id), "request_id": "r-orphan", "model_name": "alpha", "requested_name": "",
+           "transport": "sse", "api_key_id": None, "dropped_turns": 0, "think_tags": True}
+    stats = {"prompt_tokens": 9, "tokens_generated": 7, "finish_reason": "cancelled",
+             "time_to_first_token_ms": 12.0, "inference_time_ms": 80.0, "tokens_per_second": 87.5}
+    orphan = {"tag": tag, "text": "<think>Start at one.</think>\n\n1, 2, 3", "stats": stats, "error": None}
+
+    # Sent twice, as a retried orphan would be: the request id keeps it to one message.
+    for _ in range(2):
+        reply_orphaned.send(sender=None, **orphan)
+
+    [stored] = session.messages.filter(role="assistant")
+    assert (stored.content, stored.reasoning) == ("1, 2, 3", "Start at one.")
+    assert stored.finish_reason == "cancelled" and (stored.prompt_tokens, stored.completion_tokens) == (9, 7)
+    assert stored.stats["request_id"] == "r-orphan" and stored.stats["cancel_reason"] == "cancelled: web process gone"
+    [usage] = UsageRecord.objects.filter(user=user)
+    assert (usage.model_name, usage.transport, usage.completion_tokens) == ("alpha", "sse", 7)
+
+
+@pytest.mark.django_db
+def test_an_orphaned_reply_whose_session_is_gone_stores_nothing(make_user, registry):
+    tag = {"session_id": "00000000-0000-0000-0000-000000000000", "request_id": "r-gone", "model_name": "alpha"}
+    assert services.store_orphaned_reply(tag=tag, text="1, 2", stats=None, error="boom") is None
+    assert not ChatMessage.objects.exists() and not UsageRecord.objects.exists()
