@@ -432,6 +432,7 @@ class RayPlacement(Placement):
         self.max_loaded_models = int(max_loaded_models)
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self._init_lock = threading.Lock()
+        self._answered: dict[str, dict] = {}  # each runner actor's last answer to info()
         self._actor_cls = None
         self._directory = None
         self._takes: dict[str, object] = {}  # actor name -> its take_orphans call not yet answered
@@ -472,7 +473,10 @@ class RayPlacement(Placement):
 
     def infos(self, model: str | None = None) -> dict[str, dict]:
         """Each runner actor's own account (status, node, memory, in flight, last use), by actor name.
-        One still being placed answers nothing yet and is reported as loading without a node."""
+
+        One that does not answer in time (busy threads on a loaded node) keeps its last answer, marked
+        busy: it still counts against its node's budget and is never chosen for eviction. One that
+        never answered is still being placed: loading, on no node yet."""
         ray = self._ray()
         actors = {n: a for n, a in self.actors().items() if model is None or model_of(n) == model}
         refs = {n: a.info.remote() for n, a in actors.items()}
@@ -481,13 +485,20 @@ class RayPlacement(Placement):
         for name, ref in refs.items():
             if ref in ready:
                 try:
-                    out[name] = ray.get(ref)
-                    continue
+                    out[name] = self._answered[name] = ray.get(ref)
                 except ray.exceptions.RayError:
-                    continue  # died meanwhile: not on the cluster any more
-            out[name] = {"status": "loading", "node_id": None, "node_address": None, "pid": None, "in_flight": 0,
-                         "last_used": None, "loaded_at": None, "memory_mb": 0.0, "estimate_mb": 0.0,
-                         "spec": None, "ready": None, "stopping": None}
+                    self._answered.pop(name, None)  # died meanwhile: not on the cluster any more
+                continue
+            last = self._answered.get(name)
+            if last is not None:
+                out[name] = {**last, "in_flight": max(1, int(last.get("in_flight") or 0))}
+            else:
+                out[name] = {"status": "loading", "node_id": None, "node_address": None, "pid": None, "in_flight": 0,
+                             "last_used": None, "loaded_at": None, "memory_mb": 0.0, "estimate_mb": 0.0,
+                             "spec": None, "ready": None, "stopping": None}
+        if model is None:
+            for gone in set(self._answered) - set(actors):
+                self._answered.pop(gone, None)
         return out
 
     def take_orphans(self, timeout: float = _INFO_TIMEOUT_S) -> list[dict]:
