@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "ray-smollm2"
 ACCEL = "beautyai_test_accel"  # a custom resource only the second node has
+LONG_PROMPT = "Write the numbers from 1 to 1000, separated by commas."  # the bundled model writes on and on
 
 
 def wait_for(condition, timeout: float = 60.0, interval: float = 0.2):
@@ -159,7 +160,7 @@ def test_two_web_processes_share_one_runner_placed_on_the_node_with_its_resource
 
     # A long stream through A (about 30 s to run out here); A is killed mid-stream.
     with a.stream("POST", "/inference/chat", json={
-            "model_name": MODEL, "message": "Write the numbers from 1 to 1000, separated by commas.", "stream": True,
+            "model_name": MODEL, "message": LONG_PROMPT, "stream": True,
             "generation_config": {"max_tokens": 1500, "temperature": 0}}) as stream:
         # Held until A is gone: a line iterator dropped here would close the connection to A, and A would
         # cancel (and store) the reply itself if it saw that before the kill.
@@ -206,7 +207,7 @@ def test_a_lost_node_turns_its_model_to_error_and_a_reload_names_the_missing_res
     first = threading.Event()
 
     def stream():
-        with b.stream("POST", "/inference/chat", json={"model_name": MODEL, "message": "Count to one hundred.",
+        with b.stream("POST", "/inference/chat", json={"model_name": MODEL, "message": LONG_PROMPT,
                                                        "stream": True, "generation_config": {"max_tokens": 400}}) as r:
             lines = r.iter_lines()
             events.extend(read_events(r, stop_after=1, lines=lines))
@@ -270,8 +271,9 @@ def test_a_full_node_unloads_its_least_recently_used_idle_runner_but_never_one_t
     assert runner_actors("evict-b") == [] and cluster.status("evict-b").status == "unloaded"
     assert {i.name for i in cluster.loaded()} >= {"evict-a", "evict-c"}
 
-    busy = [cluster.generate(name, [{"role": "user", "content": "Count to one hundred."}],
-                             GenerationParams(max_tokens=400)) for name in ("evict-a", "evict-c")]
+    # Long replies (about 30 s each here), so both are still generating when d asks for room.
+    busy = [cluster.generate(name, [{"role": "user", "content": LONG_PROMPT}],
+                             GenerationParams(max_tokens=1500, temperature=0)) for name in ("evict-a", "evict-c")]
     for handle in busy:
         assert next(iter(handle)).kind == "delta"
     with pytest.raises(MemoryBudgetError, match="busy"):
