@@ -44,6 +44,10 @@ class ClusterEngineManager(EngineManager):
         # Without a callback the orphans stay on the actors for a web process that has one.
         self.orphan_callback = orphan_callback
         self._orphans_failed: deque[tuple[dict, int]] = deque(maxlen=1000)  # (orphan, attempts so far)
+        if orphan_callback is not None:
+            # From the start, not from this process's first load: it may never load anything itself
+            # and still be the one left to store another process's replies (or to end idle runners).
+            self._start_reaper()
 
     def configure(self, **limits) -> None:
         super().configure(**limits)

@@ -325,3 +325,24 @@ def test_a_model_whose_resources_are_taken_fails_its_load_at_the_timeout_naming_
     with pytest.raises(EngineLoadError, match=f"timed out after 5s: no node had {ACCEL}=1"):
         impatient.load(whole)
     wait_for(lambda: runner_actors("needs-all") == [], timeout=30)
+
+
+def test_num_gpus_places_a_runner_on_a_node_that_offers_gpus(ray_cluster, manager):
+    gpu_node = ray_cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=80 * 2**20)
+    try:
+        cluster = manager()
+        spec = LoadSpec(name="on-gpu", engine="llama.cpp", model_id=str(bundled_gguf_path()),
+                        parameters={"num_gpus": 0.5, "n_ctx": 1024})
+        assert cluster.load(spec).node_id == gpu_node.node_id
+        cluster.unload("on-gpu")
+    finally:
+        ray_cluster.remove_node(gpu_node)
+
+
+def test_a_runner_actor_that_crashes_is_reported_like_a_crashed_local_runner(manager):
+    cluster = manager()
+    pid = cluster.load(spec_on_accel("crashing")).pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: cluster.status("crashing").status == "error", timeout=30)
+    assert "runner actor died" in cluster.status("crashing").last_error
+    assert cluster.load(spec_on_accel("crashing")).status == "loaded"  # and it loads again
