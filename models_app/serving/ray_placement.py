@@ -4,7 +4,7 @@ Every web process, on any host, finds a loaded model's runner by name (`<model>@
 `beautyai` namespace) and talks to it over its own authenticated socket speaking protocol.py, the
 same messages a local runner reads from its pipe. Tokens therefore cost no Ray object each: Ray
 places, names, watches and ends runners; the stream goes from the actor straight to the web process
-(docs/operations.md, "Ray placement", has the measurement that chose this).
+(bench/README.md, "Ray placement", has the measurement that chose this).
 
 Who decides what:
   * Ray places an actor on a node that has its resources (`num_gpus`, `ray_resources`, the memory
