@@ -81,10 +81,25 @@ def files_present(model: ModelConfig) -> bool:
                                 quantization=model.quantization, parameters=model.parameters or {})
 
 
+_PARAMETER_KEYS = ("filename", "gguf_file", "revision")  # what files_present reads of an entry's parameters
+
+
+def status_columns() -> dict:
+    """Annotations for a ``.values()`` listing of entries that lets ``download_statuses`` answer with
+    no query of its own: the parameters ``files_present`` reads and the latest job's status."""
+    from django.db.models import OuterRef, Subquery
+    from django.db.models.fields.json import KT
+
+    latest = ModelDownload.objects.filter(model_name=OuterRef("name")).order_by("-created_at", "-id")
+    return {"download_latest": Subquery(latest.values("status")[:1]),
+            **{f"download_{key}": KT(f"parameters__{key}") for key in _PARAMETER_KEYS}}
+
+
 def download_statuses(rows: list[dict]) -> dict[str, str]:
     """``present | missing | downloading | failed`` by name, for rows with name, model_id, engine and
-    quantization. Local and remote entries are present with no query; hub entries cost two queries
-    for the whole page (their parameters, their latest jobs), which a page without them never pays."""
+    quantization. Local and remote entries are present with no query. Hub entries cost two queries
+    for the whole page (their parameters, their latest jobs), or none when the rows carry
+    ``status_columns()`` (the model list: this is most of what it would otherwise cost per request)."""
     out: dict[str, str] = {}
     hub_rows = []
     for row in rows:
@@ -93,16 +108,21 @@ def download_statuses(rows: list[dict]) -> dict[str, str]:
         if repo_of(entry) is None:
             out[row["name"]] = "present"
         else:
-            hub_rows.append(entry)
+            hub_rows.append((entry, row))
     if not hub_rows:
         return out
-    names = [entry.name for entry in hub_rows]
-    parameters = dict(ModelConfig.objects.filter(name__in=names).values_list("name", "parameters"))
-    latest: dict[str, str] = {}
-    for name, status in (ModelDownload.objects.filter(model_name__in=names)
-                         .order_by("model_name", "-created_at", "-id").values_list("model_name", "status")):
-        latest.setdefault(name, status)
-    for entry in hub_rows:
+    if all("download_latest" in row for _, row in hub_rows):
+        parameters = {entry.name: {key: row[f"download_{key}"] for key in _PARAMETER_KEYS
+                                   if row.get(f"download_{key}") is not None} for entry, row in hub_rows}
+        latest = {entry.name: row["download_latest"] for entry, row in hub_rows}
+    else:
+        names = [entry.name for entry, _ in hub_rows]
+        parameters = dict(ModelConfig.objects.filter(name__in=names).values_list("name", "parameters"))
+        latest = {}
+        for name, status in (ModelDownload.objects.filter(model_name__in=names)
+                             .order_by("model_name", "-created_at", "-id").values_list("model_name", "status")):
+            latest.setdefault(name, status)
+    for entry, _ in hub_rows:
         entry.parameters = parameters.get(entry.name) or {}
         status = latest.get(entry.name)
         if status in ModelDownload.ACTIVE:

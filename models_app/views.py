@@ -106,7 +106,7 @@ class ModelViewSet(viewsets.ViewSet):
         # Only the columns of a summary, as dicts: the JSON configuration columns cost most of a row's
         # decoding, and building model instances cost more than the query.
         visible = services.models_readable_by(request.user).order_by("name").values(
-            *SUMMARY_FIELDS, task=KT("parameters__task"))
+            *SUMMARY_FIELDS, task=KT("parameters__task"), **downloads.status_columns())
         page = list(visible[query["offset"]: query["offset"] + query["limit"]])
         # A first page shorter than the limit is the whole list: no second query to count it.
         short_first_page = query["offset"] == 0 and len(page) < query["limit"]

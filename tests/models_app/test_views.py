@@ -111,6 +111,23 @@ def test_the_list_costs_the_same_queries_for_two_models_as_for_twelve(api_as, re
     assert queries() == two
 
 
+def test_the_list_reads_each_hub_entrys_download_status_inside_its_own_query(api_as, registry):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    ModelDownload.objects.create(model=registry["alpha"], model_name="alpha", repo_id="org/alpha", status="failed")
+    ModelDownload.objects.create(model=registry["beta"], model_name="beta", repo_id="org/beta", status="downloading")
+    client = api_as("model_read")
+    client.get("/models/")  # the key lookup is cached from here on
+    with CaptureQueriesContext(connection) as captured:
+        body = assert_ok(client.get("/models/"))
+    assert {m["model_name"]: m["download_status"] for m in body["models"]} == {"alpha": "failed", "beta": "downloading"}
+    # The latest job and the parameters the file check reads come with the page, not in queries of their own.
+    apart = [q["sql"] for q in captured.captured_queries
+             if "modeldownload" in q["sql"].lower() and "models_app_modelconfig" not in q["sql"].lower()]
+    assert apart == []
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "offset=-1", "offset=1.5", "color=red"])
 def test_it_refuses_bad_pagination(api_as, registry, query):
     assert_error(api_as("model_read").get(f"/models/?{query}"), 400, "ValidationError")
