@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -282,3 +283,31 @@ def live_server_url(django_db_setup, django_db_blocker):
                                 env={"BEAUTYAI_BACKGROUND_TASKS": "0", "BEAUTYAI_WS_SLOW_READER_SECONDS": "2"})
     yield url
     stop_server(process)
+
+
+@pytest.fixture(autouse=True)
+def _live_server_writes_settle(request):
+    """A test that talked to the live server ends only once the server's own database work is done.
+
+    The server stores a reply, its usage and its audit row after the client has read the last event;
+    the flush that ends a transactional test truncates every table and deadlocks with such a write on
+    PostgreSQL (seen in test_streaming). Set up after ``transactional_db``, so this waits before its flush.
+    """
+    if "live_server_url" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return  # SQLite: one file lock, no deadlock to wait out
+    busy_sql = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND (state = 'active' OR state LIKE 'idle in transaction%')")
+    deadline, quiet = time.monotonic() + 10, 0
+    # Quiet three polls in a row: a write that starts just after one poll is seen by the next.
+    while quiet < 3 and time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(busy_sql)
+            quiet = quiet + 1 if cursor.fetchone()[0] == 0 else 0
+        time.sleep(0.05)
