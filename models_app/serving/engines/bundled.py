@@ -56,6 +56,9 @@ def ensure_safetensors_folder(target_dir: Path) -> Path:
         return target_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .gguf_reading import install
+
+    install()
     gguf = bundled_gguf_path()
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", dir=target_dir.parent))

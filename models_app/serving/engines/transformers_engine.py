@@ -55,6 +55,7 @@ from .contract import (
     resolve_sampling,
     TextStream,
 )
+from . import gguf_reading
 from .model_files import inspect_gguf, locate_model, scrub_paths
 from .templates import chat_inputs, prompt_segments, render_chat_template, special_tokens_of, with_content_markers
 from .constraints import CompiledCache, ConstraintError, lark_grammar
@@ -133,6 +134,7 @@ class TransformersEngine(Engine):
         kwargs = {"local_files_only": True, "trust_remote_code": p.get("trust_remote_code") is True}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
+            gguf_reading.install()
         model_kwargs = dict(kwargs, dtype=dtype)
         if not gguf_file and p.get("allow_pickle_weights") is not True:
             model_kwargs["use_safetensors"] = True
