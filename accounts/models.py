@@ -10,6 +10,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from beautyai_site.sql import ReusedQuery
+
 KEY_PREFIX_LENGTH = 8
 
 
@@ -20,15 +22,38 @@ def hash_key(raw_key: str) -> str:
 
 class APIKeyQuerySet(models.QuerySet):
     def find(self, raw_key: str) -> APIKey | None:
-        """The key matching ``raw_key`` (active or not), compared in constant time."""
+        """The key matching ``raw_key`` (active or not) with its user, compared in constant time."""
         parts = raw_key.split("_", 2)
         if len(parts) != 3 or parts[0] != "bai" or len(parts[1]) != KEY_PREFIX_LENGTH:
             return None
-        # Without the password hash: nothing that authenticates by key needs it, and the row may be cached.
-        candidate = self.select_related("user").defer("user__password").filter(prefix=parts[1]).first()
-        if candidate is None or not hmac.compare_digest(candidate.key_hash, hash_key(raw_key)):
+        rows = _KEY_WITH_USER.rows(prefix=parts[1], using=self.db)
+        if not rows or not hmac.compare_digest(rows[0]["key_hash"], hash_key(raw_key)):
             return None
-        return candidate
+        return _key_from_row(rows[0], self.db)
+
+
+def _key_fields() -> list[str]:
+    return [field.attname for field in APIKey._meta.concrete_fields]
+
+
+def _user_fields() -> list[str]:
+    # Without the password hash: nothing that authenticates by key needs it, and the row may be cached.
+    return [field.attname for field in APIKey.user.field.related_model._meta.concrete_fields if field.name != "password"]
+
+
+# Every authenticated request without the key cache runs this (accounts/key_cache.py), so its SQL is
+# written once (beautyai_site/sql.py). The prefix is unique: no ordering, at most one row.
+_KEY_WITH_USER = ReusedQuery(lambda prefix: APIKey.objects.filter(prefix=prefix).order_by().values(
+    *_key_fields(), *(f"user__{name}" for name in _user_fields())), "prefix")
+
+
+def _key_from_row(row: dict, using: str) -> APIKey:
+    """The key and its user as ``select_related("user").defer("user__password")`` would build them."""
+    key_fields, user_fields = _key_fields(), _user_fields()
+    key = APIKey.from_db(using, key_fields, [row[name] for name in key_fields])
+    user_model = APIKey.user.field.related_model
+    key.user = user_model.from_db(using, user_fields, [row[f"user__{name}"] for name in user_fields])
+    return key
 
 
 class APIKey(models.Model):

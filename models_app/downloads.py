@@ -51,8 +51,12 @@ def _model_lock(name: str) -> threading.Lock:
 
 def repo_of(model: ModelConfig) -> str | None:
     """The hub repo an entry is downloaded from; None for local paths and remote engines."""
-    model_id = model.model_id.strip()
-    if model.engine == "openai" or is_local_model_id(model_id) or not is_hub_id(model_id):
+    return _repo(model.model_id, model.engine)
+
+
+def _repo(model_id: str, engine: str) -> str | None:
+    model_id = model_id.strip()
+    if engine == "openai" or is_local_model_id(model_id) or not is_hub_id(model_id):
         return None
     return model_id
 
@@ -77,8 +81,12 @@ def files_present(model: ModelConfig) -> bool:
     repo = repo_of(model)
     if repo is None:
         return True
-    return hub.snapshot_present(repo, revision=revision_of(model), engine=model.engine,
-                                quantization=model.quantization, parameters=model.parameters or {})
+    return _snapshot_present(repo, model.engine, model.quantization, model.parameters or {})
+
+
+def _snapshot_present(repo: str, engine: str, quantization: str, parameters: dict, cache=None) -> bool:
+    return hub.snapshot_present(repo, revision=parameters.get("revision") or "main", engine=engine,
+                                quantization=quantization, parameters=parameters, cache=cache)
 
 
 _PARAMETER_KEYS = ("filename", "gguf_file", "revision")  # what files_present reads of an entry's parameters
@@ -102,35 +110,36 @@ def download_statuses(rows: list[dict]) -> dict[str, str]:
     ``status_columns()`` (the model list: this is most of what it would otherwise cost per request)."""
     out: dict[str, str] = {}
     hub_rows = []
+    # From the row's values alone: a model instance per row cost more than the rest of this.
     for row in rows:
-        entry = ModelConfig(name=row["name"], model_id=row["model_id"], engine=row["engine"],
-                            quantization=row["quantization"])
-        if repo_of(entry) is None:
+        repo = _repo(row["model_id"], row["engine"])
+        if repo is None:
             out[row["name"]] = "present"
         else:
-            hub_rows.append((entry, row))
+            hub_rows.append((repo, row))
     if not hub_rows:
         return out
     if all("download_latest" in row for _, row in hub_rows):
-        parameters = {entry.name: {key: row[f"download_{key}"] for key in _PARAMETER_KEYS
-                                   if row.get(f"download_{key}") is not None} for entry, row in hub_rows}
-        latest = {entry.name: row["download_latest"] for entry, row in hub_rows}
+        parameters = {row["name"]: {key: row[f"download_{key}"] for key in _PARAMETER_KEYS
+                                    if row.get(f"download_{key}") is not None} for _, row in hub_rows}
+        latest = {row["name"]: row["download_latest"] for _, row in hub_rows}
     else:
-        names = [entry.name for entry, _ in hub_rows]
+        names = [row["name"] for _, row in hub_rows]
         parameters = dict(ModelConfig.objects.filter(name__in=names).values_list("name", "parameters"))
         latest = {}
         for name, status in (ModelDownload.objects.filter(model_name__in=names)
                              .order_by("model_name", "-created_at", "-id").values_list("model_name", "status")):
             latest.setdefault(name, status)
-    for entry, _ in hub_rows:
-        entry.parameters = parameters.get(entry.name) or {}
-        status = latest.get(entry.name)
+    cache = hub.cache_dir()
+    for repo, row in hub_rows:
+        name = row["name"]
+        status = latest.get(name)
         if status in ModelDownload.ACTIVE:
-            out[entry.name] = "downloading"
-        elif files_present(entry):
-            out[entry.name] = "present"
+            out[name] = "downloading"
+        elif _snapshot_present(repo, row["engine"], row["quantization"], parameters.get(name) or {}, cache):
+            out[name] = "present"
         else:
-            out[entry.name] = "failed" if status == ModelDownload.FAILED else "missing"
+            out[name] = "failed" if status == ModelDownload.FAILED else "missing"
     return out
 
 

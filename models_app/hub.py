@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import fnmatch
+import functools
 import hashlib
 import os
 import re
@@ -133,9 +134,16 @@ def delete_cached_repos(scan, repos: list) -> int:
 
 
 def repo_dir(repo_id: str, cache: Path | None = None) -> Path:
+    return _repo_dir(repo_id, cache or cache_dir())
+
+
+# Remembered: the model list asks for the folder of every hub entry on every request, and building
+# the path cost more than looking into it. Only names are kept, never what is on the disk.
+@functools.lru_cache(maxsize=1024)
+def _repo_dir(repo_id: str, cache: Path) -> Path:
     from huggingface_hub.file_download import repo_folder_name
 
-    return (cache or cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    return cache / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
 def staging_root(repo_id: str, cache: Path | None = None) -> Path:

@@ -15,12 +15,14 @@ from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.utils.encoders import JSONEncoder as DRFJSONEncoder
 
+from accounts.permissions import has_global
 from beautyai_site.api import errors
 from beautyai_site.api.envelope import ok
 from beautyai_site.api.serializers import EnvelopeSerializer, ErrorResponseSerializer
 from beautyai_site.api.validation import parse  # noqa: F401 - also imported from here by branches not yet merged
+from beautyai_site.sql import ReusedQuery
 from models_app import downloads, selectors, services
-from models_app.models import ModelDownload
+from models_app.models import ModelConfig, ModelDownload
 from models_app.serializers import (
     DownloadCancelQuerySerializer,
     DownloadRequestSerializer,
@@ -39,6 +41,17 @@ NAME = OpenApiParameter("model_name", str, OpenApiParameter.PATH)
 
 
 SUMMARY_FIELDS = ("name", "model_id", "architecture", "engine", "quantization", "is_default")
+
+
+def summary_rows(models):
+    """Only the columns of a summary, as dicts: the JSON configuration columns cost most of a row's
+    decoding, and building model instances cost more than the query."""
+    return models.order_by("name").values(*SUMMARY_FIELDS, task=KT("parameters__task"), **downloads.status_columns())
+
+
+# Whoever holds model_read globally (an operator, the benchmark) lists the whole registry with the same
+# SQL every time: written once (beautyai_site/sql.py), it no longer costs more than the rest of the request.
+EVERY_SUMMARY_ROW = ReusedQuery(lambda: summary_rows(ModelConfig.objects.all()))
 
 
 def model_summary(row: dict, live: dict, download_status: str) -> dict:
@@ -103,11 +116,11 @@ class ModelViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[ModelListQuerySerializer], responses={200: ModelListResponseSerializer, **ERRORS})
     def list(self, request):
         query = parse(ModelListQuerySerializer, request.query_params)
-        # Only the columns of a summary, as dicts: the JSON configuration columns cost most of a row's
-        # decoding, and building model instances cost more than the query.
-        visible = services.models_readable_by(request.user).order_by("name").values(
-            *SUMMARY_FIELDS, task=KT("parameters__task"), **downloads.status_columns())
-        page = list(visible[query["offset"]: query["offset"] + query["limit"]])
+        visible = services.models_readable_by(request.user)
+        if has_global(request.user, "model_read"):
+            page = EVERY_SUMMARY_ROW.rows(offset=query["offset"], limit=query["limit"])
+        else:
+            page = list(summary_rows(visible)[query["offset"]: query["offset"] + query["limit"]])
         # A first page shorter than the limit is the whole list: no second query to count it.
         short_first_page = query["offset"] == 0 and len(page) < query["limit"]
         total = len(page) if short_first_page else visible.count()

@@ -127,3 +127,27 @@ def test_the_standard_groups_hold_their_documented_permissions():
     assert perms("operator") == perms("viewer") | {
         "model_load", "chat", "test", "benchmark", "session_save", "session_delete", "cache_clear"}
     assert perms("administrator") == perms("operator") | {"model_write", "model_delete", "admin"}
+
+
+def test_a_key_is_found_with_its_user_and_without_the_password_hash(make_user):
+    user = make_user("model_read")
+    key, raw = create_api_key(user=user, expires_at=timezone.now() + timedelta(days=1))
+    found = APIKey.objects.find(raw)
+    assert (found.pk, found.name, found.expires_at, found.revoked_at) == (key.pk, key.name, key.expires_at, None)
+    assert found.user == user and found.user.username == user.username and found.user.is_active
+    assert found.get_deferred_fields() == set() and found.user.get_deferred_fields() == {"password"}
+    assert APIKey.objects.find(raw[:-1] + ("A" if raw[-1] != "A" else "B")) is None
+
+
+def test_looking_a_key_up_writes_its_sql_only_the_first_time(make_user, monkeypatch):
+    from django.db.models.sql.compiler import SQLCompiler
+
+    _, raw = create_api_key(user=make_user())
+    APIKey.objects.find(raw)
+    written = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(SQLCompiler, "as_sql", lambda self, *a, **k: written.append(1) or as_sql(self, *a, **k))
+    _, other = create_api_key(user=make_user())
+    written.clear()  # creating the key wrote its own
+    assert APIKey.objects.find(raw) is not None and APIKey.objects.find(other) is not None
+    assert written == []

@@ -128,6 +128,25 @@ def test_the_list_reads_each_hub_entrys_download_status_inside_its_own_query(api
     assert apart == []
 
 
+def test_a_global_reader_s_list_writes_the_key_and_page_sql_only_the_first_time(api_as, registry, monkeypatch):
+    from django.db.models.sql.compiler import SQLCompiler
+
+    client = api_as("model_read")
+    first = assert_ok(client.get("/models/"))
+    written = []
+    as_sql = SQLCompiler.as_sql
+
+    def writing(self, *args, **kwargs):
+        sql, params = as_sql(self, *args, **kwargs)
+        written.append(sql)
+        return sql, params
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", writing)
+    assert assert_ok(client.get("/models/"))["models"] == first["models"]
+    # What is left is the permission check's read of the user's permissions, fresh on every request.
+    assert [sql for sql in written if "system_app_apikey" in sql or "models_app_modelconfig" in sql] == []
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "offset=-1", "offset=1.5", "color=red"])
 def test_it_refuses_bad_pagination(api_as, registry, query):
     assert_error(api_as("model_read").get(f"/models/?{query}"), 400, "ValidationError")

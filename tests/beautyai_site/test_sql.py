@@ -1,0 +1,82 @@
+"""ReusedQuery: SQL written once per thread, rows exactly as ``.values()`` gives them."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+import pytest
+from django.db import connections
+from django.db.models.fields.json import KT
+from django.db.models.sql.compiler import SQLCompiler
+
+from beautyai_site.sql import ReusedQuery
+from models_app.models import ModelConfig
+
+pytestmark = pytest.mark.django_db
+
+
+def by_engine(engine):
+    return ModelConfig.objects.filter(engine=engine).order_by("name").values(
+        "name", "is_default", "created_at", task=KT("parameters__task"))
+
+
+@pytest.fixture
+def entries(db):
+    ModelConfig.objects.create(name="a", model_id="org/a", engine="transformers", is_default=True,
+                               parameters={"task": "embed"})
+    ModelConfig.objects.create(name="b", model_id="org/b", engine="transformers")
+    ModelConfig.objects.create(name="c", model_id="org/c", engine="llama.cpp")
+
+
+def test_it_answers_each_call_with_that_calls_values(entries):
+    query = ReusedQuery(by_engine, "engine")
+    assert [r["name"] for r in query.rows(engine="transformers")] == ["a", "b"]
+    assert [r["name"] for r in query.rows(engine="llama.cpp")] == ["c"]
+    assert query.rows(engine="vllm") == []
+
+
+def test_its_rows_are_what_values_gives_converters_included(entries):
+    rows = ReusedQuery(by_engine, "engine").rows(engine="transformers")
+    assert rows == list(by_engine("transformers"))
+    assert rows[0]["is_default"] is True and rows[0]["task"] == "embed"
+    assert isinstance(rows[0]["created_at"], datetime) and rows[0]["created_at"].tzinfo is not None
+
+
+def test_it_slices_as_the_queryset_would(entries):
+    query = ReusedQuery(lambda: ModelConfig.objects.order_by("name").values("name"))
+    assert query.rows(offset=1, limit=1) == list(ModelConfig.objects.order_by("name").values("name")[1:2])
+    assert query.rows(offset=0, limit=100) == list(ModelConfig.objects.order_by("name").values("name")[0:100])
+    assert query.rows(offset=5, limit=10) == []
+
+
+def test_it_writes_the_sql_once_per_thread(entries, monkeypatch):
+    written = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(SQLCompiler, "as_sql", lambda self, *a, **k: written.append(1) or as_sql(self, *a, **k))
+    query = ReusedQuery(by_engine, "engine")
+    for engine in ("transformers", "llama.cpp", "transformers"):
+        query.rows(engine=engine)
+    assert len(written) == 1
+    # Another thread writes its own: the converters belong to that thread's connection.
+    def in_another_thread():
+        try:
+            query.rows(engine="llama.cpp")
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=in_another_thread)
+    thread.start()
+    thread.join()
+    assert len(written) == 2
+
+
+def test_it_refuses_a_placeholder_the_query_does_not_use(entries):
+    query = ReusedQuery(lambda engine: ModelConfig.objects.values("name"), "engine")
+    with pytest.raises(ValueError, match="engine"):
+        query.rows(engine="transformers")
+
+
+def test_it_refuses_a_sliced_queryset(entries):
+    with pytest.raises(ValueError, match="slices"):
+        ReusedQuery(lambda: ModelConfig.objects.values("name")[:2]).rows()
