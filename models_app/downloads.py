@@ -131,12 +131,19 @@ def download_statuses(rows: list[dict]) -> dict[str, str]:
                              .order_by("model_name", "-created_at", "-id").values_list("model_name", "status")):
             latest.setdefault(name, status)
     cache = hub.cache_dir()
+    # One listing of the cache folder answers every entry never downloaded (most of a registry): a
+    # failed open per such entry cost more than the listing.
+    try:
+        folders = set(os.listdir(cache))
+    except OSError:
+        folders = set()
     for repo, row in hub_rows:
         name = row["name"]
         status = latest.get(name)
         if status in ModelDownload.ACTIVE:
             out[name] = "downloading"
-        elif _snapshot_present(repo, row["engine"], row["quantization"], parameters.get(name) or {}, cache):
+        elif (hub.repo_dir(repo, cache).name in folders
+              and _snapshot_present(repo, row["engine"], row["quantization"], parameters.get(name) or {}, cache)):
             out[name] = "present"
         else:
             out[name] = "failed" if status == ModelDownload.FAILED else "missing"
