@@ -1,9 +1,12 @@
-"""transformers' GGUF loader reads through gguf_reading's faster reader and name maps, and reads the same."""
+"""GGUF files read through gguf_reading (transformers' loader, and our own header checks) read as gguf reads them."""
 
 from __future__ import annotations
 
+import struct
+
 import gguf
 import numpy as np
+import pytest
 
 from models_app.serving.engines import gguf_reading
 from models_app.serving.engines.bundled import bundled_gguf_path
@@ -38,3 +41,45 @@ def test_installing_twice_keeps_one_layer_of_each():
     gguf_reading.install()
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
     assert gguf_reading.memmap_reader is not reader and not issubclass(gguf_reading.memmap_reader, reader)
+
+
+def _own_header(path):
+    """What gguf's own reader makes of ``path``: its scalar and string fields and its tensor table."""
+    own = gguf_reading.plain_array_reader()(str(path), "r")
+    fields = {key: field.contents() for key, field in own.fields.items()
+              if not key.startswith("GGUF.") and field.types[0] != gguf.GGUFValueType.ARRAY}
+    tensors = [(t.name, t.tensor_type.name, int(t.n_elements), int(t.n_bytes), int(t.data_offset)) for t in own.tensors]
+    return fields, tensors
+
+
+def test_the_header_reader_gives_the_fields_and_tensor_table_gguf_own_reader_gives():
+    path = bundled_gguf_path()
+    header = gguf_reading.read_header(path)
+    fields, tensors = _own_header(path)
+    assert header.fields == pytest.approx(fields) and "tokenizer.ggml.tokens" not in header.fields
+    assert [(t.name, t.type_name, t.n_elements, t.n_bytes, t.data_offset) for t in header.tensors] == tensors
+    assert header.fields["general.architecture"] == "llama" and len(tensors) == 272
+
+
+def _with_first_field_length(path, length: int, tmp_path):
+    """The bundled GGUF with its first key's length (after magic, version and the two counts) replaced."""
+    data = bytearray(path.read_bytes()[:64 * 1024])
+    struct.pack_into("<Q", data, 24, length)
+    target = tmp_path / "hostile.gguf"
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("length", [2**63, 10**9])
+def test_a_length_past_the_end_of_the_file_is_refused_before_anything_is_read(tmp_path, length):
+    with pytest.raises(ValueError, match="past the end"):
+        gguf_reading.read_header(_with_first_field_length(bundled_gguf_path(), length, tmp_path))
+
+
+def test_a_header_cut_short_is_refused(tmp_path):
+    data = bundled_gguf_path().read_bytes()
+    for size in (3, 20, 1024, 600 * 1024):
+        path = tmp_path / f"cut-{size}.gguf"
+        path.write_bytes(data[:size])
+        with pytest.raises(ValueError):
+            gguf_reading.read_header(path)

@@ -158,24 +158,18 @@ def inspect_gguf(path) -> dict:
         raise EngineLoadError(f"not a valid GGUF file: {name} has no GGUF header")
 
     try:
-        from gguf import GGUFReader, LlamaFileType
-        reader = GGUFReader(str(path), "r")
-        data_end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+        from gguf import LlamaFileType
+
+        from .gguf_reading import read_header
+        header = read_header(path)
     except Exception as exc:
         raise EngineLoadError(f"not a valid GGUF file: {name} is corrupt or truncated "
                               f"({exc.__class__.__name__})") from None
-    if not reader.tensors or data_end > st.st_size:
+    data_end = max((t.data_offset + t.n_bytes for t in header.tensors), default=0)
+    if not header.tensors or data_end > st.st_size:
         raise EngineLoadError(f"not a valid GGUF file: {name} is truncated")
 
-    def value(key):
-        f = reader.fields.get(key)
-        if f is None or not f.data:
-            return None
-        try:
-            return f.contents()
-        except Exception:
-            return None
-
+    value = header.fields.get
     architecture = value("general.architecture")
     file_type = value("general.file_type")
     if file_type is not None:
@@ -184,7 +178,7 @@ def inspect_gguf(path) -> dict:
         except ValueError:
             file_type = str(file_type)
     else:
-        types = [t.tensor_type.name for t in reader.tensors]
+        types = [t.type_name for t in header.tensors]
         file_type = max(set(types), key=types.count)
     context_length = value(f"{architecture}.context_length") if architecture else None
     pooling_type = value(f"{architecture}.pooling_type") if architecture else None
@@ -195,10 +189,8 @@ def inspect_gguf(path) -> dict:
         "context_length": int(context_length) if context_length is not None else None,
         "pooling_type": int(pooling_type) if isinstance(pooling_type, int) else None,
         "chat_template": template if isinstance(template, str) and template else None,
-        "parameter_count": int(sum(int(t.n_elements) for t in reader.tensors)),
+        "parameter_count": sum(t.n_elements for t in header.tensors),
     }
-
-
 
 
 _ABS_PATH = re.compile(r"(?<![\w.])(/[^\s'\"():,]+)")
