@@ -7,8 +7,10 @@ live in their own modules so that the smoke test can run each of them for a few 
 * ``bench.server``  — a private daphne server on a free port with a fresh data dir (SQLite)
 * ``bench.clients`` — one timed stream per transport: the engine in this process, SSE,
                       WebSocket and /v1 (the official ``openai`` client)
-* ``bench.parts``   — the four parts of the issue (streaming, concurrency, management API,
-                      load and memory)
+* ``bench.parts``   — the parts (streaming, concurrency, management API, load and memory,
+                      constrained decoding, relay ceiling)
+* ``bench.token_source`` — part 6's remote engine: an OpenAI-compatible server on 127.0.0.1 that
+                      streams one chunk per token as fast as the socket takes them
 * ``bench.report``  — the JSON, Markdown summary and PNG chart
 * ``bench.ray_channel`` — on its own (``python -m bench.ray_channel``): how tokens should travel from a
                       Ray runner actor (streaming generator vs the runner protocol over a socket)

@@ -1,4 +1,4 @@
-"""The parts of `make bench` (issue 8; part 5: issue 18). Each returns a JSON-ready dict of raw numbers and checks.
+"""The parts of `make bench` (issue 8; part 5: issue 18; part 6: issue 20). Each returns a JSON-ready dict of raw numbers and checks.
 
 Every check is ``{"id", "part", "engine", "what", "target", "measured", "passed"}`` where
 ``passed`` is None when the figure could not be measured. Targets are reported, never asserted.
@@ -16,6 +16,8 @@ import httpx
 
 from bench import clients, stats
 from bench.server import HF, HF_BATCHED, LLAMA, BenchServer
+from bench.token_source import MODEL_ID as SOURCE_MODEL_ID
+from bench.token_source import TokenSource
 
 MIB = 1024 * 1024
 
@@ -35,6 +37,8 @@ class Options:
     overload_samples: int = 10
     transformers_threads: int | None = None  # n_threads for the transformers entries (both sides); None: default
     placement: str = "local"  # BENCH_PLACEMENT: local, ray (parts 1-2 on a Ray cluster) or both
+    relay_tokens: int = 2000  # BENCH_RELAY_TOKENS: tokens per stream in part 6
+    relay_streams: int = 16
 
     def tokens_for(self, engine: str) -> int:
         return self.tokens if engine == "llama.cpp" else self.tokens_transformers
@@ -864,3 +868,100 @@ def part_constrained(bench: Bench, engine_name: str) -> dict:
             "constraint": STORY_CONSTRAINT, "load_s": load_s, "summary": summary,
             "per_token_cost_us": cost_us, "tps_ratio": ratio, "first_constrained_added_ttft_ms": compile_ms,
             "raw": {side: [r.row() for r in rs] for side, rs in results.items()}, "checks": checks}
+
+
+# =============================================================================================
+# Part 6: relay ceiling
+# =============================================================================================
+
+RELAY_MODEL = "bench-relay"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of one process (its threads included, its children not)."""
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system
+
+
+def _relay_row(results: list[clients.StreamResult], wall_s: float, cpu: dict[str, float | None],
+               tokens: int) -> dict:
+    good = [r for r in results if r.ok and r.finish_reason == "length" and r.tokens == tokens]
+    relayed = sum(r.tokens for r in good)
+
+    def per_token_us(seconds):
+        return None if seconds is None or not relayed else seconds / relayed * 1e6
+
+    return {
+        "streams": len(results), "wall_s": wall_s, "tokens_relayed": relayed,
+        "pieces_received": sum(len(r.piece_times) for r in good),
+        "aggregate_tps": relayed / wall_s if wall_s > 0 else None,
+        "cpu_s": cpu,
+        "web_cpu_us_per_token": per_token_us(cpu["web"]),
+        "tokens_per_web_core_s": None if not cpu["web"] else relayed / cpu["web"],
+        "runner_cpu_us_per_token": per_token_us(cpu["runner"]),
+        "source_cpu_us_per_token": per_token_us(cpu["source"]),
+        "client_cpu_us_per_token": per_token_us(cpu["client"]),
+        "ttft_ms_p50": stats.percentile((r.ttft_ms for r in good), 50),
+        "errors": len(results) - len(good),
+        "error_messages": sorted({str(r.error or f"{r.finish_reason}, {r.tokens} tokens")
+                                  for r in results if r not in good})[:5],
+    }
+
+
+def part_relay(bench: Bench) -> dict:
+    """The web process's CPU per relayed token when the engine is never the bottleneck: an ``openai``
+    entry pointed at bench.token_source (a child process that streams a chunk per token as fast as the
+    socket takes it), ``relay_streams`` SSE chats at once. CPU is read with psutil from the web process
+    (daphne's pid, all its threads, not its children), the runner, the source and this process (the
+    clients) just before the chats are sent and just after the last one ends, so each run's figure includes the chats' setup and
+    recording, spread over their tokens."""
+    server, opts = bench.server, bench.opts
+    tokens, streams = opts.relay_tokens, opts.relay_streams
+    bench.label = "6-relay"
+    bench.log(f"part 6: relay ceiling, {streams} SSE streams x {tokens} tokens from bench.token_source")
+    rows = []
+    with TokenSource() as source:
+        server.add_model(RELAY_MODEL, {"model_id": SOURCE_MODEL_ID, "engine": "openai", "max_new_tokens": tokens,
+                                       "parameters": {"base_url": source.base_url, "n_ctx": tokens + 1024,
+                                                      "max_queue": 2 * streams}})
+        server.load(RELAY_MODEL)
+        # The benchmark's own process too: its SSE clients share the cores with the rest and limit the aggregate.
+        pids = {"web": server.pid, "runner": server.status(RELAY_MODEL)["pid"], "source": source.pid,
+                "client": os.getpid()}
+        # Warm-up: the runner's connections to the source, the web process's first chats.
+        clients.run_concurrent_sse(server.url, server.api_key, RELAY_MODEL, min(tokens, 64), streams)
+        for run in range(opts.runs):
+            before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            results, wall = clients.run_concurrent_sse(server.url, server.api_key, RELAY_MODEL, tokens, streams)
+            after = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            rows.append(_relay_row(results, wall, {k: stats.diff(after[k], before[k]) for k in pids}, tokens))
+            r = rows[-1]
+            bench.log(f"  run {run + 1}/{opts.runs}: {stats.fmt(r['aggregate_tps'], 0)} tok/s relayed, web "
+                      f"{stats.fmt(r['web_cpu_us_per_token'], 1)} µs/token, runner "
+                      f"{stats.fmt(r['runner_cpu_us_per_token'], 1)} µs/token"
+                      + (f" ({r['errors']} errors: {r['error_messages']})" if r["errors"] else ""))
+        server.unload(RELAY_MODEL)
+    summary = {key: stats.median(r[key] for r in rows)
+               for key in ("aggregate_tps", "web_cpu_us_per_token", "tokens_per_web_core_s",
+                           "runner_cpu_us_per_token", "source_cpu_us_per_token", "client_cpu_us_per_token",
+                           "ttft_ms_p50")}
+    summary["errors_total"] = sum(r["errors"] for r in rows)
+    web_us = summary["web_cpu_us_per_token"]
+    checks = [
+        check("6.relay.web_cpu", 6, "openai", f"web-process CPU per relayed token at {streams} SSE streams (µs)",
+              "≤ 100 µs", web_us, _le(web_us, 100.0),
+              note=f"{stats.fmt(summary['tokens_per_web_core_s'], 0)} tokens/s per web-process core"),
+        check("6.relay.per_core", 6, "openai", "tokens/s relayed per web-process core", "reported",
+              summary["tokens_per_web_core_s"], None,
+              note=f"aggregate {stats.fmt(summary['aggregate_tps'], 0)} tokens/s; runner "
+                   f"{stats.fmt(summary['runner_cpu_us_per_token'], 1)} µs/token"),
+        check("6.relay.errors", 6, "openai", f"errors over {opts.runs} runs of {streams} streams", "0",
+              summary["errors_total"], summary["errors_total"] == 0),
+    ]
+    return {"model": RELAY_MODEL, "streams": streams, "tokens": tokens, "runs": opts.runs, "pids": pids,
+            "summary": summary, "raw": rows, "checks": checks}

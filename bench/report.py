@@ -82,7 +82,7 @@ def _clean(value):
 def all_checks(results: dict) -> list[dict]:
     """Every check of the run, the Ray section's (BENCH_PLACEMENT=ray) after those of local placement."""
     checks = []
-    sections = [(results, key) for key in ("part1", "part2", "part3", "part4", "part5")]
+    sections = [(results, key) for key in ("part1", "part2", "part3", "part4", "part5", "part6")]
     sections += [(results.get("ray") or {}, key) for key in ("part1", "part2")]
     for section, key in sections:
         part = section.get(key)
@@ -337,6 +337,27 @@ def markdown(results: dict) -> str:
                   "run's pair. The schema is an object with a title and a story string. llama.cpp: GBNF grammar "
                   "in its sampler; transformers: llguidance token masks. The last column is the first "
                   "constrained request's TTFT over the later ones' (compiling the schema, then cached).", ""]
+    p6 = results.get("part6") or {}
+    if p6.get("summary"):
+        s6 = p6["summary"]
+        lines += [f"## Part 6 — relay ceiling ({p6['streams']} SSE streams × {p6['tokens']} tokens from "
+                  "bench.token_source; medians)", "",
+                  "| aggregate tok/s | web CPU µs/token | tokens/s per web-process core | runner CPU µs/token "
+                  "| token source CPU µs/token | benchmark clients CPU µs/token | TTFT p50 ms | errors |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {fmt(s6['aggregate_tps'], 0)} | {fmt(s6['web_cpu_us_per_token'], 1)} | "
+                  f"{fmt(s6['tokens_per_web_core_s'], 0)} | {fmt(s6['runner_cpu_us_per_token'], 1)} | "
+                  f"{fmt(s6['source_cpu_us_per_token'], 1)} | {fmt(s6.get('client_cpu_us_per_token'), 1)} | "
+                  f"{fmt(s6['ttft_ms_p50'], 0)} | {s6['errors_total']} |",
+                  "", "An `openai` entry pointed at bench.token_source, a bench-only OpenAI-compatible server "
+                  "that streams one chunk per token as fast as its socket takes them, so the platform is the "
+                  "only bottleneck. CPU is user + system time read with psutil just before the chats are sent "
+                  "and just after the last one ends: the web process (daphne, all its threads, not its "
+                  "children), the runner (the engine's HTTP client and the pipe), the source and the "
+                  "benchmark's own process (its SSE clients), divided by the tokens of the chats that ended "
+                  "complete; tokens/s per web-process core is that count over the web process's CPU seconds. "
+                  "The aggregate is limited by the machine: all four share its cores. TTFT includes each "
+                  "chat's setup while the others already stream.", ""]
     if results.get("part1_transformers_gguf_load"):
         g = results["part1_transformers_gguf_load"]
         lines += [f"Transformers on the GGUF (`{g['model']}`), measured once in part 1: platform load "

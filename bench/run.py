@@ -8,7 +8,7 @@ Options (environment):
   BENCH_TOKENS_TRANSFORMERS   tokens per stream for transformers (default 16: its CPU decode is 5-20x
                               slower than llama.cpp's on a busy 2-core machine, and the whole run should
                               stay near 25 minutes)
-  BENCH_PARTS                 e.g. "1,2,3,4,5" (default all; 5, constrained decoding, needs no server)
+  BENCH_PARTS                 e.g. "1,2,3,4,5,6" (default all; 5, constrained decoding, needs no server)
   BENCH_ENGINES               e.g. "llama.cpp,transformers" (default both)
   BENCH_SOAK_SECONDS          mixed-traffic soak in part 4 (default 600)
   BENCH_LOAD_CYCLES           load/unload cycles in part 4 (default 20)
@@ -20,6 +20,7 @@ Options (environment):
                               cluster on 127.0.0.1 started for the run and stopped after it; same direct-engine
                               baseline and targets; reported in the "Ray placement" section. Other parts always
                               run with local placement.
+  BENCH_RELAY_TOKENS          tokens per stream in part 6, the relay ceiling (default 2000; at most 32768)
   BENCH_RESULTS_DIR           where the outputs go (default bench/results)
 
 Writes <stamp>.json, <stamp>.md, <stamp>.png and latest.md. Targets are reported, not asserted:
@@ -42,6 +43,7 @@ from bench.server import BenchServer, RayHead
 ENGINES = ("llama.cpp", "transformers")
 PLACEMENTS = ("local", "ray", "both")
 RAY_PARTS = (1, 2)  # the parts that have a Ray column
+RELAY_TOKENS_MAX = 32768
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -55,11 +57,11 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
 
 
 def options_from_env() -> parts.Options:
-    parts_raw = os.environ.get("BENCH_PARTS") or "1,2,3,4,5"
+    parts_raw = os.environ.get("BENCH_PARTS") or "1,2,3,4,5,6"
     engines_raw = os.environ.get("BENCH_ENGINES") or ",".join(ENGINES)
     selected = tuple(sorted({int(p) for p in parts_raw.replace(" ", "").split(",") if p}))
-    if not selected or any(p not in (1, 2, 3, 4, 5) for p in selected):
-        raise SystemExit("BENCH_PARTS: a comma-separated subset of 1,2,3,4,5")
+    if not selected or any(p not in (1, 2, 3, 4, 5, 6) for p in selected):
+        raise SystemExit("BENCH_PARTS: a comma-separated subset of 1,2,3,4,5,6")
     engines = tuple(e.strip() for e in engines_raw.split(",") if e.strip())
     if not engines or any(e not in ENGINES for e in engines):
         raise SystemExit(f"BENCH_ENGINES: a comma-separated subset of {','.join(ENGINES)}")
@@ -68,6 +70,9 @@ def options_from_env() -> parts.Options:
         raise SystemExit(f"BENCH_PLACEMENT: one of {', '.join(PLACEMENTS)}")
     if placement == "ray" and not set(selected) & set(RAY_PARTS):
         raise SystemExit("BENCH_PLACEMENT=ray measures parts 1 and 2 only; BENCH_PARTS has neither")
+    relay_tokens = _int("BENCH_RELAY_TOKENS", 2000)
+    if relay_tokens > RELAY_TOKENS_MAX:
+        raise SystemExit(f"BENCH_RELAY_TOKENS: at most {RELAY_TOKENS_MAX} (a registry entry's max_new_tokens)")
     return parts.Options(
         runs=_int("BENCH_RUNS", 5),
         tokens=_int("BENCH_TOKENS", 128, minimum=2),
@@ -82,6 +87,7 @@ def options_from_env() -> parts.Options:
         # the slowest one), which would charge the client's CPU to the platform.
         transformers_threads=_int("BENCH_TRANSFORMERS_THREADS", max(1, (os.cpu_count() or 2) // 2), minimum=0) or None,
         placement=placement,
+        relay_tokens=relay_tokens,
     )
 
 
@@ -103,6 +109,8 @@ def _plan(bench: parts.Bench, selected: tuple[int, ...]) -> list:
         plan.append((4, None, lambda: parts.part_load_memory(bench)))
     if 5 in selected:
         plan += [(5, e, lambda e=e: parts.part_constrained(bench, e)) for e in opts.engines]
+    if 6 in selected:
+        plan.append((6, None, lambda: parts.part_relay(bench)))
     return plan
 
 
@@ -184,7 +192,8 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
                     "parts": list(opts.parts), "engines": list(opts.engines), "soak_seconds": opts.soak_seconds,
                     "levels": list(opts.levels), "mgmt_clients": opts.mgmt_clients,
                     "mgmt_seconds": opts.mgmt_seconds, "load_cycles": opts.load_cycles,
-                    "transformers_threads": opts.transformers_threads, "placement": opts.placement},
+                    "transformers_threads": opts.transformers_threads, "placement": opts.placement,
+                    "relay_tokens": opts.relay_tokens, "relay_streams": opts.relay_streams},
         "prompt": clients.PROMPT,
         "machine": report.machine_info(),
         "loadavg_start": list(os.getloadavg()),

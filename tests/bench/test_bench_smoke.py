@@ -20,6 +20,8 @@ import pytest
 from bench import clients, parts, report, stats
 from bench.hammer import hammer_in_process
 from bench.server import LLAMA, BenchServer
+from bench.token_source import MODEL_ID as SOURCE_MODEL_ID
+from bench.token_source import TokenSource
 
 TOKENS = 4
 
@@ -47,6 +49,18 @@ def test_options_from_env(monkeypatch):
     monkeypatch.setenv("BENCH_TRANSFORMERS_THREADS", "0")
     assert options_from_env().transformers_threads is None  # torch's own choice
     monkeypatch.setenv("BENCH_ENGINES", "vllm")
+    with pytest.raises(SystemExit):
+        options_from_env()
+
+
+def test_part_6_is_in_the_default_run_with_2000_tokens_per_stream(monkeypatch):
+    from bench.run import options_from_env
+
+    monkeypatch.delenv("BENCH_PARTS", raising=False)
+    monkeypatch.delenv("BENCH_RELAY_TOKENS", raising=False)
+    opts = options_from_env()
+    assert opts.parts == (1, 2, 3, 4, 5, 6) and (opts.relay_tokens, opts.relay_streams) == (2000, 16)
+    monkeypatch.setenv("BENCH_RELAY_TOKENS", "32769")  # more than a registry entry may generate
     with pytest.raises(SystemExit):
         options_from_env()
 
@@ -194,3 +208,70 @@ def test_part_5_measures_constrained_against_free_decoding_on_the_raw_engine(tmp
            "errors": [], "part5": {"llama.cpp": result}}
     summary = report.write_outputs(doc, tmp_path)["md"].read_text()
     assert "## Part 5 — constrained decoding" in summary and "constrained decoding: added time per token" in summary
+
+
+def test_token_source_streams_max_tokens_chunks_that_the_openai_client_reads():
+    import httpx
+    import openai
+
+    with TokenSource() as source:
+        assert source.url.startswith("http://127.0.0.1:")
+        models = httpx.get(f"{source.base_url}/models").json()
+        assert [m["id"] for m in models["data"]] == [SOURCE_MODEL_ID]
+        client = openai.OpenAI(base_url=source.base_url, api_key="unused", max_retries=0, timeout=10)
+        stream = client.chat.completions.create(model=SOURCE_MODEL_ID, messages=clients.messages_for(),
+                                                max_tokens=5, stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert len(texts) == 5 and all(t.strip() for t in texts)
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+        assert chunks[-1].usage.completion_tokens == 5
+        refused = httpx.post(f"{source.base_url}/chat/completions", json={"model": SOURCE_MODEL_ID, "messages": []})
+        assert refused.status_code == 400  # it only streams
+        client.close()
+    assert source.proc.returncode == 0  # closing its stdin ended it: no kill needed
+
+
+def test_openai_engine_relays_every_token_of_the_token_source():
+    from models_app.serving.engines.contract import GenerationParams, GenerationStats, LoadSpec
+    from models_app.serving.engines.openai_engine import OpenAIEngine
+
+    engine = OpenAIEngine()
+    with TokenSource() as source:
+        engine.load(LoadSpec(name="relay", engine="openai", model_id=SOURCE_MODEL_ID,
+                             parameters={"base_url": source.base_url}))
+        try:
+            items = list(engine.generate(clients.messages_for(), GenerationParams(max_tokens=300), lambda: False))
+        finally:
+            engine.close()
+    *texts, final = items
+    assert len(texts) == 300 and isinstance(final, GenerationStats)
+    assert (final.tokens_generated, final.finish_reason) == (300, "length")
+
+
+def test_part_6_charges_the_web_process_cpu_per_relayed_token(tmp_path):
+    opts = parts.Options(runs=1, parts=(6,), relay_tokens=TOKENS)
+    server = BenchServer()
+    try:
+        server.start()
+        result = parts.part_relay(parts.Bench(server=server, opts=opts))
+    finally:
+        stop = server.stop()
+    assert stop["daphne_exit"] == 0 and stop["killed_pids"] == [], stop
+
+    (row,) = result["raw"]
+    assert row["errors"] == 0 and row["tokens_relayed"] == 16 * TOKENS, row
+    assert row["cpu_s"]["web"] > 0 and row["web_cpu_us_per_token"] > 0 and row["tokens_per_web_core_s"] > 0
+    assert all(row[f"{side}_cpu_us_per_token"] is not None for side in ("runner", "source", "client"))
+    assert result["pids"]["runner"] != server.pid
+    assert not psutil.pid_exists(result["pids"]["source"]) or \
+        psutil.Process(result["pids"]["source"]).status() == psutil.STATUS_ZOMBIE
+    assert {c["id"] for c in result["checks"]} == {"6.relay.web_cpu", "6.relay.per_core", "6.relay.errors"}
+
+    doc = {"stamp": "smoke6", "options": {"runs": 1, "tokens": TOKENS, "tokens_transformers": TOKENS, "parts": [6],
+                                          "engines": ["llama.cpp"], "soak_seconds": 1},
+           "prompt": clients.PROMPT, "machine": report.machine_info(), "loadavg_start": list(os.getloadavg()),
+           "errors": [], "part6": result}
+    summary = report.write_outputs(doc, tmp_path)["md"].read_text()
+    assert "## Part 6 — relay ceiling (16 SSE streams × 4 tokens" in summary
+    assert "| 6 | openai | web-process CPU per relayed token at 16 SSE streams (µs) | ≤ 100 µs |" in summary
