@@ -129,7 +129,7 @@ def test_report_puts_the_ray_column_next_to_local_placement(tmp_path):
 
 def test_harness_end_to_end_for_a_few_tokens(tmp_path):
     opts = parts.Options(runs=1, tokens=TOKENS, tokens_transformers=TOKENS, parts=(1,), engines=("llama.cpp",),
-                         soak_seconds=1, mgmt_seconds=0.3)
+                         soak_seconds=1, mgmt_seconds=0.3, relay_tokens=TOKENS)
     server = BenchServer()
     bench = parts.Bench(server=server, opts=opts)
     runner_pid = None
@@ -162,11 +162,22 @@ def test_harness_end_to_end_for_a_few_tokens(tmp_path):
         runner_pid = memory["pid"]
         assert memory["abs_diff_pct_max"] is not None and memory["reported_mb_median"] > 0
 
+        # Part 6 on the same server: the web process's CPU per token relayed from the token source.
+        relay = parts.part_relay(bench)
+        (row,) = relay["raw"]
+        assert row["errors"] == 0 and row["tokens_relayed"] == 16 * TOKENS, row
+        assert row["cpu_s"]["web"] > 0 and row["web_cpu_us_per_token"] > 0 and row["tokens_per_web_core_s"] > 0
+        assert all(row[f"{side}_cpu_us_per_token"] is not None for side in ("runner", "source", "client"))
+        assert relay["pids"]["runner"] != server.pid
+        assert not psutil.pid_exists(relay["pids"]["source"]) or \
+            psutil.Process(relay["pids"]["source"]).status() == psutil.STATUS_ZOMBIE
+        assert {c["id"] for c in relay["checks"]} == {"6.relay.web_cpu", "6.relay.per_core", "6.relay.errors"}
+
         results_doc = {
-            "stamp": "smoke", "options": {"runs": 1, "tokens": TOKENS, "tokens_transformers": TOKENS, "parts": [1],
+            "stamp": "smoke", "options": {"runs": 1, "tokens": TOKENS, "tokens_transformers": TOKENS, "parts": [1, 6],
                                           "engines": ["llama.cpp"], "soak_seconds": 1},
             "prompt": clients.PROMPT, "machine": report.machine_info(), "loadavg_start": list(os.getloadavg()),
-            "loadavg_end": list(os.getloadavg()), "errors": [], "part1": {"llama.cpp": p1},
+            "loadavg_end": list(os.getloadavg()), "errors": [], "part1": {"llama.cpp": p1}, "part6": relay,
             "timeline": [{"t": 0.0, "part": "1", "web_rss_mb": 100.0, "children_rss_mb": {"1": 200.0},
                           "loadavg1": 1.0}],
         }
@@ -184,6 +195,8 @@ def test_harness_end_to_end_for_a_few_tokens(tmp_path):
     assert written["part1"]["llama.cpp"]["comparisons"]["sse"]["tps_ratio"] is not None
     summary = paths["md"].read_text()
     assert "## Targets" in summary and "decode tokens/s, websocket ÷ direct" in summary
+    assert "## Part 6 — relay ceiling (16 SSE streams × 4 tokens" in summary
+    assert "| 6 | openai | web-process CPU per relayed token at 16 SSE streams (µs) | ≤ 100 µs |" in summary
     assert (tmp_path / "latest.md").read_text() == summary
     if importlib.util.find_spec("matplotlib") is None:
         assert "matplotlib is not installed" in summary
@@ -248,30 +261,3 @@ def test_openai_engine_relays_every_token_of_the_token_source():
     assert len(texts) == 300 and isinstance(final, GenerationStats)
     assert (final.tokens_generated, final.finish_reason) == (300, "length")
 
-
-def test_part_6_charges_the_web_process_cpu_per_relayed_token(tmp_path):
-    opts = parts.Options(runs=1, parts=(6,), relay_tokens=TOKENS)
-    server = BenchServer()
-    try:
-        server.start()
-        result = parts.part_relay(parts.Bench(server=server, opts=opts))
-    finally:
-        stop = server.stop()
-    assert stop["daphne_exit"] == 0 and stop["killed_pids"] == [], stop
-
-    (row,) = result["raw"]
-    assert row["errors"] == 0 and row["tokens_relayed"] == 16 * TOKENS, row
-    assert row["cpu_s"]["web"] > 0 and row["web_cpu_us_per_token"] > 0 and row["tokens_per_web_core_s"] > 0
-    assert all(row[f"{side}_cpu_us_per_token"] is not None for side in ("runner", "source", "client"))
-    assert result["pids"]["runner"] != server.pid
-    assert not psutil.pid_exists(result["pids"]["source"]) or \
-        psutil.Process(result["pids"]["source"]).status() == psutil.STATUS_ZOMBIE
-    assert {c["id"] for c in result["checks"]} == {"6.relay.web_cpu", "6.relay.per_core", "6.relay.errors"}
-
-    doc = {"stamp": "smoke6", "options": {"runs": 1, "tokens": TOKENS, "tokens_transformers": TOKENS, "parts": [6],
-                                          "engines": ["llama.cpp"], "soak_seconds": 1},
-           "prompt": clients.PROMPT, "machine": report.machine_info(), "loadavg_start": list(os.getloadavg()),
-           "errors": [], "part6": result}
-    summary = report.write_outputs(doc, tmp_path)["md"].read_text()
-    assert "## Part 6 — relay ceiling (16 SSE streams × 4 tokens" in summary
-    assert "| 6 | openai | web-process CPU per relayed token at 16 SSE streams (µs) | ≤ 100 µs |" in summary
