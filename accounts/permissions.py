@@ -43,7 +43,24 @@ def has_on(user, codename: str, obj) -> bool:
     """Global permission, or (for the object-grantable ones) the permission on ``obj``."""
     if has_global(user, codename):
         return True
-    return codename in OBJECT_PERMISSIONS and user.is_authenticated and user.has_perm(full_name(codename), obj)
+    return codename in OBJECT_PERMISSIONS and user.is_authenticated and _object_checker(user).has_perm(
+        full_name(codename), obj)
+
+
+def _object_checker(user):
+    """The guardian checker of this user object: it reads an object's grants once and keeps them.
+
+    guardian's backend (``user.has_perm(perm, obj)``) makes a new checker, two queries, for every
+    check, and a chat asks two or three on one model (docs/performance.md). Kept on the user object,
+    like Django's own cache of global permissions: that object lives for one request (the API key
+    and the session load it afresh, before any check), so a change of grants shows from the next.
+    """
+    checker = user.__dict__.get("_object_permission_checker")
+    if checker is None:
+        from guardian.core import ObjectPermissionChecker
+
+        checker = user._object_permission_checker = ObjectPermissionChecker(user)
+    return checker
 
 
 def has_somewhere(user, codename: str) -> bool:

@@ -298,13 +298,17 @@ def _apply_chat_event(result: StreamResult, kind: str, payload: dict, now: float
     return False
 
 
-def sse_stream(client, model: str, max_tokens: int, prompt: str = PROMPT) -> StreamResult:
-    """POST /inference/chat with stream=true on a keep-alive ``httpx.Client`` (auth headers set)."""
+def sse_stream(client, model: str, max_tokens: int, prompt: str = PROMPT, session_id: str | None = None) -> StreamResult:
+    """POST /inference/chat with stream=true on a keep-alive ``httpx.Client`` (auth headers set);
+    a new session, or the turn after those of ``session_id``."""
     result = StreamResult("sse")
     parser = _SSEParser()
+    body = chat_body(model, max_tokens, prompt)
+    if session_id is not None:
+        body["session_id"] = session_id
     result.sent_at = t0 = time.perf_counter()
     try:
-        with client.stream("POST", "/inference/chat", json=chat_body(model, max_tokens, prompt)) as response:
+        with client.stream("POST", "/inference/chat", json=body) as response:
             result.status_code = response.status_code
             if response.status_code != 200:
                 response.read()

@@ -128,7 +128,9 @@ class ServerError(RuntimeError):
 
 
 class BenchServer:
-    def __init__(self, *, keep_data: bool = False, extra_env: dict | None = None):
+    def __init__(self, *, keep_data: bool = False, extra_env: dict | None = None,
+                 serve: tuple[str, ...] = ("-m", "beautyai_site.serve")):
+        self.serve = serve  # what the interpreter runs: bench.ttft_timeline adds its timers first
         self.data_dir = Path(tempfile.mkdtemp(prefix="beautyai-bench-"))
         self.keep_data = keep_data
         self.port = free_port()
@@ -163,7 +165,7 @@ class BenchServer:
             raise ServerError(f"bootstrap printed no admin API key:\n{out}")
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "beautyai_site.serve", "-b", "127.0.0.1", "-p", str(self.port),
+            [sys.executable, *self.serve, "-b", "127.0.0.1", "-p", str(self.port),
              "beautyai_site.asgi:application"],
             cwd=PROJECT_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anthropic
 import openai
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
 from beautyai_site.api import errors
@@ -59,6 +60,7 @@ def test_access_is_checked_on_the_target_and_errors_name_only_the_alias(registry
     with pytest.raises(errors.PermissionDeniedError):
         services.model_resolve_for_user(user=reader, name="fast", permission="chat")
     grant(reader, "chat", registry["beta"])
+    reader = get_user_model().objects.get(pk=reader.pk)  # the next request's user: grants are read once per user object
     model, alias = services.model_resolve_for_user(user=reader, name="fast", permission="chat")
     assert (model.name, alias.name) == ("beta", "fast")
 
