@@ -10,9 +10,12 @@ completion tokens since midnight UTC. A group rule limits each member separately
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import datetime, timedelta, timezone as dt_timezone
 
+from django.contrib.auth import get_user_model
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -69,8 +72,31 @@ def _rule_details(rule: QuotaRule, *, limit: str, used: int, reset_at: datetime)
     }
 
 
+@functools.cache
+def _applicable_rule_sql(vendor: str) -> str:
+    rule, member = QuotaRule._meta, get_user_model().groups.through._meta
+    q = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    column = lambda meta, name: q(meta.get_field(name).column)  # noqa: E731 - local shorthand
+    return (f"SELECT 1 FROM {q(rule.db_table)} WHERE {column(rule, 'enabled')} "
+            f"AND ({column(rule, 'user')} = %s OR {column(rule, 'group')} IN "
+            f"(SELECT {column(member, 'group')} FROM {q(member.db_table)} WHERE {column(member, 'user')} = %s)) "
+            f"AND ({column(rule, 'model')} IS NULL OR {column(rule, 'model')} = %s) LIMIT 1")
+
+
+def any_rule_applies(*, user, model) -> bool:
+    """Whether ``rules_for`` would find a rule, with SQL written once per process: every chat asks,
+    most callers have no rule, and Django writing the ORM query's SQL (the groups subquery, the
+    joins) cost more than the database took to answer it (docs/performance.md)."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    with connection.cursor() as cursor:
+        cursor.execute(_applicable_rule_sql(connection.vendor), [user.pk, user.pk, model.pk])
+        return cursor.fetchone() is not None
+
+
 def quota_check(*, user, model) -> None:
     """Raises ``QuotaExceededError`` (429) when one of the caller's rules is used up for ``model``."""
+    if not any_rule_applies(user=user, model=model):
+        return
     now = timezone.now()
     for rule in rules_for(user=user, model=model):
         records = UsageRecord.objects.filter(user=user)

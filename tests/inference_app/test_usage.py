@@ -16,7 +16,7 @@ from django.utils import timezone as django_timezone
 from accounts.models import APIKey
 from beautyai_site.api import errors
 from inference_app.models import QuotaRule, UsageRecord
-from inference_app.usage import quota_check, usage_record
+from inference_app.usage import any_rule_applies, quota_check, rules_for, usage_record
 from tests.envelope import assert_error, assert_ok
 
 MODEL = "smollm2-135m-instruct"
@@ -195,6 +195,24 @@ def test_disabled_rules_and_yesterdays_tokens_do_not_count(make_user, registry):
     records(user, model_name="alpha", ago=timedelta(days=1, hours=1))
     records(user, model_name="alpha", tokens=(5, 4))
     quota_check(user=user, model=registry["alpha"])
+
+
+@pytest.mark.django_db
+def test_the_quick_rule_check_finds_a_rule_exactly_when_the_rules_query_does(make_user, registry):
+    group, other_group = Group.objects.create(name="trial"), Group.objects.create(name="other")
+    member, own, outsider, nobody = make_user(), make_user(), make_user(), make_user()
+    group.user_set.add(member)
+    other_group.user_set.add(outsider)
+    QuotaRule.objects.create(group=group, model=registry["alpha"], tokens_per_day=30)
+    QuotaRule.objects.create(user=own, requests_per_minute=5)
+    QuotaRule.objects.create(user=nobody, requests_per_minute=1, enabled=False)
+    QuotaRule.objects.create(group=other_group, model=registry["beta"], tokens_per_day=1)
+    cases = {(user.username, name): any_rule_applies(user=user, model=registry[name])
+             for user in (member, own, outsider, nobody) for name in ("alpha", "beta")}
+    assert cases == {(user.username, name): bool(rules_for(user=user, model=registry[name]))
+                     for user in (member, own, outsider, nobody) for name in ("alpha", "beta")}
+    assert sorted(key for key, found in cases.items() if found) == sorted(
+        [(member.username, "alpha"), (own.username, "alpha"), (own.username, "beta"), (outsider.username, "beta")])
 
 
 def test_a_rule_needs_exactly_one_of_user_and_group_and_a_limit():
