@@ -5,7 +5,16 @@ by the server, and a test that needs one of the things below on switches it on i
 environment variable for a server it starts, ``settings`` or the manager's attribute in-process).
 """
 
+import os
+
 from beautyai_site.env import env_bool
+
+# torch's OpenMP threads (one per core unless told) spin while they wait for each other; beside the
+# test process and the servers it starts, the transformers runners then decoded 5-8x slower on two
+# cores than with one thread (0.4 s against 2-3 s for four tokens of the bundled model). Set before
+# torch is imported, here and in every runner and server a test starts (they inherit the environment);
+# an engine's own n_threads still wins. llama.cpp takes its thread count from its parameters.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from beautyai_site.settings import *  # noqa: F401,F403 - the production settings, unchanged but for below
 
 # Django's default PBKDF2 (1,000,000 iterations) costs ~0.4 s per user created or logged in, and the
