@@ -9,9 +9,9 @@ import os
 
 from beautyai_site.env import env_bool
 
-# torch's OpenMP threads (one per core unless told) spin while they wait for each other; beside the
-# test process and the servers it starts, the transformers runners then decoded 5-8x slower on two
-# cores than with one thread (0.4 s against 2-3 s for four tokens of the bundled model). Set before
+# torch's OpenMP threads (one per core unless told) spin while they wait for each other: with another
+# process keeping one of two cores busy, four tokens of the bundled model took 2-3 s against 0.4 s on
+# one thread; over the transformers tests of test_constraints.py, 5-10 % of their time. Set before
 # torch is imported, here and in every runner and server a test starts (they inherit the environment);
 # an engine's own n_threads still wins. llama.cpp takes its thread count from its parameters.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
