@@ -95,3 +95,14 @@ def _by_value(placeholders: dict[str, _Placeholder], param):
             if param == placeholder:
                 return placeholder
     return param
+
+
+def field_names(model) -> list[str]:
+    """A model's concrete columns, as ``.values()`` names them: what ``instance`` builds an object from."""
+    return [field.attname for field in model._meta.concrete_fields]
+
+
+def instance(model, row: dict, *, using: str = DEFAULT_DB_ALIAS):
+    """The object the ORM would have built from ``row`` (a ``ReusedQuery`` row holding ``field_names(model)``)."""
+    names = field_names(model)
+    return model.from_db(using, names, [row[name] for name in names])

@@ -11,6 +11,7 @@ from rest_framework.exceptions import ValidationError as DRFValidationError
 
 from accounts.permissions import full_name, has_global, has_on
 from beautyai_site.api import errors
+from beautyai_site.sql import ReusedQuery, field_names, instance
 from models_app import runtime
 from models_app.models import Alias, ModelConfig, ModelDownload
 from models_app.serializers import ModelConfigSerializer
@@ -67,7 +68,8 @@ def model_get_for_user(*, user, name: str, permission: str = "model_read", shown
     one they may read but not act on answers 403. ``shown_as``: the name the request used (an
     alias), the only one an error may mention.
     """
-    model = ModelConfig.objects.filter(name=name).first()
+    rows = _MODEL_BY_NAME.rows(name=name)
+    model = instance(ModelConfig, rows[0]) if rows else None
     if model is None or not has_on(user, "model_read", model) and not has_on(user, permission, model):
         raise errors.ModelNotFoundError(f"Model '{shown_as or name}' not found in the registry.")
     if not has_on(user, permission, model):
@@ -80,16 +82,23 @@ def resolve_model_name(name: str) -> tuple[str, str | None]:
 
     Names of aliases and models never overlap (both sides refuse a taken name), so this is unambiguous.
     """
-    target = Alias.objects.filter(name=name).values_list("target__name", flat=True).first()
-    return (target, name) if target is not None else (name, None)
+    rows = _ALIAS_BY_NAME.rows(name=name)
+    return (rows[0]["target__name"], name) if rows else (name, None)
 
 
 def model_resolve_for_user(*, user, name: str, permission: str) -> tuple[ModelConfig, Alias | None]:
     """``model_get_for_user`` for a name that may be an alias: access is checked on the target, and
-    errors name what the caller asked for, so an alias does not reveal its target to whoever may not read it."""
-    model_name, alias_name = resolve_model_name(name)
-    model = model_get_for_user(user=user, name=model_name, permission=permission, shown_as=name)
-    alias = Alias.objects.select_related("fallback").get(name=alias_name) if alias_name else None
+    errors name what the caller asked for, so an alias does not reveal its target to whoever may not read it.
+
+    The alias comes from the same read as its target's name; its fallback is read only if it is needed.
+    """
+    rows = _ALIAS_BY_NAME.rows(name=name)
+    model = model_get_for_user(user=user, name=rows[0]["target__name"] if rows else name, permission=permission,
+                               shown_as=name)
+    alias = None
+    if rows:
+        alias = instance(Alias, rows[0])
+        alias.target = model
     return model, alias
 
 
@@ -99,7 +108,20 @@ def aliases_readable_by(user):
 
 
 def default_model() -> ModelConfig | None:
-    return ModelConfig.objects.filter(is_default=True).first()
+    rows = _DEFAULT_MODEL.rows()
+    return instance(ModelConfig, rows[0]) if rows else None
+
+
+# Every chat and /v1 request reads its model by name before the hand-off to the runner, where Django
+# writing the SQL cost more than the database answering (docs/performance.md), so these are written
+# once (beautyai_site/sql.py). Names are unique and at most one entry is the default (a partial unique
+# constraint): no ordering, at most one row, as ``.first()`` gave.
+_MODEL_BY_NAME = ReusedQuery(
+    lambda name: ModelConfig.objects.filter(name=name).order_by().values(*field_names(ModelConfig)), "name")
+_ALIAS_BY_NAME = ReusedQuery(
+    lambda name: Alias.objects.filter(name=name).order_by().values(*field_names(Alias), "target__name"), "name")
+_DEFAULT_MODEL = ReusedQuery(
+    lambda: ModelConfig.objects.filter(is_default=True).order_by().values(*field_names(ModelConfig)))
 
 
 # Configuration validation ------------------------------------------------------------------------
