@@ -83,3 +83,21 @@ def test_a_header_cut_short_is_refused(tmp_path):
         path.write_bytes(data[:size])
         with pytest.raises(ValueError):
             gguf_reading.read_header(path)
+
+
+@pytest.mark.parametrize("offset, count", [(8, 2**40), (16, 2**40)])  # the tensor count, the field count
+def test_counts_no_real_file_has_are_refused_before_any_loop_runs(tmp_path, offset, count):
+    data = bytearray(bundled_gguf_path().read_bytes()[:64 * 1024])
+    struct.pack_into("<Q", data, offset, count)
+    path = tmp_path / "many.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="fields and"):
+        gguf_reading.read_header(path)
+
+
+def test_an_array_longer_than_any_vocabulary_is_refused_before_it_is_stepped_over(tmp_path):
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"a" + struct.pack("<IIQ", 9, 8, 2**30)
+    path = tmp_path / "array.gguf"
+    path.write_bytes(header + b"\0" * 1024)
+    with pytest.raises(ValueError, match="an array of 1073741824 items"):
+        gguf_reading.read_header(path)

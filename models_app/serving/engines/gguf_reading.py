@@ -76,6 +76,9 @@ _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f"
                    12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4  # GGML_MAX_DIMS
+# Far above any real file (tens of fields, at most tens of thousands of tensors, vocabularies of a few
+# hundred thousand entries) and low enough that a hostile header cannot keep the loops going for minutes.
+_MAX_FIELDS, _MAX_TENSORS, _MAX_ARRAY_ITEMS = 1 << 16, 1 << 20, 1 << 24
 
 
 class _Cursor:
@@ -106,6 +109,8 @@ class _Cursor:
             return self.string()
         if kind == _ARRAY:
             item, count = self.unpack("<I", 4), self.unpack("<Q", 8)
+            if count > _MAX_ARRAY_ITEMS:
+                raise ValueError(f"an array of {count} items")
             if item == _STRING:
                 for _ in range(count):
                     self.skip_string()
@@ -148,6 +153,8 @@ def read_header(path) -> GGUFHeader:
         if version not in (2, 3):
             raise ValueError(f"unsupported GGUF version {version}")
         tensor_count, field_count = cursor.unpack("<Q", 8), cursor.unpack("<Q", 8)
+        if field_count > _MAX_FIELDS or tensor_count > _MAX_TENSORS:
+            raise ValueError(f"{field_count} fields and {tensor_count} tensors")
         fields = {}
         for _ in range(field_count):
             key = cursor.string()
