@@ -10,7 +10,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from beautyai_site.sql import ReusedQuery
+from beautyai_site.sql import ReusedQuery, field_names, instance
 
 KEY_PREFIX_LENGTH = 8
 
@@ -32,10 +32,6 @@ class APIKeyQuerySet(models.QuerySet):
         return _key_from_row(rows[0], self.db)
 
 
-def _key_fields() -> list[str]:
-    return [field.attname for field in APIKey._meta.concrete_fields]
-
-
 def _user_fields() -> list[str]:
     # Without the password hash: nothing that authenticates by key needs it, and the row may be cached.
     return [field.attname for field in APIKey.user.field.related_model._meta.concrete_fields if field.name != "password"]
@@ -44,13 +40,13 @@ def _user_fields() -> list[str]:
 # Every authenticated request without the key cache runs this (accounts/key_cache.py), so its SQL is
 # written once (beautyai_site/sql.py). The prefix is unique: no ordering, at most one row.
 _KEY_WITH_USER = ReusedQuery(lambda prefix: APIKey.objects.filter(prefix=prefix).order_by().values(
-    *_key_fields(), *(f"user__{name}" for name in _user_fields())), "prefix")
+    *field_names(APIKey), *(f"user__{name}" for name in _user_fields())), "prefix")
 
 
 def _key_from_row(row: dict, using: str) -> APIKey:
     """The key and its user as ``select_related("user").defer("user__password")`` would build them."""
-    key_fields, user_fields = _key_fields(), _user_fields()
-    key = APIKey.from_db(using, key_fields, [row[name] for name in key_fields])
+    user_fields = _user_fields()
+    key = instance(APIKey, row, using=using)
     user_model = APIKey.user.field.related_model
     key.user = user_model.from_db(using, user_fields, [row[f"user__{name}"] for name in user_fields])
     return key

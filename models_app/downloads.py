@@ -62,7 +62,11 @@ def _repo(model_id: str, engine: str) -> str | None:
 
 
 def revision_of(model: ModelConfig, asked: str | None = None) -> str:
-    return asked or (model.parameters or {}).get("revision") or "main"
+    return _revision(model.parameters or {}, asked)
+
+
+def _revision(parameters: dict, asked: str | None = None) -> str:
+    return asked or parameters.get("revision") or "main"
 
 
 def token_for(model: ModelConfig) -> str | None:
@@ -85,7 +89,7 @@ def files_present(model: ModelConfig) -> bool:
 
 
 def _snapshot_present(repo: str, engine: str, quantization: str, parameters: dict, cache=None) -> bool:
-    return hub.snapshot_present(repo, revision=parameters.get("revision") or "main", engine=engine,
+    return hub.snapshot_present(repo, revision=_revision(parameters), engine=engine,
                                 quantization=quantization, parameters=parameters, cache=cache)
 
 

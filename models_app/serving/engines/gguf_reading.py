@@ -25,9 +25,6 @@ import mmap
 import struct
 from dataclasses import dataclass
 
-_installed = False
-memmap_reader = None  # gguf's own GGUFReader, kept for comparison once replaced
-
 
 @functools.cache
 def plain_array_reader():
@@ -50,17 +47,15 @@ def plain_array_reader():
 
 def install() -> None:
     """Installs both speed-ups into the ``gguf`` module; idempotent, and a no-op without ``gguf``."""
-    global _installed, memmap_reader
-    if _installed:
-        return
     try:
         import gguf
     except ImportError:
         return
-    memmap_reader = gguf.GGUFReader
-    gguf.GGUFReader = plain_array_reader()
+    reader = plain_array_reader()  # built on gguf's own reader, the first time it is asked for
+    if gguf.GGUFReader is reader:
+        return
+    gguf.GGUFReader = reader
     gguf.get_tensor_name_map = functools.lru_cache(maxsize=32)(gguf.get_tensor_name_map)
-    _installed = True
 
 
 # A GGUF's header, without the arrays ------------------------------------------------------------
