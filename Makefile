@@ -48,11 +48,18 @@ serve: bootstrap
 	$(BIN)/python -m beautyai_site.serve -b $(HOST) -p $(PORT) beautyai_site.asgi:application
 
 # The import contracts (pyproject.toml [tool.importlinter]) first: seconds, and a broken layer fails fast.
-# pytest exits 5 when it collected no tests; that is a failure here, not a pass.
+# Then the suite in TEST_WORKERS pytest-xdist workers, a test module to a worker (docs/testing.md), and
+# last, alone, the tests marked exclusive (they stop PostgreSQL under the other worker's feet).
+# pytest exits 5 when it collected no tests: a failure for the first run, not for the second (a
+# PYTEST_ARGS that names other tests leaves it nothing to run).
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/lint-imports
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); \
-	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope \
+		-m "not exclusive" $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc; \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m exclusive $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # The fast lane (docs/testing.md): everything but the tests marked slow (real models, runners, servers,
 # browsers). `make test` stays the full suite, what CI runs.

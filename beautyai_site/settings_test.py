@@ -15,6 +15,24 @@ from beautyai_site.env import env_bool
 # torch is imported, here and in every runner and server a test starts (they inherit the environment);
 # an engine's own n_threads still wins. llama.cpp takes its thread count from its parameters.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Under pytest-xdist (`make test` runs two workers) each worker gets its own data folder and Redis
+# database: pytest-django already gives it its own test database, but the channel layer's groups and
+# the cache's keys are named after row ids, which both workers' databases hand out from 1, and the
+# live server's log, secret key and model files live in the data folder. Servers and runners a test
+# starts inherit the environment, so it is changed once, in the worker (BEAUTYAI_TEST_WORKER marks it).
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw") and os.environ.get("BEAUTYAI_TEST_WORKER") != _worker:
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    os.environ["BEAUTYAI_TEST_WORKER"] = _worker
+    _base = Path(os.environ.get("BEAUTYAI_DATA_DIR") or Path(__file__).resolve().parents[1] / "var")
+    os.environ["BEAUTYAI_DATA_DIR"] = str(_base / _worker)
+    if os.environ.get("REDIS_URL"):
+        _redis = urlparse(os.environ["REDIS_URL"])
+        _db = int(_redis.path.strip("/") or 0) + int(_worker[2:])
+        os.environ["REDIS_URL"] = _redis._replace(path=f"/{_db}").geturl()
 from beautyai_site.settings import *  # noqa: F401,F403 - the production settings, unchanged but for below
 
 # Django's default PBKDF2 (1,000,000 iterations) costs ~0.4 s per user created or logged in, and the

@@ -38,17 +38,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    # Transactional tests restore the groups the migration made (a flush drops them); see django_db_setup.
-    for item in items:
-        marker = item.get_closest_marker("django_db")
-        if marker is not None and marker.kwargs.get("transaction"):
-            item.add_marker(pytest.mark.django_db(**{**marker.kwargs, "serialized_rollback": True}), append=False)
 
 
 # Rows the migrations made that a flush between transactional tests must leave alone: content types and
 # permissions recreated with new ids would break the session-long live server, which has cached the
-# old ones (guardian then raises MixedContentTypeError). No test changes these tables.
-KEPT_TABLES = frozenset({"django_content_type", "auth_permission"})
+# old ones (guardian then raises MixedContentTypeError); the standard groups (and their permissions) are
+# there for every later test, whichever order the tests run in (two workers each take modules as they
+# come). No transactional test changes these tables; a test that adds a group is rolled back.
+KEPT_TABLES = frozenset({"django_content_type", "auth_permission", "auth_group", "auth_group_permissions"})
 
 
 def _sql_flush_keeping_migrated_rows(style, connection, reset_sequences=True, allow_cascade=False):
@@ -59,23 +56,23 @@ def _sql_flush_keeping_migrated_rows(style, connection, reset_sequences=True, al
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
-    """The test database, with flushes that keep ``KEPT_TABLES`` and a serialized rollback of the groups only.
-
-    Serializing every migrated row and saving it back one by one after each transactional test cost
-    ~0.35 s a test; the groups (three rows and their permissions) are all that a flush now loses.
-    """
-    from django.contrib.auth.models import Group
-    from django.core import serializers
+    """The test database, with flushes between transactional tests that keep ``KEPT_TABLES``."""
     from django.core.management.commands import flush
-    from django.db import connection
 
-    with django_db_blocker.unblock():
-        if hasattr(connection, "_test_serialized_contents"):
-            connection._test_serialized_contents = serializers.serialize("json", Group.objects.all())
     mp = pytest.MonkeyPatch()
     mp.setattr(flush, "sql_flush", _sql_flush_keeping_migrated_rows)
     yield
     mp.undo()
+    # In-process ASGI tests reach the database from executor threads (channels' database_sync_to_async),
+    # and each such thread keeps its connection for the life of the process; PostgreSQL refuses to drop
+    # a database that has sessions, and pytest-django then leaves it behind with a warning. Nothing of
+    # the suite runs any more at this point: end those sessions before the drop.
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture

@@ -35,6 +35,8 @@ pytestmark = [
                                                "SQLite has no server to stop"),
     pytest.mark.skipif(ON_POSTGRES and not CLUSTERS.is_dir(), reason="needs a local cluster run by pg_ctlcluster"),
     pytest.mark.django_db(transaction=True),
+    # Stopping PostgreSQL would fail the other worker's tests: `make test` runs these alone, afterwards.
+    pytest.mark.exclusive,
 ]
 
 

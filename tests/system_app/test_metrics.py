@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from models_app import services
 from models_app.bootstrap import BUNDLED_LLAMA_CPP
 from system_app.metrics import record_generation
 from system_app.models import RequestMetric
@@ -46,6 +47,8 @@ def value(families: dict, family: str, sample: str, **labels) -> float:
 
 @pytest.mark.django_db
 def test_metrics_parse_and_contain_every_documented_series(api_as):
+    # Whatever an earlier test of this process left loaded (the suite runs modules in any order) goes first.
+    services.models_stop_all()
     families = scrape(api_as("system_status"))
     assert {name: families[name].type for name in DOCUMENTED} == DOCUMENTED
     assert value(families, "beautyai_models_loaded", "beautyai_models_loaded") == 0
