@@ -39,6 +39,7 @@ class Options:
     placement: str = "local"  # BENCH_PLACEMENT: local, ray (parts 1-2 on a Ray cluster) or both
     relay_tokens: int = 2000  # BENCH_RELAY_TOKENS: tokens per stream in part 6
     relay_streams: int = 16
+    postgres_url: str | None = None  # BENCH_POSTGRES_URL: part 3 again on a fresh database there; None: SQLite only
 
     def tokens_for(self, engine: str) -> int:
         return self.tokens if engine == "llama.cpp" else self.tokens_transformers
@@ -257,12 +258,12 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
             note = (note + "; " if note else "") + f"{len(s['errors'])} failed run(s): {s['errors'][0]}"
         checks += [
             check(f"1.{engine_name}.{transport}.tps", 1, engine_name, f"decode tokens/s, {transport} ÷ direct",
-                  "≥ 0.95", comp["tps_ratio"], _ge(comp["tps_ratio"], 0.95), note),
+                  "≥ 0.98", comp["tps_ratio"], _ge(comp["tps_ratio"], 0.98), note),
             check(f"1.{engine_name}.{transport}.ttft", 1, engine_name, f"added TTFT, {transport} − direct (ms)",
-                  "≤ 20 ms", comp["added_ttft_ms"], _le(comp["added_ttft_ms"], 20.0)),
+                  "≤ 5 ms", comp["added_ttft_ms"], _le(comp["added_ttft_ms"], 5.0)),
             check(f"1.{engine_name}.{transport}.itl", 1, engine_name,
-                  f"added p99 inter-token latency, {transport} − direct (ms)", "≤ 5 ms",
-                  comp["added_itl_p99_ms"], _le(comp["added_itl_p99_ms"], 5.0)),
+                  f"added p99 inter-token latency, {transport} − direct (ms)", "≤ 2 ms",
+                  comp["added_itl_p99_ms"], _le(comp["added_itl_p99_ms"], 2.0)),
         ]
     # Frees the CPU and memory for the parts that follow; part 4 loads what it needs again.
     if engine_name != "llama.cpp":
@@ -526,7 +527,7 @@ def part_management(bench: Bench) -> dict:
     idle = summary["idle"]
     ratio = stats.ratio(idle["/models/"]["requests_per_s_median"], idle["/healthz"]["requests_per_s_median"])
     checks.append(check("3.models_vs_healthz", 3, None, "GET /models/ (authenticated) ÷ GET /healthz requests/s, idle",
-                        "≥ 0.5", ratio, _ge(ratio, 0.5)))
+                        "≥ 0.8", ratio, _ge(ratio, 0.8)))
     status_ratio = stats.ratio(idle["/system/status"]["requests_per_s_median"], idle["/healthz"]["requests_per_s_median"])
     checks.append(check("3.status_vs_healthz", 3, None, "GET /system/status ÷ GET /healthz requests/s, idle (info)",
                         "(no target)", status_ratio, None))

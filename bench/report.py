@@ -80,9 +80,12 @@ def _clean(value):
 
 
 def all_checks(results: dict) -> list[dict]:
-    """Every check of the run, the Ray section's (BENCH_PLACEMENT=ray) after those of local placement."""
+    """Every check of the run: part 3 on PostgreSQL after part 3 on SQLite, the Ray section's
+    (BENCH_PLACEMENT=ray) after those of local placement."""
     checks = []
-    sections = [(results, key) for key in ("part1", "part2", "part3", "part4", "part5", "part6")]
+    sections = [(results, key) for key in ("part1", "part2", "part3")]
+    sections += [(results.get("postgres") or {}, "part3")]
+    sections += [(results, key) for key in ("part4", "part5", "part6")]
     sections += [(results.get("ray") or {}, key) for key in ("part1", "part2")]
     for section, key in sections:
         part = section.get(key)
@@ -224,6 +227,21 @@ def _ray_section(results: dict) -> list[str]:
     return lines
 
 
+def _part3(p3: dict, database: str) -> list[str]:
+    if not p3.get("summary"):
+        return []
+    lines = [f"## Part 3{' on PostgreSQL' if database == 'PostgreSQL' else ''} — management API, {database} "
+             f"({p3['clients']} keep-alive clients, {p3['seconds_per_measurement']:.0f} s per measurement, medians)",
+             "", "| condition | route | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for condition, by_path in p3["summary"].items():
+        for path, s in by_path.items():
+            lines.append(f"| {condition} | GET {path} | {fmt(s['requests_per_s_median'], 0)} | "
+                         f"{fmt(s['p50_ms_median'], 1)} | {fmt(s['p99_ms_median'], 1)} | {s['errors']} |")
+    st = p3.get("streams") or {}
+    return lines + ["", f"During \"generating\": 4 SSE streams on llama.cpp (1 decoding, 3 queued); "
+                    f"{st.get('streams_completed')} streams completed, {st.get('stream_errors')} errors.", ""]
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     o = results["options"]
@@ -265,6 +283,7 @@ def markdown(results: dict) -> str:
     for c in checks:
         measured = _measured(c["measured"]) + (f" ({c['note']})" if c.get("note") else "")
         part = f"{c['part']} ray" if c.get("placement") == "ray" else c["part"]
+        part = f"{part} postgres" if c.get("database") == "postgresql" else part
         lines.append(f"| {part} | {c['engine'] or '—'} | {_cell(c['what'])} | {_cell(c['target'])} | "
                      f"{_cell(measured)} | {_verdict(c['passed'])} |")
     passed = sum(1 for c in checks if c["passed"] is True)
@@ -278,18 +297,12 @@ def markdown(results: dict) -> str:
     lines += _parts_1_2(results)
     lines += _ray_section(results)
 
-    p3 = results.get("part3") or {}
-    if p3.get("summary"):
-        lines += [f"## Part 3 — management API ({p3['clients']} keep-alive clients, "
-                  f"{p3['seconds_per_measurement']:.0f} s per measurement, medians)", "",
-                  "| condition | route | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
-        for condition, by_path in p3["summary"].items():
-            for path, s in by_path.items():
-                lines.append(f"| {condition} | GET {path} | {fmt(s['requests_per_s_median'], 0)} | "
-                             f"{fmt(s['p50_ms_median'], 1)} | {fmt(s['p99_ms_median'], 1)} | {s['errors']} |")
-        st = p3.get("streams") or {}
-        lines += ["", f"During \"generating\": 4 SSE streams on llama.cpp (1 decoding, 3 queued); "
-                  f"{st.get('streams_completed')} streams completed, {st.get('stream_errors')} errors.", ""]
+    lines += _part3(results.get("part3") or {}, "SQLite")
+    postgres = results.get("postgres") or {}
+    if postgres.get("skipped"):
+        lines += ["## Part 3 on PostgreSQL", "", f"Not run: {postgres['skipped']}.", ""]
+    else:
+        lines += _part3(postgres.get("part3") or {}, "PostgreSQL")
 
     p4 = results.get("part4") or {}
     if p4.get("load"):

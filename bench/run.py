@@ -21,6 +21,11 @@ Options (environment):
                               baseline and targets; reported in the "Ray placement" section. Other parts always
                               run with local placement.
   BENCH_RELAY_TOKENS          tokens per stream in part 6, the relay ceiling (default 2000; at most 32768)
+  BENCH_POSTGRES_URL          a PostgreSQL server for part 3's second column (default
+                              postgres://postgres@127.0.0.1:5432/postgres; "off": SQLite only): part 3 runs
+                              again against a server on a database created there for the run and dropped
+                              after it; reported in "Part 3 on PostgreSQL". Skipped, with a note, when no
+                              PostgreSQL answers there.
   BENCH_RESULTS_DIR           where the outputs go (default bench/results)
 
 Writes <stamp>.json, <stamp>.md, <stamp>.png and latest.md. Targets are reported, not asserted:
@@ -38,12 +43,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import clients, parts, report
-from bench.server import BenchServer, RayHead
+from bench.server import BenchServer, PostgresDatabase, RayHead
 
 ENGINES = ("llama.cpp", "transformers")
 PLACEMENTS = ("local", "ray", "both")
 RAY_PARTS = (1, 2)  # the parts that have a Ray column
 RELAY_TOKENS_MAX = 32768
+POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -88,6 +94,8 @@ def options_from_env() -> parts.Options:
         transformers_threads=_int("BENCH_TRANSFORMERS_THREADS", max(1, (os.cpu_count() or 2) // 2), minimum=0) or None,
         placement=placement,
         relay_tokens=relay_tokens,
+        postgres_url=None if (os.environ.get("BENCH_POSTGRES_URL") or "").strip().lower() == "off"
+        else (os.environ.get("BENCH_POSTGRES_URL") or "").strip() or POSTGRES_URL,
     )
 
 
@@ -180,6 +188,48 @@ def run_on_ray(opts: parts.Options, selected: tuple[int, ...], results: dict, st
             section["loadavg_end"] = list(os.getloadavg())
 
 
+def _postgres_checks(part: dict) -> None:
+    """Marks part 3's checks as the PostgreSQL column's: ids prefixed, database named."""
+    for check in part.get("checks", []):
+        check["id"], check["database"] = f"postgres.{check['id']}", "postgresql"
+
+
+def run_on_postgres(opts: parts.Options, results: dict, started: float) -> None:
+    """Part 3 again, against a server whose database is a fresh one on BENCH_POSTGRES_URL's server; into
+    results["postgres"]. The server stops and the database is dropped whatever happens."""
+    database = PostgresDatabase(opts.postgres_url)
+    section: dict = {"loadavg_start": list(os.getloadavg())}
+    results["postgres"] = section
+    bench = parts.Bench(server=None, opts=opts, started=started)
+    if not database.reachable():
+        section["skipped"] = "no PostgreSQL answered at BENCH_POSTGRES_URL (its host and port)"
+        bench.log(f"postgres: skipped: {section['skipped']}")
+        return
+    server = None
+    try:
+        database.create()
+        server = bench.server = BenchServer(extra_env=database.server_env())
+        bench.log(f"postgres: starting a private server on database {database.name} (data dir {server.data_dir})")
+        server.start()
+        section["server"] = {"url": server.url, "pid": server.pid, "database": database.name}
+        _run_plan(bench, (3,), section, results["errors"], label="postgres ")
+        _postgres_checks(section.get("part3") or {})
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        results["errors"].append({"part": "postgres setup", "error": f"{exc.__class__.__name__}: {exc}",
+                                  "traceback": traceback.format_exc(),
+                                  "server_log_tail": server.log_tail() if server else ""})
+    finally:
+        try:
+            if server is not None:
+                bench.log("postgres: stopping the server")
+                section["server_stop"] = server.stop()
+        finally:
+            database.drop()
+            section["loadavg_end"] = list(os.getloadavg())
+
+
 def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -193,7 +243,8 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
                     "levels": list(opts.levels), "mgmt_clients": opts.mgmt_clients,
                     "mgmt_seconds": opts.mgmt_seconds, "load_cycles": opts.load_cycles,
                     "transformers_threads": opts.transformers_threads, "placement": opts.placement,
-                    "relay_tokens": opts.relay_tokens, "relay_streams": opts.relay_streams},
+                    "relay_tokens": opts.relay_tokens, "relay_streams": opts.relay_streams,
+                    "postgres": opts.postgres_url is not None},
         "prompt": clients.PROMPT,
         "machine": report.machine_info(),
         "loadavg_start": list(os.getloadavg()),
@@ -225,6 +276,8 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
                 if server.process is not None:
                     bench.log("stopping the server")
                 results["server_stop"] = server.stop()
+        if 3 in local_parts and opts.postgres_url:
+            run_on_postgres(opts, results, bench.started)
         if ray_parts:
             run_on_ray(opts, ray_parts, results, bench.started)
     except KeyboardInterrupt as exc:

@@ -1,4 +1,5 @@
-"""A private BeautyAI server for the benchmark: fresh data dir, SQLite, its own port.
+"""A private BeautyAI server for the benchmark: fresh data dir, SQLite (or a fresh PostgreSQL database for
+part 3's second column), its own port.
 
 Started as ``python -m beautyai_site.serve`` (daphne) directly (no shell), so ``Popen.pid`` is the
 web process whose RSS part 4 watches. Stopping sends SIGTERM to that pid (daphne exits and its
@@ -35,7 +36,8 @@ BENCH_ENV = {
     "PYTHONUNBUFFERED": "1",
     "DJANGO_SETTINGS_MODULE": "beautyai_site.settings",
 }
-# The benchmark always runs on its own SQLite file and the in-memory channel layer.
+# The benchmark runs on its own SQLite file (or its own PostgreSQL database, PostgresDatabase) and the
+# in-memory channel layer.
 DROPPED_ENV = ("DATABASE_URL", "REDIS_URL", "BEAUTYAI_MODEL_ROOTS", "DJANGO_DEBUG", "BEAUTYAI_DATA_DIR")
 
 
@@ -115,6 +117,51 @@ class RayHead:
                 else:
                     os.environ[key] = value
             self._saved_env = {}
+
+
+class PostgresDatabase:
+    """A database of its own on a PostgreSQL server, for part 3 on PostgreSQL (BENCH_POSTGRES_URL): created
+    with a name no one else uses, dropped at ``drop()`` (closing the server's sessions first). The server
+    URL names an existing database to connect to for that (``postgres``); nothing in it is touched."""
+
+    def __init__(self, server_url: str):
+        from urllib.parse import urlparse
+
+        parsed = urlparse(server_url)
+        if parsed.scheme not in ("postgres", "postgresql"):
+            raise ServerError("BENCH_POSTGRES_URL must be a postgres:// URL")
+        self.server_url = server_url
+        # Lower-case letters and digits only: the name goes into CREATE/DROP DATABASE unquoted-safe.
+        self.name = f"beautyai_bench_{os.getpid()}_{int(time.time())}"
+        self.url = parsed._replace(path=f"/{self.name}").geturl()
+        self.created = False
+
+    def _execute(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.server_url, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(sql)
+
+    def reachable(self) -> bool:
+        try:
+            self._execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def create(self) -> "PostgresDatabase":
+        self._execute(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+        return self
+
+    def drop(self) -> None:
+        if self.created:
+            self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.created = False
+
+    def server_env(self) -> dict:
+        """What a BenchServer needs to keep its rows here instead of in its SQLite file."""
+        return {"DATABASE_URL": self.url}
 
 
 def free_port() -> int:

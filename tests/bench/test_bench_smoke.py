@@ -82,6 +82,86 @@ def test_placement_option_defaults_to_local_and_ray_needs_part_1_or_2(monkeypatc
         options_from_env()  # the Ray column has parts 1 and 2 only
 
 
+def test_part_3_runs_on_postgresql_too_unless_turned_off(monkeypatch):
+    from bench.run import POSTGRES_URL, options_from_env
+
+    monkeypatch.delenv("BENCH_POSTGRES_URL", raising=False)
+    assert options_from_env().postgres_url == POSTGRES_URL == "postgres://postgres@127.0.0.1:5432/postgres"
+    monkeypatch.setenv("BENCH_POSTGRES_URL", "postgres://bench@10.0.0.5:5433/postgres")
+    assert options_from_env().postgres_url == "postgres://bench@10.0.0.5:5433/postgres"
+    monkeypatch.setenv("BENCH_POSTGRES_URL", "off")
+    assert options_from_env().postgres_url is None
+
+
+def test_part_3_on_postgresql_is_skipped_with_a_note_when_nothing_answers():
+    from bench.run import run_on_postgres
+    from tests.servers import free_port
+
+    results = {"errors": []}
+    opts = parts.Options(runs=1, parts=(3,), postgres_url=f"postgres://postgres@127.0.0.1:{free_port()}/postgres")
+    run_on_postgres(opts, results, started=0.0)
+    assert results["postgres"]["skipped"].startswith("no PostgreSQL answered") and results["errors"] == []
+    assert "Not run: no PostgreSQL answered" in report.markdown(_doc_with(postgres=results["postgres"]))
+
+
+def _fake_part3(models_per_s: float) -> dict:
+    row = {"requests_per_s_median": 1000.0, "p50_ms_median": 10.0, "p99_ms_median": 20.0, "errors": 0}
+    ratio = models_per_s / 1000.0
+    return {"clients": 16, "seconds_per_measurement": 3, "runs": 1,
+            "summary": {"idle": {"/healthz": row, "/models/": {**row, "requests_per_s_median": models_per_s}}},
+            "streams": {"streams_completed": 4, "stream_errors": 0},
+            "checks": [parts.check("3.models_vs_healthz", 3, None, "GET /models/ ÷ GET /healthz", "≥ 0.8", ratio,
+                                   ratio >= 0.8)]}
+
+
+def _doc_with(**sections) -> dict:
+    return {"stamp": "doc", "options": {"runs": 1, "tokens": 128, "tokens_transformers": 16, "parts": [3],
+                                        "engines": ["llama.cpp"], "soak_seconds": 1},
+            "prompt": clients.PROMPT, "machine": report.machine_info(), "loadavg_start": [1.0, 1.0, 1.0],
+            "loadavg_end": [1.0, 1.0, 1.0], "errors": [], **sections}
+
+
+def test_report_puts_part_3_on_postgresql_in_rows_of_its_own():
+    from bench.run import _postgres_checks
+
+    on_postgres = _fake_part3(550.0)
+    _postgres_checks(on_postgres)
+    summary = report.markdown(_doc_with(part3=_fake_part3(850.0), postgres={"part3": on_postgres}))
+
+    assert "| 3 | — | GET /models/ ÷ GET /healthz | ≥ 0.8 | 0.850 | pass |" in summary
+    assert "| 3 postgres | — | GET /models/ ÷ GET /healthz | ≥ 0.8 | 0.550 | **FAIL** |" in summary
+    assert "## Part 3 — management API, SQLite (16 keep-alive clients" in summary
+    assert "## Part 3 on PostgreSQL — management API, PostgreSQL (16 keep-alive clients" in summary
+    assert "| idle | GET /models/ | 550 |" in summary and "| idle | GET /models/ | 850 |" in summary
+
+
+def test_a_bench_server_on_postgresql_keeps_its_rows_in_a_database_of_its_own_that_is_dropped_after(db):
+    import psycopg
+    from django.db import connection
+
+    from bench.server import PostgresDatabase
+    from tests.servers import test_database_url
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the suite runs on SQLite (DATABASE_URL); this needs a PostgreSQL server")
+    server_url = test_database_url().rsplit("/", 1)[0] + "/postgres"
+    database = PostgresDatabase(server_url).create()
+    server = BenchServer(extra_env=database.server_env())
+    try:
+        server.start()
+        burst = hammer_in_process(server.url, "/models/", server.auth_headers(), 2, 0.3, 0.0)
+        assert burst["requests"] > 0 and burst["error_count"] == 0 and set(burst["statuses"]) == {"200"}, burst
+        with psycopg.connect(database.url) as bench_db:
+            names = {row[0] for row in bench_db.execute("SELECT name FROM models_app_modelconfig")}
+        assert LLAMA in names  # bootstrap wrote the registry there, not into a SQLite file
+        assert not list(server.data_dir.glob("*.sqlite3"))
+    finally:
+        server.stop()
+        database.drop()
+    with psycopg.connect(server_url) as admin:
+        assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database.name]).fetchone() is None
+
+
 def _fake_part1(tps_ratio: float) -> dict:
     side = {"decode_tps_median": 50.0, "ttft_ms_median": 30.0, "start_ms_median": 5.0,
             "outside_engine_ttft_ms_median": 4.0, "itl_p99_ms_median": 25.0, "total_ms_median": 2600.0,
