@@ -16,6 +16,21 @@ from beautyai_site.env import env_bool
 # an engine's own n_threads still wins. llama.cpp takes its thread count from its parameters.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+def redis_url_plus(url: str, offset: int) -> str:
+    """``url`` naming the Redis database ``offset`` after its own: in the path (redis://host/2), or
+    in ``?db=`` where redis-py reads it from there (always for unix:// sockets, whose path is the socket)."""
+    from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "unix" or "db" in query:
+        query["db"] = [str(int(query.get("db", ["0"])[0]) + offset)]
+        # Not urlunsplit: it writes unix:///run/redis.sock back as unix:/run/redis.sock.
+        return f"{url.split('?', 1)[0]}?{urlencode(query, doseq=True)}"
+    return urlunsplit(parts._replace(path=f"/{int(parts.path.strip('/') or 0) + offset}"))
+
+
 # Under pytest-xdist (`make test` runs two workers) each worker gets its own data folder and Redis
 # database: pytest-django already gives it its own test database, but the channel layer's groups and
 # the cache's keys are named after row ids, which both workers' databases hand out from 1, and the
@@ -24,15 +39,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker.startswith("gw") and os.environ.get("BEAUTYAI_TEST_WORKER") != _worker:
     from pathlib import Path
-    from urllib.parse import urlparse
 
     os.environ["BEAUTYAI_TEST_WORKER"] = _worker
     _base = Path(os.environ.get("BEAUTYAI_DATA_DIR") or Path(__file__).resolve().parents[1] / "var")
     os.environ["BEAUTYAI_DATA_DIR"] = str(_base / _worker)
     if os.environ.get("REDIS_URL"):
-        _redis = urlparse(os.environ["REDIS_URL"])
-        _db = int(_redis.path.strip("/") or 0) + int(_worker[2:])
-        os.environ["REDIS_URL"] = _redis._replace(path=f"/{_db}").geturl()
+        os.environ["REDIS_URL"] = redis_url_plus(os.environ["REDIS_URL"], int(_worker[2:]))
 from beautyai_site.settings import *  # noqa: F401,F403 - the production settings, unchanged but for below
 
 # Django's default PBKDF2 (1,000,000 iterations) costs ~0.4 s per user created or logged in, and the

@@ -71,3 +71,17 @@ def test_check_deploy_passes_with_production_values(tmp_path):
         "check", "--deploy", "--fail-level", "WARNING",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("url", "plus_one"), [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
+    ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/1"),
+    ("rediss://user:pw@cache:6380/3", "rediss://user:pw@cache:6380/4"),
+    ("redis://127.0.0.1:6379?db=2", "redis://127.0.0.1:6379?db=3"),
+    ("unix:///run/redis.sock", "unix:///run/redis.sock?db=1"),
+    ("unix:///run/redis.sock?db=4", "unix:///run/redis.sock?db=5"),
+])
+def test_each_test_worker_gets_the_redis_database_after_the_previous_ones(url, plus_one):
+    from beautyai_site.settings_test import redis_url_plus
+
+    assert redis_url_plus(url, 1) == plus_one
