@@ -40,7 +40,7 @@ def _user_fields() -> list[str]:
 # Every authenticated request without the key cache runs this (accounts/key_cache.py), so its SQL is
 # written once (beautyai_site/sql.py). The prefix is unique: no ordering, at most one row.
 _KEY_WITH_USER = ReusedQuery(lambda prefix: APIKey.objects.filter(prefix=prefix).order_by().values(
-    *field_names(APIKey), *(f"user__{name}" for name in _user_fields())), "prefix")
+    *field_names(APIKey), *(f"user__{name}" for name in _user_fields())), prefix=str)
 
 
 def _key_from_row(row: dict, using: str) -> APIKey:

@@ -21,19 +21,28 @@ from django.db.models import QuerySet
 
 
 class ReusedQuery:
-    """``build(**placeholders)`` returns the ``.values()`` queryset; each placeholder is a string
-    that stands for the value of the same name in ``rows(...)`` (so only string values can change)."""
+    """``build(**placeholders)`` returns the ``.values()`` queryset. Each keyword names a value that
+    changes between calls and its type, ``str`` or ``int`` (``ReusedQuery(build, user_id=int)``):
+    ``build`` gets a placeholder of that type in its place, ``rows(...)`` the value of the same name."""
 
-    def __init__(self, build: Callable[..., QuerySet], *names: str):
+    def __init__(self, build: Callable[..., QuerySet], /, **types: type):
+        for name, kind in types.items():
+            if kind not in _SENTINELS:
+                raise TypeError(f"placeholder {name!r}: the type is str or int, not {kind!r}")
+            if name in _ROWS_ARGUMENTS:
+                raise ValueError(f"placeholder {name!r} would hide rows()' own argument")
         self._build = build
-        self._names = names
+        self._types = types
         self._local = threading.local()
 
     def rows(self, *, offset: int | None = None, limit: int | None = None, using: str = DEFAULT_DB_ALIAS,
-             **values: str) -> list[dict]:
+             **values: str | int) -> list[dict]:
         """The rows for ``values``; with ``limit``, those that ``[offset:offset + limit]`` would give."""
-        sql, params, columns, converters = self._compiled(using)
-        params = [values[p.name] if isinstance(p, _Placeholder) else p for p in params]
+        self._check(values)
+        sql, params, slots, columns, converters = self._compiled(using)
+        params = list(params)
+        for index, name in slots:
+            params[index] = values[name]
         connection = connections[using]
         if limit is not None:
             # What the compiler appends for a sliced queryset; the bounds are integers, never user text.
@@ -50,6 +59,15 @@ class ReusedQuery:
             out.append(dict(zip(columns, row)))
         return out
 
+    def _check(self, values: dict) -> None:
+        if values.keys() != self._types.keys():
+            raise TypeError(f"rows() takes the placeholders {sorted(self._types)}, got {sorted(values)}")
+        for name, value in values.items():
+            kind = self._types[name]
+            # bool is an int to isinstance, but True as a row id is a mistake, not an id.
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise TypeError(f"placeholder {name!r} takes a {kind.__name__}, not {type(value).__name__}")
+
     def _compiled(self, using: str):
         cache = self._local.__dict__.setdefault("by_alias", {})
         compiled = cache.get(using)
@@ -58,43 +76,50 @@ class ReusedQuery:
         return compiled
 
     def _compile(self, using: str):
-        placeholders = {name: _Placeholder(name) for name in self._names}
+        placeholders = {name: _SENTINELS[kind](name, index)
+                        for index, (name, kind) in enumerate(self._types.items())}
         queryset = self._build(**placeholders).using(using)
         query = queryset.query
         if query.low_mark or query.high_mark is not None:
             raise ValueError("ReusedQuery slices with rows(offset=, limit=), not in the queryset")
         compiler = query.get_compiler(using)
         sql, params = compiler.as_sql()
-        # The placeholders come back as plain strings (a CharField keeps a str subclass's value but not
-        # its class), so they are found by value; each must be there exactly once.
-        params = [_by_value(placeholders, p) for p in params]
-        for placeholder in placeholders.values():
-            if sum(1 for p in params if p is placeholder) != 1:
-                raise ValueError(f"placeholder {placeholder.name!r} is not exactly one parameter of the query")
+        # The field a placeholder is compared with may convert it (to_python, int()), which keeps a
+        # value but not an object's identity, so placeholders are found by type and value; each must be
+        # there exactly once, which also catches a literal that happens to equal one, and a placeholder
+        # a text column turned into text.
+        slots = []
+        for name, placeholder in placeholders.items():
+            kind = self._types[name]
+            found = [index for index, param in enumerate(params)
+                     if isinstance(param, kind) and not isinstance(param, bool) and param == placeholder]
+            if len(found) != 1:
+                raise ValueError(f"placeholder {name!r} is not exactly one parameter of the query")
+            slots.append((found[0], name))
         # The column names as ValuesIterable gives them, in the compiler's select order.
         columns = list(query.selected) if query.selected else [*query.extra_select, *query.values_select,
                                                                  *query.annotation_select]
         expressions = [column for column, _sql, _alias in compiler.select[:compiler.col_count]]
         converters = [(index, functions, expression)
                       for index, (functions, expression) in compiler.get_converters(expressions).items()]
-        return sql, params, columns, converters
+        return sql, tuple(params), tuple(slots), columns, converters
 
 
-class _Placeholder(str):
-    """A string unlike any real value, named after what it stands for."""
-
-    def __new__(cls, name: str):
-        placeholder = super().__new__(cls, f"\x00{name}\x00")
-        placeholder.name = name
-        return placeholder
+def _str_placeholder(name: str, index: int) -> str:
+    # No name, address or hub id holds a NUL.
+    return f"\x00{name}\x00"
 
 
-def _by_value(placeholders: dict[str, _Placeholder], param):
-    if isinstance(param, str):
-        for placeholder in placeholders.values():
-            if param == placeholder:
-                return placeholder
-    return param
+def _int_placeholder(name: str, index: int) -> int:
+    # The smallest 32-bit integers, one per placeholder: negative, so no key a sequence hands out, and
+    # inside the range of integer and key columns (IntegerField, AutoField and the big ones), because
+    # Django turns a comparison with a value outside a column's range into "no rows" while writing the
+    # SQL (IntegerFieldOverflow): the parameter would be gone, and _compile refuses the query.
+    return -2**31 + index
+
+
+_SENTINELS: dict[type, Callable[[str, int], str | int]] = {str: _str_placeholder, int: _int_placeholder}
+_ROWS_ARGUMENTS = frozenset({"offset", "limit", "using"})
 
 
 def field_names(model) -> list[str]:

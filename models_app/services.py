@@ -117,9 +117,9 @@ def default_model() -> ModelConfig | None:
 # once (beautyai_site/sql.py). Names are unique and at most one entry is the default (a partial unique
 # constraint): no ordering, at most one row, as ``.first()`` gave.
 _MODEL_BY_NAME = ReusedQuery(
-    lambda name: ModelConfig.objects.filter(name=name).order_by().values(*field_names(ModelConfig)), "name")
+    lambda name: ModelConfig.objects.filter(name=name).order_by().values(*field_names(ModelConfig)), name=str)
 _ALIAS_BY_NAME = ReusedQuery(
-    lambda name: Alias.objects.filter(name=name).order_by().values(*field_names(Alias), "target__name"), "name")
+    lambda name: Alias.objects.filter(name=name).order_by().values(*field_names(Alias), "target__name"), name=str)
 _DEFAULT_MODEL = ReusedQuery(
     lambda: ModelConfig.objects.filter(is_default=True).order_by().values(*field_names(ModelConfig)))
 

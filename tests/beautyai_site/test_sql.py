@@ -11,7 +11,7 @@ from django.db.models.fields.json import KT
 from django.db.models.sql.compiler import SQLCompiler
 
 from beautyai_site.sql import ReusedQuery
-from models_app.models import ModelConfig
+from models_app.models import Alias, ModelConfig
 
 pytestmark = pytest.mark.django_db
 
@@ -30,14 +30,14 @@ def entries(db):
 
 
 def test_it_answers_each_call_with_that_calls_values(entries):
-    query = ReusedQuery(by_engine, "engine")
+    query = ReusedQuery(by_engine, engine=str)
     assert [r["name"] for r in query.rows(engine="transformers")] == ["a", "b"]
     assert [r["name"] for r in query.rows(engine="llama.cpp")] == ["c"]
     assert query.rows(engine="vllm") == []
 
 
 def test_its_rows_are_what_values_gives_converters_included(entries):
-    rows = ReusedQuery(by_engine, "engine").rows(engine="transformers")
+    rows = ReusedQuery(by_engine, engine=str).rows(engine="transformers")
     assert rows == list(by_engine("transformers"))
     assert rows[0]["is_default"] is True and rows[0]["task"] == "embed"
     assert isinstance(rows[0]["created_at"], datetime) and rows[0]["created_at"].tzinfo is not None
@@ -54,7 +54,7 @@ def test_it_writes_the_sql_once_per_thread(entries, monkeypatch):
     written = []
     as_sql = SQLCompiler.as_sql
     monkeypatch.setattr(SQLCompiler, "as_sql", lambda self, *a, **k: written.append(1) or as_sql(self, *a, **k))
-    query = ReusedQuery(by_engine, "engine")
+    query = ReusedQuery(by_engine, engine=str)
     for engine in ("transformers", "llama.cpp", "transformers"):
         query.rows(engine=engine)
     assert len(written) == 1
@@ -72,7 +72,7 @@ def test_it_writes_the_sql_once_per_thread(entries, monkeypatch):
 
 
 def test_it_refuses_a_placeholder_the_query_does_not_use(entries):
-    query = ReusedQuery(lambda engine: ModelConfig.objects.values("name"), "engine")
+    query = ReusedQuery(lambda engine: ModelConfig.objects.values("name"), engine=str)
     with pytest.raises(ValueError, match="engine"):
         query.rows(engine="transformers")
 
@@ -80,3 +80,62 @@ def test_it_refuses_a_placeholder_the_query_does_not_use(entries):
 def test_it_refuses_a_sliced_queryset(entries):
     with pytest.raises(ValueError, match="slices"):
         ReusedQuery(lambda: ModelConfig.objects.values("name")[:2]).rows()
+
+
+
+def aliases_of(target_id, name):
+    # A foreign key and a string, each once; the ORM's own SQL for it names the target by id.
+    return Alias.objects.filter(target=target_id).exclude(name=name).values("name", "target__name", "fallback_id")
+
+
+@pytest.fixture
+def aliases(entries):
+    a, b, c = ModelConfig.objects.order_by("name")
+    Alias.objects.create(name="first", target=a, fallback=c)
+    Alias.objects.create(name="other", target=a)
+    Alias.objects.create(name="second", target=b)
+    return a, b, c
+
+
+def test_an_int_placeholder_gives_the_rows_the_orm_gives(aliases):
+    query = ReusedQuery(aliases_of, target_id=int, name=str)
+    for entry in aliases:
+        for name in ("first", "nothing"):
+            assert query.rows(target_id=entry.pk, name=name) == list(aliases_of(entry.pk, name))
+    assert [r["name"] for r in query.rows(target_id=aliases[0].pk, name="other")] == ["first"]
+    assert query.rows(target_id=10**9, name="first") == []
+
+
+def test_a_query_with_an_int_placeholder_is_written_once(aliases, monkeypatch):
+    written = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(SQLCompiler, "as_sql", lambda self, *a, **k: written.append(1) or as_sql(self, *a, **k))
+    query = ReusedQuery(aliases_of, target_id=int, name=str)
+    found = [len(query.rows(target_id=entry.pk, name="other")) for entry in aliases]
+    assert found == [1, 1, 0] and len(written) == 1
+
+
+@pytest.mark.parametrize("values", [
+    {"target_id": "1", "name": "first"},  # a key as text
+    {"target_id": 1.0, "name": "first"},
+    {"target_id": True, "name": "first"},  # an int to isinstance, never a key
+    {"target_id": 1, "name": 1},
+    {"target_id": 1, "name": None},
+    {"target_id": 1},  # one missing
+    {"target_id": 1, "name": "first", "engine": "x"},  # one it does not have
+])
+def test_a_value_of_another_type_is_refused(aliases, values):
+    with pytest.raises(TypeError):
+        ReusedQuery(aliases_of, target_id=int, name=str).rows(**values)
+
+
+def test_a_placeholder_type_is_str_or_int():
+    with pytest.raises(TypeError, match="str or int"):
+        ReusedQuery(aliases_of, target_id=float, name=str)
+
+
+def test_an_int_placeholder_compared_as_text_is_refused(entries):
+    # A CharField turns the placeholder into "-2147483648": not the value asked for, so not found.
+    query = ReusedQuery(lambda engine: ModelConfig.objects.filter(engine=engine).values("name"), engine=int)
+    with pytest.raises(ValueError, match="engine"):
+        query.rows(engine=1)
