@@ -63,10 +63,10 @@ def django_db_setup(django_db_setup, django_db_blocker):
     mp.setattr(flush, "sql_flush", _sql_flush_keeping_migrated_rows)
     yield
     mp.undo()
-    # In-process ASGI tests reach the database from executor threads (channels' database_sync_to_async),
-    # and each such thread keeps its connection for the life of the process; PostgreSQL refuses to drop
-    # a database that has sessions, and pytest-django then leaves it behind with a warning. Nothing of
-    # the suite runs any more at this point: end those sessions before the drop.
+    # Connections opened by other threads of this process (the executor threads of in-process ASGI
+    # tests, channels' database_sync_to_async, for one) stay open for the life of the process; PostgreSQL
+    # refuses to drop a database that has sessions, and pytest-django then leaves it behind with a
+    # warning. Nothing of the suite runs any more at this point: end those sessions before the drop.
     from django.db import connection
 
     if connection.vendor == "postgresql":

@@ -82,7 +82,6 @@ def test_it_refuses_a_sliced_queryset(entries):
         ReusedQuery(lambda: ModelConfig.objects.values("name")[:2]).rows()
 
 
-
 def aliases_of(target_id, name):
     # A foreign key and a string, each once; the ORM's own SQL for it names the target by id.
     return Alias.objects.filter(target=target_id).exclude(name=name).values("name", "target__name", "fallback_id")
