@@ -151,41 +151,60 @@ def _ray_checks(part: dict) -> None:
         check["id"], check["placement"] = f"ray.{check['id']}", "ray"
 
 
-def run_on_ray(opts: parts.Options, selected: tuple[int, ...], results: dict, started: float) -> None:
-    """Parts 1-2 against a server whose runners are actors on a one-node Ray cluster (BEAUTYAI_PLACEMENT=ray);
-    into results["ray"]. The cluster and the server stop whatever happens."""
-    head = RayHead()
+def _on_a_second_server(bench: parts.Bench, results: dict, section: dict, name: str, *, setup, run, release) -> None:
+    """A section of the run against a second private server (Ray placement, PostgreSQL): ``setup()``
+    readies what the server needs and returns its extra environment, ``run()`` measures; a failure in
+    either is recorded as "<name> setup" and the run goes on. The server stops, then ``release()``
+    frees what ``setup`` made, whatever happens."""
     server = None
-    section: dict = {"parts": list(selected), "loadavg_start": list(os.getloadavg())}
-    results["ray"] = section
-    bench = parts.Bench(server=None, opts=opts, started=started)  # its server once the cluster is up
     try:
-        bench.log("ray: starting a one-node Ray cluster on 127.0.0.1")
-        head.start()
-        section["cluster"] = head.describe()
-        server = bench.server = BenchServer(extra_env=head.server_env())
-        bench.log(f"ray: starting a private server placing runners on {head.address} (data dir {server.data_dir})")
+        server = bench.server = BenchServer(extra_env=setup())
+        bench.log(f"{name}: starting a private server (data dir {server.data_dir})")
         server.start()
         section["server"] = {"url": server.url, "pid": server.pid}
-        _run_plan(bench, selected, section, results["errors"], label="ray ")
-        for key in ("part1", "part2"):
-            for engine_part in (section.get(key) or {}).values():
-                _ray_checks(engine_part)
+        run()
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        results["errors"].append({"part": "ray setup", "error": f"{exc.__class__.__name__}: {exc}",
+        results["errors"].append({"part": f"{name} setup", "error": f"{exc.__class__.__name__}: {exc}",
                                   "traceback": traceback.format_exc(),
                                   "server_log_tail": server.log_tail() if server else ""})
     finally:
         try:
             if server is not None:
-                bench.log("ray: stopping the server")
+                bench.log(f"{name}: stopping the server")
                 section["server_stop"] = server.stop()
         finally:
-            bench.log("ray: stopping the Ray cluster")
-            head.stop()
+            release()
             section["loadavg_end"] = list(os.getloadavg())
+
+
+def run_on_ray(opts: parts.Options, selected: tuple[int, ...], results: dict, started: float) -> None:
+    """Parts 1-2 against a server whose runners are actors on a one-node Ray cluster (BEAUTYAI_PLACEMENT=ray);
+    into results["ray"]. The cluster and the server stop whatever happens."""
+    head = RayHead()
+    section: dict = {"parts": list(selected), "loadavg_start": list(os.getloadavg())}
+    results["ray"] = section
+    bench = parts.Bench(server=None, opts=opts, started=started)  # its server once the cluster is up
+
+    def setup() -> dict:
+        bench.log("ray: starting a one-node Ray cluster on 127.0.0.1")
+        head.start()
+        section["cluster"] = head.describe()
+        bench.log(f"ray: the server places its runners on {head.address}")
+        return head.server_env()
+
+    def run() -> None:
+        _run_plan(bench, selected, section, results["errors"], label="ray ")
+        for key in ("part1", "part2"):
+            for engine_part in (section.get(key) or {}).values():
+                _ray_checks(engine_part)
+
+    def release() -> None:
+        bench.log("ray: stopping the Ray cluster")
+        head.stop()
+
+    _on_a_second_server(bench, results, section, "ray", setup=setup, run=run, release=release)
 
 
 def _postgres_checks(part: dict) -> None:
@@ -205,29 +224,18 @@ def run_on_postgres(opts: parts.Options, results: dict, started: float) -> None:
         section["skipped"] = "no PostgreSQL answered at BENCH_POSTGRES_URL (its host and port)"
         bench.log(f"postgres: skipped: {section['skipped']}")
         return
-    server = None
-    try:
+
+    def setup() -> dict:
         database.create()
-        server = bench.server = BenchServer(extra_env=database.server_env())
-        bench.log(f"postgres: starting a private server on database {database.name} (data dir {server.data_dir})")
-        server.start()
-        section["server"] = {"url": server.url, "pid": server.pid, "database": database.name}
+        section["database"] = database.name
+        bench.log(f"postgres: the server keeps its rows in database {database.name}")
+        return database.server_env()
+
+    def run() -> None:
         _run_plan(bench, (3,), section, results["errors"], label="postgres ")
         _postgres_checks(section.get("part3") or {})
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        results["errors"].append({"part": "postgres setup", "error": f"{exc.__class__.__name__}: {exc}",
-                                  "traceback": traceback.format_exc(),
-                                  "server_log_tail": server.log_tail() if server else ""})
-    finally:
-        try:
-            if server is not None:
-                bench.log("postgres: stopping the server")
-                section["server_stop"] = server.stop()
-        finally:
-            database.drop()
-            section["loadavg_end"] = list(os.getloadavg())
+
+    _on_a_second_server(bench, results, section, "postgres", setup=setup, run=run, release=database.drop)
 
 
 def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
