@@ -14,8 +14,7 @@ import os
 
 import psutil
 import pytest
-
-
+from django.conf import settings
 
 from bench import clients, parts, report, stats
 from bench.hammer import hammer_in_process
@@ -135,15 +134,14 @@ def test_report_puts_part_3_on_postgresql_in_rows_of_its_own():
     assert "| idle | GET /models/ | 550 |" in summary and "| idle | GET /models/ | 850 |" in summary
 
 
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+                    reason="the suite runs on SQLite (DATABASE_URL); this needs a PostgreSQL server")
 def test_a_bench_server_on_postgresql_keeps_its_rows_in_a_database_of_its_own_that_is_dropped_after(db):
     import psycopg
-    from django.db import connection
 
     from bench.server import PostgresDatabase
     from tests.servers import test_database_url
 
-    if connection.vendor != "postgresql":
-        pytest.skip("the suite runs on SQLite (DATABASE_URL); this needs a PostgreSQL server")
     server_url = test_database_url().rsplit("/", 1)[0] + "/postgres"
     database = PostgresDatabase(server_url).create()
     server = BenchServer(extra_env=database.server_env())
