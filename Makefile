@@ -49,7 +49,8 @@ serve: bootstrap
 
 # The import contracts (pyproject.toml [tool.importlinter]) first: seconds, and a broken layer fails fast.
 # Then the suite in TEST_WORKERS pytest-xdist workers, a test module to a worker (docs/testing.md), and
-# last, alone, the tests marked exclusive (they stop PostgreSQL under the other worker's feet).
+# last, alone, the tests marked exclusive (they stop PostgreSQL under the other worker's feet, or time
+# a wall-clock promise that a busy second worker would break).
 # pytest exits 5 when it collected no tests: a failure for the first run, not for the second (a
 # PYTEST_ARGS that names other tests leaves it nothing to run).
 TEST_WORKERS ?= 2

@@ -102,6 +102,9 @@ def server(live_server_url, make_user, client_for, transactional_db):
     return live_server_url, headers
 
 
+# The promise is wall-clock ("within a second"): with the other worker busy on the same two cores
+# the measurement took 1.50 s once. `make test` runs these alone, after the parallel run.
+@pytest.mark.exclusive
 @pytest.mark.django_db(transaction=True)
 def test_a_non_streamed_chat_whose_client_leaves_is_cancelled_within_a_second(server):
     url, headers = server
@@ -113,6 +116,9 @@ def test_a_non_streamed_chat_whose_client_leaves_is_cancelled_within_a_second(se
     assert reply.finish_reason == "cancelled" and reply.completion_tokens < 500
 
 
+# The promise is wall-clock ("within a second"): with the other worker busy on the same two cores
+# the measurement took 1.50 s once. `make test` runs these alone, after the parallel run.
+@pytest.mark.exclusive
 @pytest.mark.django_db(transaction=True)
 def test_a_benchmark_whose_client_leaves_stops_within_a_second_and_starts_no_more_runs(server):
     url, headers = server
