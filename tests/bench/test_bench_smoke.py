@@ -134,6 +134,15 @@ def test_report_puts_part_3_on_postgresql_in_rows_of_its_own():
     assert "| idle | GET /models/ | 550 |" in summary and "| idle | GET /models/ | 850 |" in summary
 
 
+def _assert_a_short_burst_is_served(server, path, headers):
+    # Only requests that start and end inside the window count. The first request of a fresh
+    # server (cold imports, first queries) took over 0.3 s on CI while the other test worker
+    # held the second core, and a window with no warm-up then counted nothing; the warm-up
+    # absorbs it, so the assertion is about the generator, not about the machine's load.
+    burst = hammer_in_process(server.url, path, headers, 2, 0.5, warmup_seconds=1.0)
+    assert burst["requests"] > 0 and burst["error_count"] == 0 and set(burst["statuses"]) == {"200"}, burst
+
+
 @pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
                     reason="the suite runs on SQLite (DATABASE_URL); this needs a PostgreSQL server")
 def test_a_bench_server_on_postgresql_keeps_its_rows_in_a_database_of_its_own_that_is_dropped_after(db):
@@ -147,8 +156,7 @@ def test_a_bench_server_on_postgresql_keeps_its_rows_in_a_database_of_its_own_th
     server = BenchServer(extra_env=database.server_env())
     try:
         server.start()
-        burst = hammer_in_process(server.url, "/models/", server.auth_headers(), 2, 0.3, 0.0)
-        assert burst["requests"] > 0 and burst["error_count"] == 0 and set(burst["statuses"]) == {"200"}, burst
+        _assert_a_short_burst_is_served(server, "/models/", server.auth_headers())
         with psycopg.connect(database.url) as bench_db:
             names = {row[0] for row in bench_db.execute("SELECT name FROM models_app_modelconfig")}
         assert LLAMA in names  # bootstrap wrote the registry there, not into a SQLite file
@@ -232,8 +240,7 @@ def test_harness_end_to_end_for_a_few_tokens(tmp_path):
 
         # Part 3's load generator, on the bare route and on an authenticated one.
         for path, headers in (("/healthz", None), ("/models/", server.auth_headers())):
-            burst = hammer_in_process(server.url, path, headers, 2, 0.3, 0.0)
-            assert burst["requests"] > 0 and burst["error_count"] == 0 and set(burst["statuses"]) == {"200"}, burst
+            _assert_a_short_burst_is_served(server, path, headers)
 
         # Part 4's memory reading: the API's figure next to psutil's for the same runner.
         memory = parts.memory_check(bench, LLAMA)
