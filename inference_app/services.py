@@ -175,8 +175,11 @@ def fit_context(*, model_name: str, messages: list[dict], params, tail: int = 1)
     window = selectors.context_length(model_name)
     if not window:
         return messages, 0
+    # The common case, a prompt far inside the window, is told by a bound: no round trip to the runner.
+    if selectors.prompt_surely_fits(model_name, messages, params.tools, window - params.max_tokens):
+        return messages, 0
     count = lambda msgs: registry.count_tokens(name=model_name, messages=msgs, tools=params.tools)  # noqa: E731 - local shorthand
-    total = count(messages)  # one round trip to the runner in the common case: it all fits
+    total = count(messages)
     if total + params.max_tokens <= window:
         return messages, 0
     systems = [m for m in messages[:-tail] if m["role"] == "system"]

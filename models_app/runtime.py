@@ -273,6 +273,10 @@ def context_length(name: str) -> int | None:
     return get_manager().context_length(name)
 
 
+def prompt_fits(name: str, messages: list[dict], tools: list[dict] | None, room: int) -> bool:
+    return get_manager().prompt_fits(name, messages, tools, room)
+
+
 def count_tokens(name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
     from models_app.serving.engines.contract import EngineError, PromptError
 

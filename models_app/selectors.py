@@ -53,6 +53,12 @@ def context_length(name: str) -> int | None:
     return runtime.context_length(name)
 
 
+def prompt_surely_fits(name: str, messages: list[dict], tools: list[dict] | None, room: int) -> bool:
+    """True when a bound shows, without asking the runner, that the prompt takes at most ``room``
+    tokens; False when only counting can tell (models_app/serving/prompt_bound.py)."""
+    return runtime.prompt_fits(name, messages, tools, room)
+
+
 def uses_think_tags(model) -> bool:
     return runtime.uses_think_tags(model)
 

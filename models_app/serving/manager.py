@@ -46,7 +46,7 @@ from models_app.serving.engines.contract import (
     PromptError,
 )
 from models_app.serving.engines.memory import estimate_memory_mb
-from models_app.serving import protocol as p
+from models_app.serving import prompt_bound, protocol as p
 from models_app.serving.handle import Event, GenerationHandle
 from models_app.serving.hardware import process_memory_mb
 from models_app.serving.placement import LocalPlacement, Placement, RunnerConnection
@@ -127,6 +127,7 @@ class _RunnerProcess:
         self.think_tags = False
         self.tool_format = "hermes"
         self.response_template: dict | None = None
+        self.prompt_overhead: dict | None = None
         self.stopping = False
         self.prestarted = False
 
@@ -348,6 +349,7 @@ class EngineManager(SparesMixin):
                     runner.think_tags = bool(msg.think_tags)
                     runner.tool_format = msg.tool_format or "hermes"
                     runner.response_template = msg.response_template or None
+                    runner.prompt_overhead = msg.prompt_overhead or None
                     runner.loaded_at = runner.last_used_at = _now()
                 if not runner.ready.done():
                     runner.ready.set_result(True)
@@ -606,6 +608,11 @@ class EngineManager(SparesMixin):
     def response_template(self, name: str) -> dict | None:
         """The tokenizer's response template and the turn prefix it parses after (Engine.response_template)."""
         return self._loaded_runner(name).response_template
+
+    def prompt_fits(self, name: str, messages: list[dict], tools: list[dict] | None, room: int) -> bool:
+        """Whether the prompt of ``messages`` surely takes at most ``room`` tokens, told without the
+        runner (prompt_bound); False means only a count can tell."""
+        return prompt_bound.fits(self._loaded_runner(name).prompt_overhead, messages, tools, room)
 
     def count_tokens(self, name: str, messages: list[dict], tools: list[dict] | None = None) -> int:
         return int(self._call(self._loaded_runner(name), "count_tokens", messages=messages, tools=tools))

@@ -128,6 +128,8 @@ class Ready:
     tool_format: str
     # The tokenizer's response template and turn prefix (Engine.response_template), or None.
     response_template: dict | None = None
+    # The template's tokens around plain messages (prompt_bound.measure), or None: count exactly.
+    prompt_overhead: dict | None = None
     KIND = Kind.READY
 
 

@@ -30,7 +30,7 @@ from models_app.serving.engines.contract import (
 )
 from models_app.serving.engines.model_files import scrub_paths
 from models_app.serving.engines.templates import detect_tool_format
-from models_app.serving import protocol as p
+from models_app.serving import prompt_bound, protocol as p
 
 _PARAM_FIELDS = {f.name for f in fields(GenerationParams)}
 _PARENT_POLL_S = 1.0
@@ -281,7 +281,9 @@ def load_engine(spec: LoadSpec):
                            # Reasoning models mark their reasoning with <think>…</think>; their templates mention the tags.
                            think_tags=bool(template) and "</think>" in template,
                            tool_format=detect_tool_format(template),
-                           response_template=engine.response_template())
+                           response_template=engine.response_template(),
+                           # An embedding model refuses to count: measure() answers None.
+                           prompt_overhead=prompt_bound.measure(engine.count_tokens))
 
 
 def runner_main(conn, spec_dict: dict | None, log_level: str, spare_engine: str | None = None) -> None:

@@ -138,7 +138,24 @@ def test_max_tokens_is_capped_by_the_entry(api_as, loaded_model):
     assert body["generation_stats"]["finish_reason"] == "length"
 
 
-def test_old_turns_are_dropped_when_the_context_is_full(api_as, loaded_model):
+@pytest.fixture
+def runner_counts(monkeypatch):
+    """The count_tokens calls the web process makes to the model's runner during the test."""
+    from models_app import runtime
+
+    manager = runtime.get_manager()
+    calls = []
+    count = manager.count_tokens
+
+    def counted(name, messages, tools=None):
+        calls.append(len(messages))
+        return count(name, messages, tools)
+
+    monkeypatch.setattr(manager, "count_tokens", counted)
+    return calls
+
+
+def test_old_turns_are_dropped_when_the_context_is_full(api_as, loaded_model, runner_counts):
     filler = "The quick brown fox jumps over the lazy dog. " * 30  # about 300 tokens per turn
     history = []
     for i in range(4):
@@ -146,6 +163,15 @@ def test_old_turns_are_dropped_when_the_context_is_full(api_as, loaded_model):
     history.insert(0, {"role": "system", "content": "You are terse."})
     body = assert_ok(chat(api_as("chat"), "Say hi.", chat_history=history))
     assert body["generation_stats"]["dropped_turns"] > 0
+    assert runner_counts  # near the window the bound cannot tell: the runner counted
+
+
+def test_a_chat_far_inside_the_window_starts_without_a_count_round_trip(api_as, loaded_model, runner_counts):
+    history = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "مرحبا"},
+               {"role": "assistant", "content": "أهلا"}]
+    body = assert_ok(chat(api_as("chat"), "Say hi.", chat_history=history))
+    assert body["generation_stats"]["dropped_turns"] == 0 and body["generation_stats"]["prompt_tokens"] > 0
+    assert runner_counts == []
 
 
 def test_a_message_longer_than_the_window_is_refused_but_nothing_is_half_stored(api_as, loaded_model):
