@@ -108,6 +108,34 @@ async def test_consecutive_requests_run_their_sync_code_in_the_same_thread():
     assert handler.pool.idle_count() == 1
 
 
+async def thread_hops(handler, monkeypatch, path: str) -> list[str]:
+    """What the request's sync_to_async calls ran, in order."""
+    from asgiref.sync import SyncToAsync
+
+    hops = []
+    call = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    await request_thread(handler, path)
+    monkeypatch.undo()
+    return hops
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_middleware_chain_and_the_view_cross_to_the_request_thread_once(monkeypatch):
+    # Between the request_started signal and the response's close: one hop, where Django's own
+    # async chain makes one per middleware step and per view (the comparison says it still does).
+    for path in ("/healthz", "/models/"):  # a 200, and a 401 that Django logs
+        ours = await thread_hops(ReusingThreadsASGIHandler(), monkeypatch, path)
+        assert ours[1:-1] == ["BaseHandler.get_response"], ours
+        assert len(await thread_hops(ASGIHandler(), monkeypatch, path)) > len(ours) + 1
+
+
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_djangos_own_handler_gives_each_request_a_new_thread():
