@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run
 
 Options (environment):
-  BENCH_RUNS                  runs per figure, medians reported (default 5)
+  BENCH_RUNS                  runs per figure, medians reported (default 7, issue #20's "medians of ≥ 7")
   BENCH_TOKENS                tokens per stream for llama.cpp (default 128)
   BENCH_TOKENS_TRANSFORMERS   tokens per stream for transformers (default 16: its CPU decode is 5-20x
                               slower than llama.cpp's on a busy 2-core machine, and the whole run should
@@ -80,7 +80,7 @@ def options_from_env() -> parts.Options:
     if relay_tokens > RELAY_TOKENS_MAX:
         raise SystemExit(f"BENCH_RELAY_TOKENS: at most {RELAY_TOKENS_MAX} (a registry entry's max_new_tokens)")
     return parts.Options(
-        runs=_int("BENCH_RUNS", 5),
+        runs=_int("BENCH_RUNS", 7),
         tokens=_int("BENCH_TOKENS", 128, minimum=2),
         tokens_transformers=_int("BENCH_TOKENS_TRANSFORMERS", 16, minimum=2),
         parts=selected,

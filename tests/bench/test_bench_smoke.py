@@ -52,6 +52,13 @@ def test_options_from_env(monkeypatch):
         options_from_env()
 
 
+def test_each_figure_is_a_median_of_at_least_7_runs_by_default(monkeypatch):
+    from bench.run import options_from_env
+
+    monkeypatch.delenv("BENCH_RUNS", raising=False)
+    assert options_from_env().runs >= 7  # issue #20: "medians of ≥ 7"
+
+
 def test_part_6_is_in_the_default_run_with_2000_tokens_per_stream(monkeypatch):
     from bench.run import options_from_env
 
