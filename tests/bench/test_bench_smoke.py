@@ -52,6 +52,23 @@ def test_options_from_env(monkeypatch):
         options_from_env()
 
 
+def test_part_1_checks_the_median_of_each_runs_pair_not_the_ratio_of_two_medians():
+    from types import SimpleNamespace as Run
+
+    # The host slows down for the last three runs; each platform run is 1 % slower than its pair.
+    direct_tps = [80, 80, 80, 80, 50, 50, 50]
+    direct = [Run(ok=True, decode_tps=t, ttft_ms=20 + i, itl_p99_ms=15.0) for i, t in enumerate(direct_tps)]
+    platform = [Run(ok=True, decode_tps=t * 0.99, ttft_ms=23 + i, itl_p99_ms=16.0) for i, t in enumerate(direct_tps)]
+    platform[1] = Run(ok=False, decode_tps=None, ttft_ms=None, itl_p99_ms=None)  # a failed run makes no pair
+    figures = parts.compare_to_direct(platform, direct)
+    assert figures["tps_ratio"] == pytest.approx(0.99)
+    assert figures["added_ttft_ms"] == pytest.approx(3.0) and figures["added_itl_p99_ms"] == pytest.approx(1.0)
+    # The sides' medians compare different minutes: the platform's six good runs have their middle
+    # between a fast and a slow minute (64.35), the direct engine's seven in a fast one (80): 0.80.
+    good = [r.decode_tps for r in platform if r.ok]
+    assert stats.ratio(stats.median(good), stats.median(r.decode_tps for r in direct)) != pytest.approx(0.99)
+
+
 def test_each_figure_is_a_median_of_at_least_7_runs_by_default(monkeypatch):
     from bench.run import options_from_env
 
