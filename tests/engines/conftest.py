@@ -5,6 +5,7 @@ These tests never touch Django; run them with `-p no:django`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -42,6 +43,17 @@ def linked(gguf: Path, path: Path) -> Path:
     except OSError:
         shutil.copyfile(gguf, path)
     return path
+
+
+@contextlib.contextmanager
+def engine_in_process(engine_class, spec: LoadSpec):
+    """``engine_class`` loaded with ``spec`` in this process (no runner), closed afterwards."""
+    engine = engine_class()
+    engine.load(spec)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def llama_spec(gguf: Path, name: str = "smol-gguf", **parameters) -> LoadSpec:

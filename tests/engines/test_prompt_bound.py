@@ -6,7 +6,7 @@ import pytest
 
 from models_app.serving import prompt_bound
 from models_app.serving.engines.contract import LoadSpec
-from tests.engines.conftest import llama_spec
+from tests.engines.conftest import engine_in_process, llama_spec
 
 FILLER = "The quick brown fox jumps over the lazy dog. "
 
@@ -44,24 +44,17 @@ def _assert_bounds(engine):
 def test_the_bound_is_never_below_llama_cpps_count_of_the_same_prompt(gguf_path):
     from models_app.serving.engines.llama_cpp_engine import LlamaCppEngine
 
-    engine = LlamaCppEngine()
-    engine.load(llama_spec(gguf_path))
-    try:
+    with engine_in_process(LlamaCppEngine, llama_spec(gguf_path)) as engine:
         _assert_bounds(engine)
-    finally:
-        engine.close()
 
 
 @pytest.mark.slow
 def test_the_bound_is_never_below_transformers_count_of_the_same_prompt(safetensors_dir):
     from models_app.serving.engines.transformers_engine import TransformersEngine
 
-    engine = TransformersEngine()
-    engine.load(LoadSpec(name="t", engine="transformers", model_id=str(safetensors_dir)))
-    try:
+    with engine_in_process(TransformersEngine,
+                           LoadSpec(name="t", engine="transformers", model_id=str(safetensors_dir))) as engine:
         _assert_bounds(engine)
-    finally:
-        engine.close()
 
 
 def _template(messages):
