@@ -53,7 +53,7 @@ serve: bootstrap
 # a wall-clock promise that a busy second worker would break).
 # pytest exits 5 when it collected no tests: a failure for the first run, not for the second (a
 # PYTEST_ARGS that names other tests leaves it nothing to run). Without PYTEST_ARGS the second run
-# collects only the files that mark a test exclusive: collecting the whole suite again took 22 s, these 4.
+# collects only the files that mark a test exclusive: collecting the whole suite again took 22 s, these files 4 s.
 TEST_WORKERS ?= 2
 EXCLUSIVE_FILES = $$(grep -rlE 'mark\.exclusive' tests)
 test: install

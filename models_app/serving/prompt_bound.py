@@ -11,7 +11,7 @@ window, and for them a bound answers as well:
   an engine tokenizes the whole prompt at once, pre-tokenization at the content's two edges may
   split the template's text differently than next to an empty message: the slack is for that.
 - The template's own tokens are measured when the model loads: the prompts of empty messages in a
-  few shapes (with and without a system message, up to three exchanges) give the most any one
+  few shapes (with and without a system message first, one to six alternating turns) give the most any one
   message added (``per_message``) and the most left over (``base``), plus ``BASE_SLACK`` for what a
   template adds that the shapes do not show (the empty think block of ``enable_thinking: false``).
 
@@ -20,9 +20,8 @@ user and assistant alternating, ending with the user's. The count also tells a t
 (two user turns in a row, a system turn it does not take) before anything is stored, and the
 measurement showed that the template takes this shape. With tools, tool calls or tool results, or
 any other order of turns, the caller counts exactly, as it does where the bound is too high for the
-window. The
-bound errs high on purpose (text takes 3-5 bytes per token), so it decides only for prompts well
-inside the window. Should a template defeat the measurement anyway, the engines' own check at
+window. The bound errs high on purpose (text takes 3-5 bytes per token), so it decides only for
+prompts well inside the window. Should a template defeat the measurement anyway, the engines' own check at
 generation still holds: a prompt longer than the window is an error, and max_tokens shrinks to what
 is left of it.
 """
@@ -80,7 +79,7 @@ def upper_bound(measured: dict | None, messages: list[dict], tools: list[dict] |
     per_message = measured["per_message"] + CONTENT_SLACK
     for message in messages:
         content = message.get("content")
-        if not isinstance(content, str) or message.get("tool_calls") or message.get("tool_call_id"):
+        if not isinstance(content, str) or message.get("tool_calls"):
             return None
         total += per_message + len(content.encode("utf-8"))
     return total
