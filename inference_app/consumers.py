@@ -10,7 +10,6 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from rest_framework.exceptions import APIException, AuthenticationFailed
-from rest_framework.exceptions import ValidationError as DRFValidationError
 
 from accounts.auth import authenticate_api_key, bearer_token, session_user
 from accounts.permissions import has_somewhere
@@ -19,6 +18,7 @@ from beautyai_site.api.envelope import error_body
 from beautyai_site.api.exceptions import _as_api_error
 from beautyai_site.api.jsonsafe import UntrustedJSONError, loads_untrusted
 from beautyai_site.api.parsers import refused_value
+from beautyai_site.api.validation import parse
 from inference_app import limits, services
 from inference_app.serializers import ChatRequestSerializer
 
@@ -232,13 +232,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             user = self._current_user()
             if user is None:
                 raise errors.AuthenticationError("This socket's API key or browser session is no longer valid.")
-            serializer = ChatRequestSerializer(data=body)
-            if not serializer.is_valid():
-                raise DRFValidationError(serializer.errors)
+            data = parse(ChatRequestSerializer, body)
             if not has_somewhere(user, "chat"):
                 raise errors.PermissionDeniedError("You do not have the 'chat' permission.")
             limits.check_chat_rate(user)
-            return services.chat_open(user=user, data=serializer.validated_data, transport="websocket",
+            return services.chat_open(user=user, data=data, transport="websocket",
                                       api_key_id=self.api_key_id)
         finally:
             close_old_connections()
