@@ -14,6 +14,7 @@ Request threads are kept between requests (beautyai_site/request_threads.py), so
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -22,13 +23,14 @@ from django.db.models import QuerySet
 
 class ReusedQuery:
     """``build(**placeholders)`` returns the ``.values()`` queryset. Each keyword names a value that
-    changes between calls and its type, ``str`` or ``int`` (``ReusedQuery(build, user_id=int)``):
-    ``build`` gets a placeholder of that type in its place, ``rows(...)`` the value of the same name."""
+    changes between calls and its type, ``str``, ``int`` or ``uuid.UUID`` (``ReusedQuery(build,
+    user_id=int)``): ``build`` gets a placeholder of that type in its place, ``rows(...)`` the value
+    of the same name."""
 
     def __init__(self, build: Callable[..., QuerySet], /, **types: type):
         for name, kind in types.items():
             if kind not in _SENTINELS:
-                raise TypeError(f"placeholder {name!r}: the type is str or int, not {kind!r}")
+                raise TypeError(f"placeholder {name!r}: the type is str, int or uuid.UUID, not {kind!r}")
             if name in _ROWS_ARGUMENTS:
                 raise ValueError(f"placeholder {name!r} would hide rows()' own argument")
         self._build = build
@@ -36,13 +38,13 @@ class ReusedQuery:
         self._local = threading.local()
 
     def rows(self, *, offset: int | None = None, limit: int | None = None, using: str = DEFAULT_DB_ALIAS,
-             **values: str | int) -> list[dict]:
+             **values: str | int | uuid.UUID) -> list[dict]:
         """The rows for ``values``; with ``limit``, those that ``[offset:offset + limit]`` would give."""
         self._check(values)
         sql, params, slots, columns, converters = self._compiled(using)
         params = list(params)
-        for index, name in slots:
-            params[index] = values[name]
+        for index, name, prepare in slots:
+            params[index] = prepare(values[name])
         connection = connections[using]
         if limit is not None:
             # What the compiler appends for a sliced queryset; the bounds are integers, never user text.
@@ -87,15 +89,15 @@ class ReusedQuery:
         # The field a placeholder is compared with may convert it (to_python, int()), which keeps a
         # value but not an object's identity, so placeholders are found by type and value; each must be
         # there exactly once, which also catches a literal that happens to equal one, and a placeholder
-        # a text column turned into text.
+        # a text column turned into text. A UUID stays one where the database has a uuid type and
+        # becomes its 32 hex digits where it has not (SQLite); each call's value is converted alike.
         slots = []
         for name, placeholder in placeholders.items():
-            kind = self._types[name]
-            found = [index for index, param in enumerate(params)
-                     if isinstance(param, kind) and not isinstance(param, bool) and param == placeholder]
+            found = [(index, prepare) for index, param in enumerate(params)
+                     for prepare in _FORMS[self._types[name]] if _is(param, prepare(placeholder))]
             if len(found) != 1:
                 raise ValueError(f"placeholder {name!r} is not exactly one parameter of the query")
-            slots.append((found[0], name))
+            slots.append((found[0][0], name, found[0][1]))
         # The column names as ValuesIterable gives them, in the compiler's select order.
         columns = list(query.selected) if query.selected else [*query.extra_select, *query.values_select,
                                                                  *query.annotation_select]
@@ -118,7 +120,27 @@ def _int_placeholder(name: str, index: int) -> int:
     return -2**31 + index
 
 
-_SENTINELS: dict[type, Callable[[str, int], str | int]] = {str: _str_placeholder, int: _int_placeholder}
+def _uuid_placeholder(name: str, index: int) -> uuid.UUID:
+    # Version and variant bits all zero: no uuid4 (a session's id) is one of these.
+    return uuid.UUID(int=0xBEA0_0000 + index)
+
+
+def _is(param, placeholder) -> bool:
+    return type(param) is type(placeholder) and param == placeholder
+
+
+def _same(value):
+    return value
+
+
+def _hex(value: uuid.UUID) -> str:
+    return value.hex
+
+
+_SENTINELS: dict[type, Callable[[str, int], str | int | uuid.UUID]] = {
+    str: _str_placeholder, int: _int_placeholder, uuid.UUID: _uuid_placeholder}
+# How a value of each type may appear among a query's parameters.
+_FORMS: dict[type, tuple[Callable, ...]] = {str: (_same,), int: (_same,), uuid.UUID: (_same, _hex)}
 _ROWS_ARGUMENTS = frozenset({"offset", "limit", "using"})
 
 

@@ -22,6 +22,7 @@ from django.db import transaction
 
 from accounts.permissions import has_on
 from beautyai_site import disconnect
+from beautyai_site.sql import ReusedQuery, field_names, instance
 from beautyai_site.api import errors
 from inference_app import reasoning, response_parsing, tool_calls
 from inference_app.models import ROLES, ChatMessage, ChatSession
@@ -111,12 +112,39 @@ def _ready_model(*, user, model: ModelConfig, alias) -> ModelConfig:
     return fallback
 
 
+_MODEL_FIELDS = field_names(ModelConfig)
+# A continued chat reads its session and its history before the generation starts: their SQL is
+# written once per request thread (beautyai_site/sql.py), the session with its model as
+# select_related("model") would read it, the history without the columns a prompt does not use.
+_SESSION = ReusedQuery(
+    lambda id, owner_id: ChatSession.objects.filter(id=id, owner_id=owner_id).order_by().values(
+        *field_names(ChatSession), *(f"model__{name}" for name in _MODEL_FIELDS)),
+    id=uuid.UUID, owner_id=int)
+_HISTORY = ReusedQuery(
+    lambda session_id: ChatMessage.objects.filter(session_id=session_id).values(
+        "role", "content", "tool_calls", "tool_call_id"),
+    session_id=uuid.UUID)
+
+
 def session_get_for_user(*, user, session_id) -> ChatSession:
-    """Another user's session answers 404, exactly like a missing one."""
-    session = ChatSession.objects.filter(id=session_id, owner=user).select_related("model").first()
-    if session is None:
+    """Another user's session answers 404, exactly like a missing one (or a malformed id)."""
+    try:
+        session_id = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
+    except ValueError:
+        raise errors.NotFoundError("Chat session not found.") from None
+    rows = _SESSION.rows(id=session_id, owner_id=user.pk)
+    if not rows:
         raise errors.NotFoundError("Chat session not found.")
+    session = instance(ChatSession, rows[0])
+    if session.model_id is not None:
+        model = instance(ModelConfig, {name: rows[0][f"model__{name}"] for name in _MODEL_FIELDS})
+        ChatSession.model.field.set_cached_value(session, model)
     return session
+
+
+def session_history(session: ChatSession) -> list[dict]:
+    """The session's stored turns as prompt messages, oldest first."""
+    return [_prompt_message(row) for row in _HISTORY.rows(session_id=session.pk) if row["role"] in ROLES]
 
 
 def ensure_loaded(*, user, model: ModelConfig) -> None:
@@ -203,12 +231,12 @@ def fit_context(*, model_name: str, messages: list[dict], params, tail: int = 1)
     return systems + history + last, dropped
 
 
-def _prompt_message(message: ChatMessage) -> dict:
-    turn = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        turn["tool_calls"] = message.tool_calls
-    if message.role == "tool":
-        turn["tool_call_id"] = message.tool_call_id
+def _prompt_message(row: dict) -> dict:
+    turn = {"role": row["role"], "content": row["content"]}
+    if row["tool_calls"]:
+        turn["tool_calls"] = row["tool_calls"]
+    if row["role"] == "tool":
+        turn["tool_call_id"] = row["tool_call_id"]
     return turn
 
 
@@ -286,7 +314,7 @@ def chat_prepare(*, user, data: dict, transport: str = "rest", api_key_id: int |
     registry.check_queue(model=model)
 
     seeded = [dict(turn) for turn in data.get("chat_history") or []]
-    history = seeded if session is None else [_prompt_message(m) for m in session.messages.all() if m.role in ROLES]
+    history = seeded if session is None else session_history(session)
     turns = [dict(turn) for turn in data.get("turns") or []] or [{"role": "user", "content": data["message"]}]
     tail = len(turns)
     if turns[0]["role"] == "tool":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import datetime
 
 import pytest
@@ -11,6 +12,7 @@ from django.db.models.fields.json import KT
 from django.db.models.sql.compiler import SQLCompiler
 
 from beautyai_site.sql import ReusedQuery
+from inference_app.models import ChatSession
 from models_app.models import Alias, ModelConfig
 
 pytestmark = pytest.mark.django_db
@@ -128,8 +130,8 @@ def test_a_value_of_another_type_is_refused(aliases, values):
         ReusedQuery(aliases_of, target_id=int, name=str).rows(**values)
 
 
-def test_a_placeholder_type_is_str_or_int():
-    with pytest.raises(TypeError, match="str or int"):
+def test_a_placeholder_type_is_str_int_or_uuid():
+    with pytest.raises(TypeError, match="str, int or uuid.UUID"):
         ReusedQuery(aliases_of, target_id=float, name=str)
 
 
@@ -138,3 +140,36 @@ def test_an_int_placeholder_compared_as_text_is_refused(entries):
     query = ReusedQuery(lambda engine: ModelConfig.objects.filter(engine=engine).values("name"), engine=int)
     with pytest.raises(ValueError, match="engine"):
         query.rows(engine=1)
+
+
+def sessions_of(id, owner_id):
+    # A UUID key (32 hex digits as SQLite stores it, a uuid on PostgreSQL) and an int, with a join.
+    return ChatSession.objects.filter(id=id, owner_id=owner_id).order_by().values("id", "title", "model__name")
+
+
+@pytest.fixture
+def sessions(entries, django_user_model):
+    owner = django_user_model.objects.create(username="owner")
+    model = ModelConfig.objects.get(name="a")
+    return owner, [ChatSession.objects.create(owner=owner, model=model, model_name="a", title=f"t{n}")
+                   for n in range(3)]
+
+
+def test_a_uuid_placeholder_gives_the_rows_the_orm_gives(sessions, monkeypatch):
+    owner, chats = sessions
+    written = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(SQLCompiler, "as_sql", lambda self, *a, **k: written.append(1) or as_sql(self, *a, **k))
+    query = ReusedQuery(sessions_of, id=uuid.UUID, owner_id=int)
+    for chat in chats:
+        assert query.rows(id=chat.id, owner_id=owner.pk) == [{"id": chat.id, "title": chat.title, "model__name": "a"}]
+    assert query.rows(id=uuid.uuid4(), owner_id=owner.pk) == []
+    assert query.rows(id=chats[0].id, owner_id=owner.pk + 1) == []
+    assert len(written) == 1
+
+
+@pytest.mark.parametrize("value", [lambda chat: str(chat.id), lambda chat: chat.id.hex, lambda chat: None])
+def test_a_uuid_placeholder_takes_a_uuid_only(sessions, value):
+    owner, chats = sessions
+    with pytest.raises(TypeError, match="UUID"):
+        ReusedQuery(sessions_of, id=uuid.UUID, owner_id=int).rows(id=value(chats[0]), owner_id=owner.pk)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 from django.db import IntegrityError
 
+from beautyai_site.api import errors
 from inference_app import services
 from models_app import runtime as model_runtime
 from inference_app.models import ChatMessage, ChatSession, UsageRecord
@@ -186,3 +187,49 @@ def test_an_orphaned_reply_whose_session_is_gone_stores_nothing(make_user, regis
     tag = {"session_id": "00000000-0000-0000-0000-000000000000", "request_id": "r-gone", "model_name": "alpha"}
     assert services.store_orphaned_reply(tag=tag, text="1, 2", stats=None, error="boom") is None
     assert not ChatMessage.objects.exists() and not UsageRecord.objects.exists()
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}
+
+
+@pytest.fixture
+def stored_session(make_user, registry):
+    user = make_user()
+    session = ChatSession.objects.create(owner=user, model=registry["alpha"], model_name="alpha", title="sums")
+    for turn in ({"role": "user", "content": "add"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                 {"role": "tool", "content": "2", "tool_call_id": "call_1"}, {"role": "assistant", "content": "2",
+                                                                              "stats": {"tokens_generated": 1}}):
+        ChatMessage.objects.create(session=session, **turn)
+    return user, session
+
+
+def test_a_continued_session_is_read_with_its_model_and_history_in_two_queries(stored_session,
+                                                                               django_assert_num_queries):
+    user, session = stored_session
+    with django_assert_num_queries(2):
+        found = services.session_get_for_user(user=user, session_id=session.id)
+        assert (found.pk, found.title, found.owner_id, found.model.name) == (session.pk, "sums", user.pk, "alpha")
+        history = services.session_history(found)
+    assert history == [{"role": "user", "content": "add"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                       {"role": "tool", "content": "2", "tool_call_id": "call_1"}, {"role": "assistant", "content": "2"}]
+
+
+def test_a_session_whose_model_was_removed_has_none_without_a_query(stored_session, registry,
+                                                                    django_assert_num_queries):
+    user, session = stored_session
+    registry["alpha"].delete()
+    with django_assert_num_queries(1):
+        found = services.session_get_for_user(user=user, session_id=str(session.id))
+        assert found.model is None and found.model_name == "alpha"
+
+
+@pytest.mark.parametrize("session_id", ["not-a-uuid", "", None])
+def test_a_malformed_session_id_answers_like_a_missing_session(make_user, session_id):
+    with pytest.raises(errors.NotFoundError):
+        services.session_get_for_user(user=make_user(), session_id=session_id)
+
+
+def test_another_users_session_answers_like_a_missing_one(stored_session, make_user):
+    _user, session = stored_session
+    with pytest.raises(errors.NotFoundError):
+        services.session_get_for_user(user=make_user(), session_id=session.id)
