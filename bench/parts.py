@@ -40,6 +40,7 @@ class Options:
     relay_tokens: int = 2000  # BENCH_RELAY_TOKENS: tokens per stream in part 6
     relay_streams: int = 16
     postgres_url: str | None = None  # BENCH_POSTGRES_URL: part 3 again on a fresh database there; None: SQLite only
+    first_tokens: int = 0  # BENCH_FIRST_TOKENS: short chats per side in each part-1 run, for its TTFT figure
 
     def tokens_for(self, engine: str) -> int:
         return self.tokens if engine == "llama.cpp" else self.tokens_transformers
@@ -186,6 +187,10 @@ def _side_summary(results: list[clients.StreamResult]) -> dict:
 
 PART1_MODELS = {"llama.cpp": LLAMA, "transformers": HF}
 TRANSPORTS = ("sse", "websocket", "v1")
+# The first-token probes: chats of two tokens, each after the same pause on every side (the platform's
+# writes after a reply's end are over by then, as they are before each of part 1's long streams).
+PROBE_TOKENS = 2
+PROBE_PAUSE_S = 0.05
 
 
 def part_streaming(bench: Bench, engine_name: str) -> dict:
@@ -212,7 +217,16 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
         "websocket": lambda: ws.stream(model, tokens),
         "v1": lambda: clients.openai_stream(oc, model, tokens),
     }
+    probe = {
+        "direct": lambda: worker.stream(PROBE_TOKENS),
+        "sse": lambda: clients.sse_stream(http, model, PROBE_TOKENS),
+        "websocket": lambda: ws.stream(model, PROBE_TOKENS),
+        "v1": lambda: clients.openai_stream(oc, model, PROBE_TOKENS),
+    }
     results: dict[str, list] = {side: [] for side in sides}
+    # A stream gives one first token per run and side; the probes give opts.first_tokens more, so that
+    # the TTFT figure is not the median of 7 single samples of a figure that varies by tens of ms.
+    probes: dict[str, list] = {side: [] for side in sides}
     order_log = []
     try:
         bench.log(f"  warm-up ({tokens} tokens per stream)")
@@ -223,6 +237,12 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
             order_log.append(order)
             for side in order:
                 results[side].append(sides[side]())
+            for side in sides:
+                probes[side].append([])
+            for k in range(opts.first_tokens):
+                for side in rotated(list(sides), run + k):
+                    time.sleep(PROBE_PAUSE_S)
+                    probes[side][-1].append(probe[side]())
             last = {s: results[s][-1] for s in sides}
             bench.log(f"  run {run + 1}/{opts.runs}: " + ", ".join(
                 f"{s} {stats.fmt(r.decode_tps, 1)} tok/s ttft {stats.fmt(r.ttft_ms, 1)} ms"
@@ -239,7 +259,7 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
     checks = []
     for transport in TRANSPORTS:
         s = summary[transport]
-        comp = {**compare_to_direct(results[transport], results["direct"]),
+        comp = {**compare_to_direct(results[transport], results["direct"], probes[transport], probes["direct"]),
                 "tps_ratio_of_medians": stats.ratio(s["decode_tps_median"], direct["decode_tps_median"]),
                 "added_ttft_ms_of_medians": stats.diff(s["ttft_ms_median"], direct["ttft_ms_median"]),
                 "added_itl_p99_ms_of_medians": stats.diff(s["itl_p99_ms_median"], direct["itl_p99_ms_median"]),
@@ -249,6 +269,9 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
             f"token counts differ: platform {s['tokens']}, direct {direct['tokens']} (rates are per token)")
         if s["errors"]:
             note = (note + "; " if note else "") + f"{len(s['errors'])} failed run(s): {s['errors'][0]}"
+        failed_probes = [r.error for run in probes[transport] for r in run if not r.ok]
+        if failed_probes:
+            note = (note + "; " if note else "") + f"{len(failed_probes)} failed first-token probe(s): {failed_probes[0]}"
         checks += [
             check(f"1.{engine_name}.{transport}.tps", 1, engine_name, f"decode tokens/s, {transport} ÷ direct",
                   "≥ 0.98", comp["tps_ratio"], _ge(comp["tps_ratio"], 0.98), note),
@@ -263,11 +286,14 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
         server.unload(model)
     return {
         "engine": engine_name, "model": model, "tokens": tokens, "prompt": clients.PROMPT, "runs": opts.runs,
-        "order": order_log, "platform_load_s": platform_load_s, "platform_load_response": body,
+        "order": order_log, "first_tokens_per_run": 1 + opts.first_tokens, "platform_load_s": platform_load_s, "platform_load_response": body,
         "direct_load_s": direct_load_s, "direct_worker_pid": worker.pid,
         "direct_side": "the engine alone in its own process (bench.direct_worker), timed inside that process",
         "summary": summary, "comparisons": comparisons,
-        "raw": {side: [r.row() for r in rs] for side, rs in results.items()}, "checks": checks,
+        "raw": {side: [r.row() for r in rs] for side, rs in results.items()},
+        "first_token_probes_ms": {side: [[r.ttft_ms if r.ok else None for r in run] for run in runs]
+                                  for side, runs in probes.items()},
+        "checks": checks,
     }
 
 
@@ -278,18 +304,29 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
 PART2_MODELS = {"llama.cpp": LLAMA, "transformers": HF_BATCHED}
 
 
-def compare_to_direct(platform: list, direct: list) -> dict:
+def compare_to_direct(platform: list, direct: list, platform_probes: list | None = None,
+                      direct_probes: list | None = None) -> dict:
     """The figures part 1 checks: medians over the runs of each run's pair, the platform side against
-    the direct engine measured next to it in the same run (both lists are in run order).
+    the direct engine measured next to it in the same run (lists in run order; the probes, one list
+    of first-token probes per run).
 
     The shared host's speed drifts by tens of percent from one minute to the next (direct decode
     62-83 tok/s within one part 1), and a ratio of two medians compares figures from different
-    minutes; a pair shares its minute. A run that failed on either side makes no pair.
+    minutes; a pair shares its minute. A run that failed on either side makes no pair. Each side's
+    TTFT in a run is the median of its stream's first token and its probes' (failed ones left out).
     """
-    pairs = [(p, d) for p, d in zip(platform, direct) if p.ok and d.ok]
-    return {"tps_ratio": stats.median(stats.ratio(p.decode_tps, d.decode_tps) for p, d in pairs),
-            "added_ttft_ms": stats.median(stats.diff(p.ttft_ms, d.ttft_ms) for p, d in pairs),
-            "added_itl_p99_ms": stats.median(stats.diff(p.itl_p99_ms, d.itl_p99_ms) for p, d in pairs)}
+    runs = len(platform)
+    platform_probes, direct_probes = platform_probes or [[]] * runs, direct_probes or [[]] * runs
+    pairs = [(p, d, pp, dp) for p, d, pp, dp in zip(platform, direct, platform_probes, direct_probes)
+             if p.ok and d.ok]
+
+    def first_token(stream, run_probes):
+        return stats.median([stream.ttft_ms, *(r.ttft_ms for r in run_probes if r.ok)])
+
+    return {"tps_ratio": stats.median(stats.ratio(p.decode_tps, d.decode_tps) for p, d, _, _ in pairs),
+            "added_ttft_ms": stats.median(stats.diff(first_token(p, pp), first_token(d, dp))
+                                          for p, d, pp, dp in pairs),
+            "added_itl_p99_ms": stats.median(stats.diff(p.itl_p99_ms, d.itl_p99_ms) for p, d, _, _ in pairs)}
 
 
 def _concurrency_row(results: list[clients.StreamResult], wall_s: float) -> dict:

@@ -271,6 +271,8 @@ def markdown(results: dict) -> str:
         f"{o['tokens_transformers']} for transformers, greedy, prompt \"{results['prompt']}\"; parts "
         f"{', '.join(map(str, o['parts']))}; engines {', '.join(o['engines'])}; soak {o['soak_seconds']:.0f} s; "
         f"wall time {results.get('wall_s', 0) / 60:.1f} min"
+        + (f"; part 1's TTFT per run and side is the median of its stream's first token and "
+           f"{o['first_tokens']} two-token chats" if o.get("first_tokens") else "")
         + (f"; transformers entries run with n_threads={o['transformers_threads']}" if o.get("transformers_threads")
            else "")
         + (f"; placement {o['placement']} (parts 1–2 {'also ' if o['placement'] == 'both' else ''}through runners "

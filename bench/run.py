@@ -5,6 +5,8 @@
 Options (environment):
   BENCH_RUNS                  runs per figure, medians reported (default 7, issue #20's "medians of ≥ 7")
   BENCH_TOKENS                tokens per stream for llama.cpp (default 128)
+  BENCH_FIRST_TOKENS          two-token chats per side in each part-1 run, after its streams (default 4): a
+                              run's TTFT is the median of its stream's first token and these
   BENCH_TOKENS_TRANSFORMERS   tokens per stream for transformers (default 16: its CPU decode is 5-20x
                               slower than llama.cpp's on a busy 2-core machine, and the whole run should
                               stay near 25 minutes)
@@ -81,6 +83,7 @@ def options_from_env() -> parts.Options:
         raise SystemExit(f"BENCH_RELAY_TOKENS: at most {RELAY_TOKENS_MAX} (a registry entry's max_new_tokens)")
     return parts.Options(
         runs=_int("BENCH_RUNS", 7),
+        first_tokens=_int("BENCH_FIRST_TOKENS", 4, minimum=0),
         tokens=_int("BENCH_TOKENS", 128, minimum=2),
         tokens_transformers=_int("BENCH_TOKENS_TRANSFORMERS", 16, minimum=2),
         parts=selected,
@@ -252,7 +255,7 @@ def run(opts: parts.Options, out_dir: Path) -> tuple[dict, dict]:
                     "mgmt_seconds": opts.mgmt_seconds, "load_cycles": opts.load_cycles,
                     "transformers_threads": opts.transformers_threads, "placement": opts.placement,
                     "relay_tokens": opts.relay_tokens, "relay_streams": opts.relay_streams,
-                    "postgres": opts.postgres_url is not None},
+                    "postgres": opts.postgres_url is not None, "first_tokens": opts.first_tokens},
         "prompt": clients.PROMPT,
         "machine": report.machine_info(),
         "loadavg_start": list(os.getloadavg()),

@@ -69,6 +69,32 @@ def test_part_1_checks_the_median_of_each_runs_pair_not_the_ratio_of_two_medians
     assert stats.ratio(stats.median(good), stats.median(r.decode_tps for r in direct)) != pytest.approx(0.99)
 
 
+def test_part_1s_first_token_in_a_run_is_the_median_of_its_stream_and_its_probes():
+    from types import SimpleNamespace as Run
+
+    def first(ttft, ok=True):
+        return Run(ok=ok, decode_tps=70.0, ttft_ms=ttft, itl_p99_ms=15.0)
+
+    # One stream each; the platform's stream met a stall (40 ms), its probes did not.
+    direct, platform = [first(18.0)], [first(40.0)]
+    direct_probes = [[first(17.0), first(19.0), first(18.0), first(18.5)]]
+    platform_probes = [[first(21.0), first(22.0), first(99.0, ok=False), first(21.5)]]
+    assert parts.compare_to_direct(platform, direct)["added_ttft_ms"] == pytest.approx(22.0)
+    figures = parts.compare_to_direct(platform, direct, platform_probes, direct_probes)
+    # Platform: median of 40, 21, 22, 21.5 (the failed probe left out) = 21.75; direct: median of 18, 17, 19, 18, 18.5 = 18.
+    assert figures["added_ttft_ms"] == pytest.approx(3.75)
+    assert figures["tps_ratio"] == pytest.approx(1.0)
+
+
+def test_part_1_takes_4_first_token_probes_per_side_and_run_by_default(monkeypatch):
+    from bench.run import options_from_env
+
+    monkeypatch.delenv("BENCH_FIRST_TOKENS", raising=False)
+    assert options_from_env().first_tokens == 4
+    monkeypatch.setenv("BENCH_FIRST_TOKENS", "0")
+    assert options_from_env().first_tokens == 0
+
+
 def test_each_figure_is_a_median_of_at_least_7_runs_by_default(monkeypatch):
     from bench.run import options_from_env
 
@@ -239,7 +265,7 @@ def test_report_puts_the_ray_column_next_to_local_placement(tmp_path):
 
 def test_harness_end_to_end_for_a_few_tokens(tmp_path):
     opts = parts.Options(runs=1, tokens=TOKENS, tokens_transformers=TOKENS, parts=(1,), engines=("llama.cpp",),
-                         soak_seconds=1, mgmt_seconds=0.3, relay_tokens=TOKENS)
+                         soak_seconds=1, mgmt_seconds=0.3, relay_tokens=TOKENS, first_tokens=1)
     server = BenchServer()
     bench = parts.Bench(server=server, opts=opts)
     runner_pid = None
@@ -254,6 +280,10 @@ def test_harness_end_to_end_for_a_few_tokens(tmp_path):
             row = rows[0]
             assert row["tokens_generated"] == TOKENS and row["finish_reason"] == "length", (side, row)
             assert row["ttft_ms"] is not None and row["ttft_ms"] > 0 and row["decode_tps"] > 0, (side, row)
+        # One first-token probe per side after the run's streams, each a first token of its own.
+        assert {side: [len(run) for run in runs] for side, runs in p1["first_token_probes_ms"].items()} == {
+            "direct": [1], "sse": [1], "websocket": [1], "v1": [1]}
+        assert all(run[0] is not None and run[0] > 0 for runs in p1["first_token_probes_ms"].values() for run in runs)
         assert {c["id"].rsplit(".", 2)[1] for c in p1["checks"]} == {"sse", "websocket", "v1"}
         assert all(c["measured"] is not None for c in p1["checks"])
 
