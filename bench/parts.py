@@ -271,7 +271,8 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
             note = (note + "; " if note else "") + f"{len(s['errors'])} failed run(s): {s['errors'][0]}"
         failed_probes = [r.error for run in probes[transport] for r in run if not r.ok]
         if failed_probes:
-            note = (note + "; " if note else "") + f"{len(failed_probes)} failed first-token probe(s): {failed_probes[0]}"
+            note = ((note + "; " if note else "")
+                    + f"{len(failed_probes)} failed first-token probe(s): {failed_probes[0]}")
         checks += [
             check(f"1.{engine_name}.{transport}.tps", 1, engine_name, f"decode tokens/s, {transport} ÷ direct",
                   "≥ 0.98", comp["tps_ratio"], _ge(comp["tps_ratio"], 0.98), note),
@@ -286,7 +287,8 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
         server.unload(model)
     return {
         "engine": engine_name, "model": model, "tokens": tokens, "prompt": clients.PROMPT, "runs": opts.runs,
-        "order": order_log, "first_tokens_per_run": 1 + opts.first_tokens, "platform_load_s": platform_load_s, "platform_load_response": body,
+        "order": order_log, "first_tokens_per_run": 1 + opts.first_tokens,
+        "platform_load_s": platform_load_s, "platform_load_response": body,
         "direct_load_s": direct_load_s, "direct_worker_pid": worker.pid,
         "direct_side": "the engine alone in its own process (bench.direct_worker), timed inside that process",
         "summary": summary, "comparisons": comparisons,

@@ -22,8 +22,8 @@ from django.db import transaction
 
 from accounts.permissions import has_on
 from beautyai_site import disconnect
-from beautyai_site.sql import ReusedQuery, field_names, instance
 from beautyai_site.api import errors
+from beautyai_site.sql import ReusedQuery, field_names, instance
 from inference_app import reasoning, response_parsing, tool_calls
 from inference_app.models import ROLES, ChatMessage, ChatSession
 from inference_app.usage import quota_check, usage_record_reply

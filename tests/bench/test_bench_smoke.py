@@ -81,7 +81,8 @@ def test_part_1s_first_token_in_a_run_is_the_median_of_its_stream_and_its_probes
     platform_probes = [[first(21.0), first(22.0), first(99.0, ok=False), first(21.5)]]
     assert parts.compare_to_direct(platform, direct)["added_ttft_ms"] == pytest.approx(22.0)
     figures = parts.compare_to_direct(platform, direct, platform_probes, direct_probes)
-    # Platform: median of 40, 21, 22, 21.5 (the failed probe left out) = 21.75; direct: median of 18, 17, 19, 18, 18.5 = 18.
+    # Platform: median of 40, 21, 22, 21.5 (the failed probe left out) = 21.75;
+    # direct: median of 18, 17, 19, 18, 18.5 = 18.
     assert figures["added_ttft_ms"] == pytest.approx(3.75)
     assert figures["tps_ratio"] == pytest.approx(1.0)
 

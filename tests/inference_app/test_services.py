@@ -196,9 +196,10 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "argumen
 def stored_session(make_user, registry):
     user = make_user()
     session = ChatSession.objects.create(owner=user, model=registry["alpha"], model_name="alpha", title="sums")
-    for turn in ({"role": "user", "content": "add"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
-                 {"role": "tool", "content": "2", "tool_call_id": "call_1"}, {"role": "assistant", "content": "2",
-                                                                              "stats": {"tokens_generated": 1}}):
+    for turn in ({"role": "user", "content": "add"},
+                 {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                 {"role": "tool", "content": "2", "tool_call_id": "call_1"},
+                 {"role": "assistant", "content": "2", "reasoning": "1 + 1", "stats": {"tokens_generated": 1}}):
         ChatMessage.objects.create(session=session, **turn)
     return user, session
 
@@ -210,8 +211,10 @@ def test_a_continued_session_is_read_with_its_model_and_history_in_two_queries(s
         found = services.session_get_for_user(user=user, session_id=session.id)
         assert (found.pk, found.title, found.owner_id, found.model.name) == (session.pk, "sums", user.pk, "alpha")
         history = services.session_history(found)
-    assert history == [{"role": "user", "content": "add"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
-                       {"role": "tool", "content": "2", "tool_call_id": "call_1"}, {"role": "assistant", "content": "2"}]
+    assert history == [{"role": "user", "content": "add"},
+                       {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                       {"role": "tool", "content": "2", "tool_call_id": "call_1"},
+                       {"role": "assistant", "content": "2"}]
 
 
 def test_a_session_whose_model_was_removed_has_none_without_a_query(stored_session, registry,
