@@ -211,17 +211,12 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
     http = bench.http()
     ws = clients.WSChat(server.url, server.api_key)
     oc = clients.openai_client(server.url, server.api_key)
+    # Each side's chat of n tokens: the long streams and the first-token probes.
     sides = {
-        "direct": lambda: worker.stream(tokens),
-        "sse": lambda: clients.sse_stream(http, model, tokens),
-        "websocket": lambda: ws.stream(model, tokens),
-        "v1": lambda: clients.openai_stream(oc, model, tokens),
-    }
-    probe = {
-        "direct": lambda: worker.stream(PROBE_TOKENS),
-        "sse": lambda: clients.sse_stream(http, model, PROBE_TOKENS),
-        "websocket": lambda: ws.stream(model, PROBE_TOKENS),
-        "v1": lambda: clients.openai_stream(oc, model, PROBE_TOKENS),
+        "direct": lambda n: worker.stream(n),
+        "sse": lambda n: clients.sse_stream(http, model, n),
+        "websocket": lambda n: ws.stream(model, n),
+        "v1": lambda n: clients.openai_stream(oc, model, n),
     }
     results: dict[str, list] = {side: [] for side in sides}
     # A stream gives one first token per run and side; the probes give opts.first_tokens more, so that
@@ -231,18 +226,18 @@ def part_streaming(bench: Bench, engine_name: str) -> dict:
     try:
         bench.log(f"  warm-up ({tokens} tokens per stream)")
         for fn in sides.values():
-            fn()
+            fn(tokens)
         for run in range(opts.runs):
             order = rotated(list(sides), run)
             order_log.append(order)
             for side in order:
-                results[side].append(sides[side]())
+                results[side].append(sides[side](tokens))
             for side in sides:
                 probes[side].append([])
             for k in range(opts.first_tokens):
                 for side in rotated(list(sides), run + k):
                     time.sleep(PROBE_PAUSE_S)
-                    probes[side][-1].append(probe[side]())
+                    probes[side][-1].append(sides[side](PROBE_TOKENS))
             last = {s: results[s][-1] for s in sides}
             bench.log(f"  run {run + 1}/{opts.runs}: " + ", ".join(
                 f"{s} {stats.fmt(r.decode_tps, 1)} tok/s ttft {stats.fmt(r.ttft_ms, 1)} ms"
